@@ -1,0 +1,30 @@
+# megatron-ego: `make demo` and `make test` do everything on a fresh machine.
+PY      := .venv/bin/python
+STAMP   := .venv/.setup-done
+PIP     := $(PY) -m pip install -q --disable-pip-version-check
+
+.PHONY: setup test lint demo clean-demo
+
+setup: $(STAMP)
+
+# Order matters (ENVIRONMENT.md): torch + torchvision first, so that no later package pulls
+# another torch build; then the pinned CPU/dev set; then this project, editable.
+$(STAMP): requirements.txt pyproject.toml
+	test -x $(PY) || python3 -m venv .venv
+	$(PIP) --upgrade pip
+	$(PIP) torch==2.14.1 torchvision==0.29.1
+	$(PIP) -r requirements.txt
+	$(PIP) --no-deps -e .
+	touch $@
+
+lint: setup
+	$(PY) -m ruff check .
+
+test: setup lint
+	$(PY) -m pytest
+
+demo: setup
+	bash launch/demo.sh
+
+clean-demo:
+	rm -rf runs/demo
