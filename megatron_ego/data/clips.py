@@ -1,0 +1,167 @@
+"""Read preprocessed clips (docs/data_format.md): the stable API between preprocess/ and training.
+
+    ds = ClipDataset("data/egoexo4d/train")
+    clip = ds[0]                 # RawClip
+    clip.frames                  # T x (1-D uint8 JPEG buffer | [H, W, 3] uint8)
+    clip.poses                   # float32 [20, 17, 4] (x, y, z metres in the camera frame; vis)
+    images = [decode_frame(f) for f in clip.frames]  # T x [H, W, 3] uint8 RGB
+
+An Ego-Exo4D directory yields clips (T images at 6 fps + 20 poses at 30 fps); a WalkingTours
+directory yields single frames (`frames` has one entry, `poses` is None). Opening reads
+manifest.json and memory-maps the files; the object pickles by path, so DataLoader workers
+re-open the maps instead of copying data.
+"""
+
+from __future__ import annotations
+
+import io
+import json
+import os
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+
+from megatron_ego.data.indexed import IndexedDataError, open_indexed
+
+__all__ = ["ClipDataset", "RawClip", "decode_frame"]
+
+FORMAT_VERSION = 1
+
+
+@dataclass
+class RawClip:
+    """One undecoded training sample.
+
+    Attributes:
+        frames: T frames at 6 fps (T = manifest num_steps; 1 for WalkingTours), each a 1-D uint8
+            JPEG buffer (`encoding == "jpeg"`) or an [H, W, 3] uint8 RGB array (`"raw"`). The
+            arrays are read-only views into the memory map; copy before writing into them.
+        poses: float32 [20, 17, 4] (T * poses_per_step poses at 30 fps; COCO joints; x, y, z in
+            metres in the egocentric camera frame of each pose's own frame, and visibility 0/1),
+            or None for WalkingTours.
+        take: name of the Ego-Exo4D take or WalkingTours video the sample comes from.
+        start_frame: Ego-Exo4D: the 30 fps frame number of the clip's first image and pose.
+            WalkingTours: the index of the frame among its video's stored 6 fps frames.
+    """
+
+    frames: list[np.ndarray]
+    poses: np.ndarray | None
+    take: str
+    start_frame: int
+
+
+def decode_frame(frame: np.ndarray) -> np.ndarray:
+    """A stored frame as [H, W, 3] uint8 RGB: decodes a 1-D JPEG buffer, passes raw ones through."""
+    if frame.ndim == 3:
+        return frame
+    from PIL import Image
+
+    with Image.open(io.BytesIO(frame.tobytes())) as image:
+        return np.asarray(image.convert("RGB"))
+
+
+class ClipDataset:
+    """Samples of one preprocessed dataset directory (one source, one split).
+
+    Args:
+        path: the directory written by `python -m preprocess.egoexo4d --out` or
+            `python -m preprocess.walking_tours --out` (holds manifest.json, frames.bin/.idx and,
+            for Ego-Exo4D, poses.bin/.idx and clips.bin/.idx).
+
+    Raises:
+        FileNotFoundError: no manifest.json in `path` (preprocessing not run or not finished).
+        ValueError: the manifest is of an unknown format version or source.
+        IndexedDataError: a `.bin`/`.idx` file is missing or damaged.
+    """
+
+    def __init__(self, path: str) -> None:
+        self.path = path
+        manifest_path = os.path.join(path, "manifest.json")
+        if not os.path.isfile(manifest_path):
+            raise FileNotFoundError(
+                f"{manifest_path} not found: {path} is not a finished preprocessed dataset; run "
+                f"`python -m preprocess.egoexo4d --out {path}` (or preprocess.walking_tours) first"
+            )
+        with open(manifest_path) as f:
+            self._manifest: dict[str, Any] = json.load(f)
+        version = self._manifest.get("format_version")
+        if version != FORMAT_VERSION:
+            raise ValueError(
+                f"{manifest_path} has format_version={version}, this code reads "
+                f"{FORMAT_VERSION}: re-run preprocessing with this version of the code"
+            )
+        if self.source not in ("egoexo4d", "walking_tours"):
+            raise ValueError(f"{manifest_path}: unknown source {self.source!r}")
+        self._frames = open_indexed(os.path.join(path, "frames"), np.uint8)
+        self._poses = self._clips = None
+        if self.source == "egoexo4d":
+            self._poses = open_indexed(os.path.join(path, "poses"), np.float32)
+            self._clips = open_indexed(os.path.join(path, "clips"), np.int64)
+            if len(self._clips) != len(self._poses):
+                raise IndexedDataError(
+                    f"{path}: clips ({len(self._clips)}) and poses ({len(self._poses)}) disagree; "
+                    f"re-run preprocessing"
+                )
+        takes = self._manifest["takes"]
+        self._take_names = [t["name"] for t in takes]
+        self._take_first_frame = np.array([t["first_frame"] for t in takes], dtype=np.int64)
+
+    @property
+    def manifest(self) -> dict[str, Any]:
+        """The parsed manifest.json (see docs/data_format.md)."""
+        return self._manifest
+
+    @property
+    def source(self) -> str:
+        """`"egoexo4d"` (clips with poses) or `"walking_tours"` (single frames, no poses)."""
+        return self._manifest["source"]
+
+    @property
+    def encoding(self) -> str:
+        """`"jpeg"` (frames are 1-D JPEG buffers) or `"raw"` ([H, W, 3] uint8)."""
+        return self._manifest["encoding"]
+
+    @property
+    def frame_size(self) -> tuple[int, int]:
+        """(H, W) of every stored frame, in pixels."""
+        return int(self._manifest["frame_height"]), int(self._manifest["frame_width"])
+
+    def __len__(self) -> int:
+        """Clips (Ego-Exo4D) or frames (WalkingTours)."""
+        if self._clips is not None:
+            return len(self._clips)
+        return len(self._frames)
+
+    def _frame(self, index: int) -> np.ndarray:
+        data = self._frames[index]  # [bytes] uint8
+        if self.encoding == "raw":
+            height, width = self.frame_size
+            return data.reshape(height, width, 3)  # [H, W, 3]
+        return data
+
+    def __getitem__(self, i: int) -> RawClip:
+        if not -len(self) <= i < len(self):
+            raise IndexError(f"sample {i} out of range for {self.path} ({len(self)} samples)")
+        i = int(i) % len(self)
+        if self._clips is None:
+            take = int(np.searchsorted(self._take_first_frame, i, side="right")) - 1
+            return RawClip(
+                frames=[self._frame(i)],
+                poses=None,
+                take=self._take_names[take],
+                start_frame=i - int(self._take_first_frame[take]),
+            )
+        row = self._clips[i]  # [2 + T] int64: take, start frame, f_0 .. f_{T-1}
+        num_steps = int(self._manifest["num_steps"])
+        num_poses = num_steps * int(self._manifest["poses_per_step"])
+        poses = self._poses[i].reshape(num_poses, -1, 4)  # [20, 17, 4]
+        return RawClip(
+            frames=[self._frame(int(f)) for f in row[2 : 2 + num_steps]],
+            poses=poses,
+            take=self._take_names[int(row[0])],
+            start_frame=int(row[1]),
+        )
+
+    def __repr__(self) -> str:
+        return f"ClipDataset({self.path!r}, source={self.source}, samples={len(self)})"
