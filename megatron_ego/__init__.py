@@ -1,3 +1,10 @@
 """megatron-ego: EgoAgent (represent, predict, act) on megatron-core and DeepSpeed."""
 
 __version__ = "0.1.0"
+
+import warnings as _warnings
+
+# megatron-core warns at import time, once per module, that apex / Transformer Engine are absent
+# (always true on CPU machines); the fallbacks it announces are the ones this project expects.
+_warnings.filterwarnings("ignore", message=r".*(Apex|Transformer Engine and Apex) (is|are) not installed")
+_warnings.filterwarnings("ignore", message=r"full scope is deprecated")

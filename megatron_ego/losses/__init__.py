@@ -1,1 +1,1 @@
-"""losses"""
+"""Losses: DINO (represent, predict), action (act), and their weighted total."""

@@ -1,1 +1,1 @@
-"""model"""
+"""The EgoAgent network: projectors, token layout, megatron-core trunk, heads."""

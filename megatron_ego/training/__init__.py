@@ -1,1 +1,1 @@
-"""training"""
+"""Training: distributed set-up, schedules, EMA teacher, checkpoints, the trainer loop, metrics."""

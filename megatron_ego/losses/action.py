@@ -1,0 +1,35 @@
+"""Action loss: L1 on x, y, z of visible joints plus visibility binary cross-entropy."""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+
+class ActionLoss(nn.Module):
+    """pred, target [..., 4, P, J] (channels x, y, z in metres, visibility) -> (loss, terms).
+
+    L1 is the mean absolute error over the x, y, z of joints visible in the target; the
+    prediction's 4th channel is a logit trained with BCE against the target's visibility (0/1).
+    """
+
+    def __init__(self, visibility_weight: float = 1.0):
+        super().__init__()
+        self.visibility_weight = visibility_weight
+
+    def forward(self, pred: torch.Tensor, target: torch.Tensor
+                ) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+        if pred.shape != target.shape or pred.shape[-3] != 4:
+            raise ValueError(
+                f"action prediction {tuple(pred.shape)} and target {tuple(target.shape)} must "
+                "match and have 4 channels (x, y, z, visibility) at dim -3"
+            )
+        pred, target = pred.float(), target.float()
+        visible = target[..., 3, :, :] > 0.5  # [..., P, J]
+        err = (pred[..., :3, :, :] - target[..., :3, :, :]).abs().sum(-3)  # [..., P, J], sum xyz
+        num = visible.sum().clamp(min=1) * 3
+        l1 = (err * visible).sum() / num
+        bce = F.binary_cross_entropy_with_logits(pred[..., 3, :, :], target[..., 3, :, :])
+        loss = l1 + self.visibility_weight * bce
+        return loss, {"act_l1": l1.detach(), "act_visibility": bce.detach()}

@@ -1,0 +1,72 @@
+"""DINO loss: cross-entropy between a centred, sharpened teacher softmax and the student's.
+
+    H(t, s) = - sum_k softmax((t - c) / tau_t)_k * log_softmax(s / tau_s)_k
+
+The center c is a buffer (state_dict-able) updated after each call from the teacher's batch mean,
+all-reduced over data-parallel ranks: c <- m c + (1 - m) mean(t).
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.distributed as dist
+import torch.nn.functional as F
+from torch import nn
+
+
+class DINOLoss(nn.Module):
+    """Multi-view DINO loss with teacher centering (facebookresearch/dino's DINOLoss semantics)."""
+
+    def __init__(self, out_dim: int, student_temp: float = 0.1, center_momentum: float = 0.9):
+        super().__init__()
+        self.student_temp = student_temp
+        self.center_momentum = center_momentum
+        self.register_buffer("center", torch.zeros(1, out_dim))  # [1, K]
+
+    def forward(
+        self,
+        student: torch.Tensor,
+        teacher: torch.Tensor,
+        teacher_temp: float,
+        skip_same_view: bool = True,
+    ) -> torch.Tensor:
+        """student [Vs, n, K], teacher [Vt, n, K] logits -> mean cross-entropy over view pairs.
+
+        With `skip_same_view`, the pair (teacher view i, student view i) is left out (the global
+        crops come first in both); otherwise views are paired one to one (Vs == Vt).
+        """
+        if student.shape[1:] != teacher.shape[1:]:
+            raise ValueError(
+                f"student logits {tuple(student.shape)} and teacher logits "
+                f"{tuple(teacher.shape)} must agree in [n, K]"
+            )
+        teacher = teacher.detach().float()
+        t_prob = F.softmax((teacher - self.center) / teacher_temp, dim=-1)  # [Vt, n, K]
+        s_logp = F.log_softmax(student.float() / self.student_temp, dim=-1)  # [Vs, n, K]
+        if skip_same_view:
+            terms = [
+                -(t_prob[i] * s_logp[v]).sum(-1).mean()
+                for i in range(t_prob.shape[0])
+                for v in range(s_logp.shape[0])
+                if v != i
+            ]
+            if not terms:
+                raise ValueError("DINO loss: no view pairs left (need more than one view)")
+            loss = torch.stack(terms).mean()
+        else:
+            if student.shape[0] != teacher.shape[0]:
+                raise ValueError("paired DINO loss needs as many student as teacher views")
+            loss = -(t_prob * s_logp).sum(-1).mean()
+        self.update_center(teacher)
+        return loss
+
+    @torch.no_grad()
+    def update_center(self, teacher: torch.Tensor) -> None:
+        """teacher [V, n, K]: EMA of the batch mean, averaged over all data-parallel ranks."""
+        batch_sum = teacher.reshape(-1, teacher.shape[-1]).sum(0, keepdim=True)  # [1, K]
+        count = torch.tensor(float(teacher.shape[0] * teacher.shape[1]), device=teacher.device)
+        if dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1:
+            dist.all_reduce(batch_sum)
+            dist.all_reduce(count)
+        batch_center = batch_sum / count
+        self.center.mul_(self.center_momentum).add_(batch_center * (1 - self.center_momentum))

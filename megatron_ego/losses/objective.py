@@ -1,0 +1,109 @@
+"""The EgoAgent objective: L = l_rep L_rep + l_pred L_pred + l_act L_act (paper eq. 4).
+
+- L_rep: DINO loss, student = all crops, teacher = global crops, representation heads.
+- L_pred: DINO loss, student = state-prediction head on the future-state outputs of steps
+  0..T-2, teacher = sg[representation head on the real frames I_1..I_{T-1}].
+- L_act: L1 on visible joints + visibility BCE, for every step's action query.
+
+A micro-batch without poses (WalkingTours) trains L_rep only. A term whose weight is 0 is not
+computed at all (the paper's leave-one-out ablations).
+"""
+
+from __future__ import annotations
+
+import torch
+from torch import nn
+
+from megatron_ego.config import LossConfig, ModelConfig
+from megatron_ego.losses.action import ActionLoss
+from megatron_ego.losses.dino import DINOLoss
+from megatron_ego.model.egoagent import EgoAgent, StudentOutput
+
+
+class EgoAgentObjective(nn.Module):
+    """Decides what the student and teacher must compute for a batch, and weighs the losses."""
+
+    def __init__(self, model_cfg: ModelConfig, loss_cfg: LossConfig):
+        super().__init__()
+        self.cfg = loss_cfg
+        k = model_cfg.head_out_dim
+        self.represent_loss = DINOLoss(k, loss_cfg.student_temp, loss_cfg.center_momentum)
+        self.predict_loss = DINOLoss(k, loss_cfg.student_temp, loss_cfg.center_momentum)
+        self.action_loss = ActionLoss(loss_cfg.visibility_weight)
+
+    def _wants_sequence(self, batch: dict) -> bool:
+        has_poses = batch.get("poses") is not None and batch.get("frames") is not None
+        return has_poses and (self.cfg.predict_weight > 0 or self.cfg.act_weight > 0)
+
+    def _wants_crops(self, batch: dict) -> bool:
+        return self.cfg.represent_weight > 0 and batch.get("global_crops") is not None
+
+    def student_inputs(self, batch: dict) -> dict[str, torch.Tensor]:
+        """Keyword arguments of `EgoAgent.forward` for this micro-batch."""
+        inputs = {}
+        if self._wants_sequence(batch):
+            inputs["frames"] = batch["frames"]
+            inputs["poses"] = batch["poses"]
+        if self._wants_crops(batch):
+            inputs["global_crops"] = batch["global_crops"]
+            inputs["local_crops"] = batch.get("local_crops")
+        if not inputs:
+            raise ValueError(
+                "micro-batch gives nothing to train: no frames+poses for predict/act and no "
+                "crops for represent (check loss weights and the data source)"
+            )
+        return inputs
+
+    @torch.no_grad()
+    def teacher_targets(self, teacher: EgoAgent, batch: dict) -> dict[str, torch.Tensor]:
+        """Teacher logits: global crops [G, b, K]; real next frames I_1..I_{T-1} [b, T-1, K]."""
+        targets = {}
+        if self._wants_crops(batch):
+            crops = batch["global_crops"]  # [b, G, 3, S, S]
+            b, g = crops.shape[:2]
+            _, logits = teacher.represent(crops.flatten(0, 1))  # [b*G, K]
+            targets["global"] = logits.unflatten(0, (b, g)).transpose(0, 1)  # [G, b, K]
+        if self._wants_sequence(batch) and self.cfg.predict_weight > 0:
+            nxt = batch["frames"][:, 1:]  # [b, T-1, 3, S, S]
+            b, t1 = nxt.shape[:2]
+            _, logits = teacher.represent(nxt.flatten(0, 1))  # [b*(T-1), K]
+            targets["next_frames"] = logits.unflatten(0, (b, t1))  # [b, T-1, K]
+        return targets
+
+    def forward(
+        self,
+        student: StudentOutput,
+        targets: dict[str, torch.Tensor],
+        batch: dict,
+        teacher_temp: float,
+    ) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+        """-> (weighted total, {term name: detached value})."""
+        c = self.cfg
+        terms: dict[str, torch.Tensor] = {}
+        total = None
+
+        def add(weight: float, name: str, value: torch.Tensor) -> None:
+            nonlocal total
+            terms[name] = value.detach()
+            total = weight * value if total is None else total + weight * value
+
+        if "global" in targets:
+            views = [student.global_logits]  # [b, G, K]
+            if student.local_logits is not None:
+                views.append(student.local_logits)  # [b, L, K]
+            s = torch.cat(views, dim=1).transpose(0, 1)  # [G+L, b, K]
+            add(c.represent_weight, "loss_represent",
+                self.represent_loss(s, targets["global"], teacher_temp, skip_same_view=True))
+        if "next_frames" in targets:
+            s = student.future_logits.flatten(0, 1)[None]  # [1, b*(T-1), K]
+            t = targets["next_frames"].flatten(0, 1)[None]  # [1, b*(T-1), K]
+            add(c.predict_weight, "loss_predict",
+                self.predict_loss(s, t, teacher_temp, skip_same_view=False))
+        if student.actions is not None and c.act_weight > 0:
+            act, parts = self.action_loss(student.actions, batch["poses"])
+            add(c.act_weight, "loss_act", act)
+            terms.update(parts)
+        if total is None:
+            raise ValueError("no loss term was computed for this micro-batch")
+        terms["loss"] = total.detach()
+        return total, terms

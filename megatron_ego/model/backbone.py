@@ -1,0 +1,124 @@
+"""The trunk: a megatron-core GPTModel over continuous tokens (InternLM-style decoder).
+
+Tokens enter through `decoder_input` ([s, b, h]) as in LLaVA's `forward_lm_only`; GPTModel is
+built with `post_process=False` (no vocabulary projection), which also drops the block's final
+norm, so the trunk adds its own RMSNorm built from the same family as the layer spec.
+"""
+
+from __future__ import annotations
+
+import torch
+from megatron.core.models.gpt import GPTModel
+from megatron.core.transformer.enums import AttnMaskType
+from megatron.core.transformer.spec_utils import ModuleSpec
+from megatron.core.transformer.transformer_config import TransformerConfig
+from torch import nn
+
+from megatron_ego.config import ModelConfig
+from megatron_ego.model.attention import SDPAttention
+from megatron_ego.model.cpu import make_recompute_cpu_safe, make_rope_cpu_safe
+from megatron_ego.model.parallel import ensure_model_parallel
+
+
+def transformer_engine_available() -> bool:
+    """True when Transformer Engine imports (GPU images). Never installed on CPU machines."""
+    try:
+        import transformer_engine  # noqa: F401
+        import transformer_engine.pytorch  # noqa: F401
+    except Exception:  # ImportError, or a CUDA-less machine where TE fails to load its library
+        return False
+    return True
+
+
+def resolve_transformer_impl(cfg: ModelConfig) -> str:
+    """'auto' -> 'transformer_engine' where TE imports, else 'local'."""
+    if cfg.transformer_impl == "auto":
+        return "transformer_engine" if transformer_engine_available() else "local"
+    if cfg.transformer_impl == "transformer_engine" and not transformer_engine_available():
+        raise RuntimeError(
+            "model.transformer_impl=transformer_engine but transformer_engine does not import; "
+            "use the Docker image (GPU) or set --model.transformer_impl=local"
+        )
+    return cfg.transformer_impl
+
+
+def build_layer_spec(cfg: ModelConfig) -> tuple[ModuleSpec, str]:
+    """One TransformerLayer spec: TE modules, or megatron-core local modules with SDPAttention.
+
+    The attention mask type is `causal` (TE then uses its own causal kernel and ignores the mask)
+    unless `frame_bidirectional`, which needs an arbitrary mask.
+    """
+    impl = resolve_transformer_impl(cfg)
+    if impl == "transformer_engine":
+        from megatron.core.models.gpt.gpt_layer_specs import (
+            get_gpt_layer_with_transformer_engine_spec,
+        )
+
+        spec = get_gpt_layer_with_transformer_engine_spec()
+        name = "transformer_engine"
+    else:
+        from megatron.core.models.gpt.gpt_layer_specs import get_gpt_layer_local_spec
+
+        spec = get_gpt_layer_local_spec(normalization="RMSNorm")
+        spec.submodules.self_attention.submodules.core_attention = SDPAttention
+        name = "local+sdpa"
+    mask_type = AttnMaskType.arbitrary if cfg.frame_bidirectional else AttnMaskType.causal
+    spec.submodules.self_attention.params = {
+        **spec.submodules.self_attention.params,
+        "attn_mask_type": mask_type,
+    }
+    return spec, name
+
+
+def build_final_norm(config: TransformerConfig, impl: str) -> nn.Module:
+    """The trunk's last RMSNorm, from the same implementation family as the layers."""
+    if impl == "transformer_engine":
+        from megatron.core.extensions.transformer_engine import TENorm
+
+        return TENorm(config=config, hidden_size=config.hidden_size, eps=config.layernorm_epsilon)
+    from megatron.core.transformer.torch_norm import WrappedTorchNorm
+
+    return WrappedTorchNorm(
+        config=config, hidden_size=config.hidden_size, eps=config.layernorm_epsilon
+    )
+
+
+class Backbone(nn.Module):
+    """GPTModel trunk + final RMSNorm: [s, b, h] continuous tokens -> [s, b, h] normed states."""
+
+    def __init__(self, cfg: ModelConfig, max_sequence_length: int, precision: str = "fp32"):
+        super().__init__()
+        ensure_model_parallel()
+        if cfg.recompute:
+            make_recompute_cpu_safe()
+        self.config = cfg.to_transformer_config(
+            bf16=precision == "bf16", fp16=precision == "fp16"
+        )
+        spec, self.spec_name = build_layer_spec(cfg)
+        self.gpt = GPTModel(
+            config=self.config,
+            transformer_layer_spec=spec,
+            vocab_size=1,  # unused: tokens are continuous and enter through decoder_input
+            max_sequence_length=max_sequence_length,
+            pre_process=True,  # pre_process=False would read a pipeline input tensor instead
+            post_process=False,  # no vocabulary projection; returns [s, b, h]
+            position_embedding_type="rope",
+            rotary_base=cfg.rotary_base,
+        )
+        # GPTModel builds a word embedding whenever pre_process=True; it is never called.
+        self.gpt.embedding.requires_grad_(False)
+        make_rope_cpu_safe(self.gpt.rotary_pos_emb)
+        impl = "transformer_engine" if self.spec_name == "transformer_engine" else "local"
+        self.final_norm = build_final_norm(self.config, impl)
+
+    def forward(self, tokens: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
+        """tokens [s, b, h]; attention_mask bool [1 or b, 1, s, s] (True = masked) -> [s, b, h]."""
+        hidden = self.gpt(
+            input_ids=None, position_ids=None, attention_mask=attention_mask, decoder_input=tokens
+        )  # [s, b, h]
+        return self.final_norm(hidden)  # [s, b, h]
+
+    def trunk_parameters(self) -> int:
+        """Parameters of the transformer layers and the final norm (the paper's 'param.')."""
+        layers = sum(p.numel() for p in self.gpt.decoder.parameters())
+        return layers + sum(p.numel() for p in self.final_norm.parameters())

@@ -1,0 +1,64 @@
+"""The few shims megatron-core 0.16 needs to run on a CPU-only torch (ENVIRONMENT.md).
+
+Each shim is a no-op when CUDA is available; on a GPU megatron-core runs unpatched.
+The attention shim is not here: a core attention of our own (`attention.SDPAttention`) is put in
+the layer spec instead of DotProductAttention, whose scratch buffer and dropout RNG are CUDA-only.
+"""
+
+from __future__ import annotations
+
+import types
+
+import torch
+
+
+def cuda_available() -> bool:
+    """True when a CUDA device can be used (a CUDA build of torch on a CPU machine says False)."""
+    return torch.cuda.is_available()
+
+
+def make_rope_cpu_safe(rope: torch.nn.Module) -> None:
+    """RotaryEmbedding.get_emb moves `inv_freq` to `torch.cuda.current_device()` on first use,
+    which raises without CUDA. On CPU, compute the same [s, 1, 1, d] table where inv_freq lives."""
+    if cuda_available():
+        return
+
+    def get_emb(self, max_seq_len: int, offset: int = 0) -> torch.Tensor:
+        freqs = self.get_freqs_non_repeated(max_seq_len, offset)  # [s, d/2]
+        if self.rotary_interleaved:
+            emb = torch.stack((freqs, freqs), dim=-1).view(freqs.shape[0], -1)  # [s, d]
+        else:
+            emb = torch.cat((freqs, freqs), dim=-1)  # [s, d]
+        return emb[:, None, None, :]  # [s, 1, 1, d]
+
+    rope.get_emb = types.MethodType(get_emb, rope)
+
+
+def seed_everything(seed: int) -> None:
+    """Seed torch; on GPU also megatron's CUDA RNG tracker (model_parallel_cuda_manual_seed),
+    which on CPU raises 'Torch not compiled with CUDA enabled' and is not needed: the trunk has no
+    dropout and TP is 1."""
+    torch.manual_seed(seed)
+    if cuda_available():
+        from megatron.core.tensor_parallel import model_parallel_cuda_manual_seed
+
+        model_parallel_cuda_manual_seed(seed)
+
+
+def make_recompute_cpu_safe() -> None:
+    """megatron's activation checkpointing (tensor_parallel.CheckpointFunction) saves and restores
+    the CUDA RNG state and the CUDA RNG tracker around the recomputation, which raises without a
+    GPU. On CPU only torch's CPU RNG state matters; swap in functions that save just that.
+    Process-wide, and only when CUDA is unavailable."""
+    if cuda_available():
+        return
+    from megatron.core.tensor_parallel import random as megatron_random
+
+    def get_states():
+        return torch.get_rng_state(), None, None
+
+    def set_states(cpu_state, _cuda_state, _tracker_states):
+        torch.set_rng_state(cpu_state)
+
+    megatron_random._get_all_rng_states = get_states
+    megatron_random._set_all_rng_states = set_states

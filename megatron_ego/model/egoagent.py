@@ -1,0 +1,134 @@
+"""EgoAgent: one trunk that represents, predicts and acts (paper section 3).
+
+    student = EgoAgent(cfg.model)
+    out = student(frames=frames, poses=poses, global_crops=g, local_crops=l)   # StudentOutput
+    feature, logits = teacher.represent(images)                               # feature branch
+
+Shapes: frames [b, T, 3, S, S], poses [b, T, 4, P, J] (x, y, z in metres, visibility),
+crops [b, V, 3, s, s]. The teacher is an EMA copy of the same class (training/ema.py).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+from torch import nn
+
+from megatron_ego.config import ModelConfig
+from megatron_ego.model.backbone import Backbone
+from megatron_ego.model.embeddings import ActionProjector, ImageProjector, QueryTokens
+from megatron_ego.model.heads import ActionHead, DINOHead
+from megatron_ego.model.layout import FeatureLayout, StudentLayout
+
+
+@dataclass
+class StudentOutput:
+    """What one student forward produces; a field is None when its inputs were not given."""
+
+    actions: torch.Tensor | None = None
+    """[b, T, 4, P, J]: predicted A_t per step (x, y, z in metres; visibility logit)."""
+    future_state: torch.Tensor | None = None
+    """[b, T, h]: future-state query outputs; step t predicts the state of I_{t+1}."""
+    future_logits: torch.Tensor | None = None
+    """[b, T-1, K]: state-prediction head on steps 0..T-2 (targets: I_1 .. I_{T-1})."""
+    global_logits: torch.Tensor | None = None
+    """[b, G, K]: representation head on the global crops."""
+    local_logits: torch.Tensor | None = None
+    """[b, L, K]: representation head on the local crops."""
+
+
+class EgoAgent(nn.Module):
+    """Projectors + query tokens + megatron-core GPTModel trunk + heads."""
+
+    def __init__(self, cfg: ModelConfig, precision: str = "fp32"):
+        super().__init__()
+        self.cfg = cfg
+        h = cfg.hidden_size
+        self.layout = StudentLayout(cfg.num_steps, cfg.patches_per_image, cfg.frame_bidirectional)
+        self.image_projector = ImageProjector(h, cfg.patch_size)
+        self.action_projector = ActionProjector(
+            h, cfg.pose_channels, cfg.poses_per_step, cfg.num_joints
+        )
+        self.queries = QueryTokens(h)
+        self.backbone = Backbone(cfg, max_sequence_length=self.layout.seq_len, precision=precision)
+        head = dict(hidden_dim=cfg.head_hidden_dim, bottleneck_dim=cfg.head_bottleneck_dim,
+                    out_dim=cfg.head_out_dim)
+        self.represent_head = DINOHead(h, **head)
+        self.predict_head = DINOHead(h, **head)
+        self.action_head = ActionHead(h, cfg.pose_channels, cfg.poses_per_step, cfg.num_joints)
+
+    # ----------------------------------------------------------------- student: predict and act
+    def act_and_predict(self, frames: torch.Tensor, poses: torch.Tensor
+                        ) -> tuple[torch.Tensor, torch.Tensor]:
+        """frames [b, T, 3, S, S], poses [b, T, 4, P, J] -> actions [b, T, 4, P, J], future [b, T, h]."""
+        self._check_frames(frames)
+        self._check_poses(poses, frames.shape[0])
+        b, t = frames.shape[:2]
+        images = self.image_projector(frames.flatten(0, 1))  # [b*T, N, h]
+        images = images.unflatten(0, (b, t))  # [b, T, N, h]
+        acts = self.action_projector(poses.flatten(0, 1)).unflatten(0, (b, t))  # [b, T, h]
+        seq = self.layout.assemble(images, acts, self.queries.action, self.queries.future_state)
+        hidden = self.backbone(
+            seq.transpose(0, 1).contiguous(),  # [S, b, h]
+            self.layout.attention_mask(seq.device),
+        )  # [S, b, h]
+        action_out = hidden[self.layout.action_query_positions.to(seq.device)]  # [T, b, h]
+        future = hidden[self.layout.future_query_positions.to(seq.device)]  # [T, b, h]
+        actions = self.action_head(action_out.transpose(0, 1))  # [b, T, 4, P, J]
+        return actions, future.transpose(0, 1)  # [b, T, 4, P, J], [b, T, h]
+
+    # ------------------------------------------------------------------- feature branch: represent
+    def represent(self, images: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """images [n, 3, s, s] (any multiple of the patch size) -> feature [n, h], logits [n, K]."""
+        feature = self.state_feature(images)  # [n, h]
+        return feature, self.represent_head(feature)
+
+    def state_feature(self, images: torch.Tensor) -> torch.Tensor:
+        """The state query's output for each image: [n, 3, s, s] -> [n, h]."""
+        tokens = self.image_projector(images)  # [n, N, h]
+        layout = FeatureLayout(tokens.shape[1], self.cfg.frame_bidirectional)
+        seq = layout.assemble(tokens, self.queries.state)  # [n, N+1, h]
+        hidden = self.backbone(seq.transpose(0, 1).contiguous(),
+                               layout.attention_mask(seq.device))  # [N+1, n, h]
+        return hidden[layout.state_query_position]  # [n, h]
+
+    # ----------------------------------------------------------------------------- training forward
+    def forward(
+        self,
+        frames: torch.Tensor | None = None,
+        poses: torch.Tensor | None = None,
+        global_crops: torch.Tensor | None = None,
+        local_crops: torch.Tensor | None = None,
+    ) -> StudentOutput:
+        """The student's whole forward for one micro-batch (any subset of the inputs)."""
+        out = StudentOutput()
+        if frames is not None and poses is not None:
+            out.actions, out.future_state = self.act_and_predict(frames, poses)
+            out.future_logits = self.predict_head(out.future_state[:, :-1])  # [b, T-1, K]
+        for name, crops in (("global_logits", global_crops), ("local_logits", local_crops)):
+            if crops is None or crops.shape[1] == 0:
+                continue
+            b, v = crops.shape[:2]
+            _, logits = self.represent(crops.flatten(0, 1))  # [b*V, K]
+            setattr(out, name, logits.unflatten(0, (b, v)))  # [b, V, K]
+        return out
+
+    # ------------------------------------------------------------------------------------- checks
+    def _check_frames(self, frames: torch.Tensor) -> None:
+        c = self.cfg
+        expected = (c.num_steps, 3, c.image_size, c.image_size)
+        if frames.dim() != 5 or tuple(frames.shape[1:]) != expected:
+            raise ValueError(
+                f"frames must be [b, {', '.join(map(str, expected))}] "
+                f"(T steps, RGB, model.image_size), got {tuple(frames.shape)}"
+            )
+
+    def _check_poses(self, poses: torch.Tensor, batch: int) -> None:
+        c = self.cfg
+        expected = (batch, c.num_steps, c.pose_channels, c.poses_per_step, c.num_joints)
+        if tuple(poses.shape) != expected:
+            raise ValueError(
+                f"poses must be [{', '.join(map(str, expected))}] "
+                f"(b, T, x/y/z/visibility, poses per step, joints), got {tuple(poses.shape)}"
+            )

@@ -1,0 +1,121 @@
+"""Losses: DINO against hand-computed values, centering momentum, action loss, gradient flow."""
+
+from __future__ import annotations
+
+import math
+
+import pytest
+import torch
+
+from megatron_ego.losses.action import ActionLoss
+from megatron_ego.losses.dino import DINOLoss
+from megatron_ego.losses.objective import EgoAgentObjective
+from megatron_ego.training.ema import make_teacher
+
+from .conftest import random_clip_batch
+
+
+def _softmax(xs):
+    m = max(xs)
+    e = [math.exp(x - m) for x in xs]
+    return [v / sum(e) for v in e]
+
+
+def test_dino_loss_is_log_k_against_a_uniform_student():
+    loss = DINOLoss(out_dim=3, student_temp=0.1)
+    teacher = torch.tensor([[[2.0, -1.0, 0.5]]])  # [1 view, 1, 3]
+    student = torch.zeros(1, 1, 3)
+    value = loss(student, teacher, teacher_temp=0.04, skip_same_view=False)
+    assert value.item() == pytest.approx(math.log(3), abs=1e-6)
+
+
+def test_dino_loss_equals_hand_computed_cross_entropy():
+    st, tt = 0.1, 0.04
+    t = [[0.2, 0.1, -0.3], [0.0, 0.05, 0.02]]  # 2 teacher views, n = 1
+    s = [[0.3, -0.2, 0.1], [0.0, 0.4, -0.1], [0.2, 0.2, 0.25]]  # 3 student views
+    expected, pairs = 0.0, 0
+    for i, tv in enumerate(t):
+        p = _softmax([x / tt for x in tv])  # center is 0 at the first call
+        for v, sv in enumerate(s):
+            if v == i:
+                continue
+            q = _softmax([x / st for x in sv])
+            expected += -sum(pk * math.log(qk) for pk, qk in zip(p, q))
+            pairs += 1
+    expected /= pairs
+    loss = DINOLoss(out_dim=3, student_temp=st)
+    got = loss(torch.tensor(s)[:, None], torch.tensor(t)[:, None], teacher_temp=tt)
+    assert pairs == 4
+    assert got.item() == pytest.approx(expected, rel=1e-5)
+
+
+def test_center_moves_by_the_stated_momentum_and_is_used():
+    loss = DINOLoss(out_dim=2, student_temp=0.1, center_momentum=0.9)
+    t1 = torch.tensor([[[1.0, 3.0], [3.0, 5.0]]])  # batch mean [2, 4]
+    loss(torch.zeros(1, 2, 2), t1, 0.04, skip_same_view=False)
+    torch.testing.assert_close(loss.center, torch.tensor([[0.2, 0.4]]))
+    t2 = torch.tensor([[[0.0, 0.0], [0.0, 0.0]]])
+    loss(torch.zeros(1, 2, 2), t2, 0.04, skip_same_view=False)
+    torch.testing.assert_close(loss.center, torch.tensor([[0.18, 0.36]]))
+    # the center is subtracted from the teacher before the softmax:
+    student = torch.tensor([[[0.0, 1.0]]])
+    teacher = torch.tensor([[[0.18, 0.36]]])  # equal to the center -> uniform teacher target
+    value = loss(student, teacher, 0.04, skip_same_view=False)
+    q = _softmax([0.0, 10.0])
+    assert value.item() == pytest.approx(-0.5 * (math.log(q[0]) + math.log(q[1])), rel=1e-5)
+    assert "center" in loss.state_dict()
+
+
+def test_action_loss_ignores_invisible_joints():
+    target = torch.zeros(1, 4, 5, 17)
+    target[:, 3] = 1.0
+    target[:, 3, :, 0] = 0.0  # joint 0 invisible in every pose
+    pred = target.clone()
+    pred[:, 3] = 20.0  # confident logits; BCE ~ 0 where visible
+    pred[:, 3, :, 0] = -20.0
+    pred[:, :3, :, 0] = 100.0  # a huge error on the invisible joint only
+    pred[:, 0, :, 1:] += 0.3  # 0.3 m error on x of the visible joints
+    loss, parts = ActionLoss(visibility_weight=1.0)(pred, target)
+    assert parts["act_l1"].item() == pytest.approx(0.1, rel=1e-5)  # mean over x, y, z
+    assert parts["act_visibility"].item() < 1e-6
+    assert loss.item() == pytest.approx(0.1, rel=1e-4)
+
+
+def test_total_loss_reaches_every_student_parameter_and_no_teacher(tiny_cfg, tiny_model):
+    student = tiny_model.train()
+    teacher = make_teacher(student, tiny_cfg.model)
+    objective = EgoAgentObjective(tiny_cfg.model, tiny_cfg.loss)
+    batch = random_clip_batch(tiny_cfg, b=2)
+    out = student(**objective.student_inputs(batch))
+    targets = objective.teacher_targets(teacher, batch)
+    total, terms = objective(out, targets, batch, teacher_temp=0.04)
+    assert {"loss_represent", "loss_predict", "loss_act", "loss"} <= set(terms)
+    total.backward()
+    dead = [n for n, p in student.named_parameters()
+            if p.requires_grad and (p.grad is None or not p.grad.abs().sum() > 0)]
+    assert dead == []
+    frozen = [n for n, p in student.named_parameters() if not p.requires_grad]
+    assert frozen == ["backbone.gpt.embedding.word_embeddings.weight"]  # unused by design
+    assert all(p.grad is None for p in teacher.parameters())
+
+
+def test_walking_tours_batches_train_representation_only(tiny_cfg, tiny_model):
+    objective = EgoAgentObjective(tiny_cfg.model, tiny_cfg.loss)
+    batch = random_clip_batch(tiny_cfg, b=2)
+    wt = {"source": "walking_tours", "global_crops": batch["global_crops"],
+          "local_crops": batch["local_crops"]}
+    inputs = objective.student_inputs(wt)
+    assert set(inputs) == {"global_crops", "local_crops"}
+    out = tiny_model(**inputs)
+    total, terms = objective(out, objective.teacher_targets(tiny_model, wt), wt, 0.04)
+    assert set(terms) == {"loss_represent", "loss"}
+
+
+def test_zero_weight_skips_the_term(tiny_cfg, tiny_model):
+    tiny_cfg.loss.predict_weight = 0.0
+    objective = EgoAgentObjective(tiny_cfg.model, tiny_cfg.loss)
+    batch = random_clip_batch(tiny_cfg, b=1)
+    targets = objective.teacher_targets(tiny_model, batch)
+    assert "next_frames" not in targets
+    _, terms = objective(tiny_model(**objective.student_inputs(batch)), targets, batch, 0.04)
+    assert "loss_predict" not in terms and "loss_act" in terms
