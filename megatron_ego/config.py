@@ -173,6 +173,8 @@ class DataConfig:
     """Area range of a local crop, as a fraction of the frame."""
     num_workers: int = 2
     """DataLoader worker processes per rank."""
+    prefetch_factor: int = 2
+    """Micro-batches each DataLoader worker prepares ahead (each item is a whole micro-batch)."""
 
     def __post_init__(self) -> None:
         if not 0.0 <= self.walking_tours_ratio <= 1.0:
