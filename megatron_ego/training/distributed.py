@@ -1,0 +1,72 @@
+"""Process set-up for every launcher: deepspeed, torchrun, srun, or a plain `python` (1 process).
+
+Reads RANK / WORLD_SIZE / LOCAL_RANK / MASTER_ADDR / MASTER_PORT (SLURM_* as a fallback), starts
+DeepSpeed's communication backend (NCCL on GPUs, gloo on CPU), picks the device, and creates
+megatron-core's trivial model-parallel groups.
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+
+import torch
+
+from megatron_ego.model.cpu import cuda_available
+from megatron_ego.model.parallel import ensure_model_parallel
+
+
+@dataclass(frozen=True)
+class DistInfo:
+    rank: int
+    world_size: int
+    local_rank: int
+    device: torch.device
+
+    @property
+    def is_main(self) -> bool:
+        return self.rank == 0
+
+
+def _env_from_slurm() -> None:
+    """Under `srun python ...` (no torchrun), derive the torch variables from SLURM's."""
+    if "RANK" in os.environ or "SLURM_PROCID" not in os.environ:
+        return
+    os.environ["RANK"] = os.environ["SLURM_PROCID"]
+    os.environ["WORLD_SIZE"] = os.environ.get("SLURM_NTASKS", "1")
+    os.environ["LOCAL_RANK"] = os.environ.get("SLURM_LOCALID", "0")
+
+
+def _skip_deepspeed_cpu_shm_op() -> None:
+    """On CPU, DeepSpeed JIT-compiles a shared-memory all-reduce op at start-up (30 s to minutes
+    on 2 cores, ENVIRONMENT.md). gloo does the same job; mark the op unavailable."""
+    import deepspeed.ops
+
+    deepspeed.ops.__compatible_ops__["deepspeed_shm_comm"] = False
+
+
+def init_distributed() -> DistInfo:
+    """Initialise torch.distributed through DeepSpeed; single process when no launcher is used."""
+    import deepspeed
+
+    _env_from_slurm()
+    os.environ.setdefault("RANK", "0")
+    os.environ.setdefault("WORLD_SIZE", "1")
+    os.environ.setdefault("LOCAL_RANK", "0")
+    os.environ.setdefault("MASTER_ADDR", "127.0.0.1")
+    os.environ.setdefault("MASTER_PORT", "29500")
+    on_gpu = cuda_available()
+    if not on_gpu:
+        _skip_deepspeed_cpu_shm_op()
+    local_rank = int(os.environ["LOCAL_RANK"])
+    if on_gpu:
+        torch.cuda.set_device(local_rank)
+    deepspeed.init_distributed(dist_backend="nccl" if on_gpu else "gloo")
+    ensure_model_parallel()
+    device = torch.device("cuda", local_rank) if on_gpu else torch.device("cpu")
+    return DistInfo(
+        rank=torch.distributed.get_rank(),
+        world_size=torch.distributed.get_world_size(),
+        local_rank=local_rank,
+        device=device,
+    )

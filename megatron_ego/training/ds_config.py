@@ -1,0 +1,68 @@
+"""The DeepSpeed JSON (configs/zero2.json) checked against the YAML run config.
+
+Batch sizes, precision and gradient clipping live in both files. A JSON value of "auto" is filled
+from the YAML; an explicit value must agree with it, or start-up stops with a one-line error that
+names both keys. The JSON keeps what only DeepSpeed knows: ZeRO stage, buckets, loss scaling.
+"""
+
+from __future__ import annotations
+
+import copy
+import json
+import os
+from typing import Any
+
+from megatron_ego.config import Config, ConfigError
+
+
+def _agree(ds: dict, key: str, value: Any, yaml_key: str, path: str) -> None:
+    """Fill ds[key] when "auto"/absent; otherwise it must equal `value`."""
+    current = ds.get(key, "auto")
+    if current == "auto":
+        ds[key] = value
+    elif current != value:
+        raise ConfigError(
+            f"{os.path.basename(path)} {key}={current} disagrees with {yaml_key}={value}; "
+            f'make them equal or set {key} to "auto" in the JSON'
+        )
+
+
+def load_ds_config(path: str, cfg: Config, world_size: int) -> dict[str, Any]:
+    """Read the DeepSpeed JSON, fill "auto" values from `cfg`, and check the rest agrees."""
+    if not os.path.isfile(path):
+        raise ConfigError(f"--ds_config {path!r} does not exist (use configs/zero2.json)")
+    try:
+        with open(path) as f:
+            ds = json.load(f)
+    except json.JSONDecodeError as e:
+        raise ConfigError(f"--ds_config {path!r} is not valid JSON: {e}") from e
+    ds = copy.deepcopy(ds)
+    run = cfg.run
+    per_step = run.micro_batch_size * world_size
+    if run.global_batch_size % per_step:
+        raise ConfigError(
+            f"run.global_batch_size={run.global_batch_size} is not a multiple of "
+            f"run.micro_batch_size x world size = {run.micro_batch_size} x {world_size}"
+        )
+    _agree(ds, "train_batch_size", run.global_batch_size, "run.global_batch_size", path)
+    _agree(ds, "train_micro_batch_size_per_gpu", run.micro_batch_size, "run.micro_batch_size",
+           path)
+    _agree(ds, "gradient_accumulation_steps", run.global_batch_size // per_step,
+           "run.global_batch_size / (run.micro_batch_size x world size)", path)
+    _agree(ds, "gradient_clipping", cfg.optim.grad_clip, "optim.grad_clip", path)
+    for name in ("bf16", "fp16"):
+        block = ds.setdefault(name, {})
+        current, wanted = block.get("enabled", "auto"), run.precision == name
+        if current == "auto":
+            block["enabled"] = wanted
+        elif bool(current) != wanted:
+            raise ConfigError(
+                f"{os.path.basename(path)} {name}.enabled={current} disagrees with "
+                f'run.precision={run.precision!r}; make them agree or set it to "auto"'
+            )
+    if "optimizer" in ds or "scheduler" in ds:
+        raise ConfigError(
+            f"{os.path.basename(path)} must not define 'optimizer' or 'scheduler': the trainer builds "
+            "AdamW with its parameter groups and per-step lr/wd schedules from the YAML (optim.*)"
+        )
+    return ds

@@ -1,0 +1,34 @@
+"""Checkpoint-on-signal: SIGTERM (scancel, node drain) and SIGUSR1 (SLURM `--signal=B:USR1@120`).
+
+The handler only records the signal; the trainer polls `requested()` at each step boundary. The
+flag is all-reduced so that every rank stops after the same step, even if only one was signalled.
+"""
+
+from __future__ import annotations
+
+import signal
+
+import torch
+import torch.distributed as dist
+
+
+class PreemptionHandler:
+    SIGNALS = (signal.SIGTERM, signal.SIGUSR1)
+
+    def __init__(self) -> None:
+        self.received: int | None = None
+        self._previous = {s: signal.signal(s, self._handle) for s in self.SIGNALS}
+
+    def _handle(self, signum, _frame) -> None:
+        self.received = signum
+
+    def requested(self, device: torch.device) -> bool:
+        """True on every rank when any rank received a signal (a collective: call on all ranks)."""
+        flag = torch.tensor([1.0 if self.received is not None else 0.0], device=device)
+        if dist.is_initialized() and dist.get_world_size() > 1:
+            dist.all_reduce(flag, op=dist.ReduceOp.MAX)
+        return bool(flag.item() > 0)
+
+    def restore(self) -> None:
+        for s, handler in self._previous.items():
+            signal.signal(s, handler)

@@ -1,0 +1,268 @@
+"""The pretraining loop: DeepSpeed ZeRO-2 student, fp32 EMA teacher, three losses, schedules,
+checkpoints on interval / end / signal, exact resume.
+
+The trainer knows nothing of the token layout: what the student and teacher compute for a
+micro-batch is the objective's business (losses/objective.py).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import math
+import os
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import deepspeed
+import torch
+import torch.distributed as dist
+
+from megatron_ego.config import Config, ConfigError, save_config
+from megatron_ego.config_io import to_dict
+from megatron_ego.losses.objective import EgoAgentObjective
+from megatron_ego.model.cpu import seed_everything
+from megatron_ego.model.egoagent import EgoAgent
+from megatron_ego.training import checkpoint as ckpt
+from megatron_ego.training.distributed import DistInfo
+from megatron_ego.training.ds_config import load_ds_config
+from megatron_ego.training.ema import EMA, make_teacher
+from megatron_ego.training.flops import clip_flops, device_peak_tflops
+from megatron_ego.training.metrics import MetricsLogger
+from megatron_ego.training.optimizer import apply_schedules, build_optimizer
+from megatron_ego.training.preemption import PreemptionHandler
+from megatron_ego.training.schedules import build_schedules
+
+log = logging.getLogger(__name__)
+
+PREEMPTED = "PREEMPTED"
+_DTYPES = {"bf16": torch.bfloat16, "fp16": torch.float16, "fp32": torch.float32}
+
+
+@dataclass
+class TrainState:
+    step: int = 0
+    """Optimizer steps done."""
+    micro_step: int = 0
+    """Micro-batches drawn from the loader (the data position)."""
+    skipped_nonfinite: int = 0
+    """Micro-batches skipped for a non-finite loss (bf16/fp32)."""
+
+
+def run_dir_of(cfg: Config) -> str:
+    out = cfg.run.output_dir
+    return out if Path(out).name == cfg.run.name else os.path.join(out, cfg.run.name)
+
+
+def check_data_paths(cfg: Config) -> None:
+    """Stop before any work when a dataset is missing (one line, with the command to run)."""
+    d = cfg.data
+    need_ego = cfg.loss.predict_weight > 0 or cfg.loss.act_weight > 0 or d.walking_tours_ratio < 1
+    if need_ego and not os.path.isfile(os.path.join(d.egoexo4d_path, "manifest.json")):
+        raise ConfigError(
+            f"data.egoexo4d_path={d.egoexo4d_path!r} holds no preprocessed dataset; run "
+            "`python -m preprocess.egoexo4d --root RAW --out DIR` first and point it there"
+        )
+    if d.walking_tours_ratio > 0 and not os.path.isfile(
+            os.path.join(d.walking_tours_path, "manifest.json")):
+        raise ConfigError(
+            f"data.walking_tours_path={d.walking_tours_path!r} holds no preprocessed dataset; run "
+            "`python -m preprocess.walking_tours --videos DIR --out DIR` or set "
+            "data.walking_tours_ratio=0"
+        )
+
+
+def _to_device(batch: dict, device: torch.device) -> dict:
+    """Tensors to the device (student inputs are cast to the engine's dtype separately)."""
+    return {k: (v.to(device, non_blocking=True) if torch.is_tensor(v) else v)
+            for k, v in batch.items()}
+
+
+def _cast(inputs: dict, dtype: torch.dtype) -> dict:
+    return {k: (v.to(dtype) if torch.is_tensor(v) and v.is_floating_point() else v)
+            for k, v in inputs.items()}
+
+
+def _all_finite(value: torch.Tensor) -> bool:
+    flag = torch.isfinite(value.detach()).all().float().reshape(1)
+    if dist.is_initialized() and dist.get_world_size() > 1:
+        dist.all_reduce(flag, op=dist.ReduceOp.MIN)
+    return bool(flag.item() > 0)
+
+
+def _mean_over_ranks(terms: dict[str, float], device: torch.device) -> dict[str, float]:
+    if not (dist.is_initialized() and dist.get_world_size() > 1) or not terms:
+        return terms
+    keys = sorted(terms)
+    t = torch.tensor([terms[k] for k in keys], device=device, dtype=torch.float64)
+    dist.all_reduce(t)
+    t /= dist.get_world_size()
+    return dict(zip(keys, t.tolist()))
+
+
+class Trainer:
+    """Builds everything from a Config and runs `fit()`."""
+
+    def __init__(self, cfg: Config, ds_config_path: str, dist_info: DistInfo,
+                 resume: str = "none"):
+        self.cfg, self.dist = cfg, dist_info
+        self.run_dir = run_dir_of(cfg)
+        check_data_paths(cfg)
+        self.ds_config = load_ds_config(ds_config_path, cfg, dist_info.world_size)
+        self.grad_accum = self.ds_config["gradient_accumulation_steps"]
+        self.dtype = _DTYPES[cfg.run.precision]
+        seed_everything(cfg.run.seed)  # identical initial weights on every rank
+        student = EgoAgent(cfg.model, precision=cfg.run.precision)
+        optimizer = build_optimizer(student, cfg.optim)
+        self.engine, self.optimizer, _, _ = deepspeed.initialize(
+            model=student, optimizer=optimizer, config=self.ds_config)
+        self.teacher = make_teacher(self.engine.module, cfg.model, dist_info.device)
+        self.ema = EMA(self.teacher, self.engine.module)
+        self.objective = EgoAgentObjective(cfg.model, cfg.loss).to(dist_info.device)
+        self.schedules = build_schedules(cfg)
+        self.state = TrainState()
+        if resume not in ("none", "auto") and not os.path.isdir(resume):
+            raise ConfigError(f"--resume {resume!r}: expected 'auto', 'none' or a checkpoint folder")
+        if resume != "none":
+            self._resume(resume)
+        if dist_info.is_main:
+            os.makedirs(self.run_dir, exist_ok=True)
+            save_config(cfg, os.path.join(self.run_dir, "config.yaml"))
+        self.per_clip = {src: clip_flops(cfg, with_poses=src == "egoexo4d")
+                         for src in ("egoexo4d", "walking_tours")}
+        self.device_name, self.peak_tflops = device_peak_tflops(cfg.run.precision)
+
+    # ------------------------------------------------------------------------------ checkpoints
+    def _resume(self, resume: str) -> None:
+        folder = Path(resume) if resume != "auto" else ckpt.find_resume_checkpoint(self.run_dir)
+        if folder is None:
+            if self.dist.is_main:
+                log.info("no complete checkpoint under %s: starting from scratch", self.run_dir)
+            return
+        state = ckpt.load_checkpoint(self.engine, folder, self.dist.rank)
+        self.teacher.load_state_dict(state["teacher"])
+        self.objective.load_state_dict(state["objective"])
+        self.state = TrainState(**state["train_state"])
+        if self.dist.is_main:
+            log.info("resumed from %s at step %d", folder, self.state.step)
+
+    def save(self) -> Path:
+        trainer_state = {
+            "teacher": self.teacher.state_dict(),
+            "objective": self.objective.state_dict(),
+            "train_state": vars(self.state).copy(),
+            "config": to_dict(self.cfg),
+        }
+        return ckpt.save_checkpoint(self.engine, self.run_dir, self.state.step, trainer_state,
+                                    self.dist.rank, self.cfg.run.keep_last)
+
+    # --------------------------------------------------------------------------------- one step
+    def _teacher_context(self):
+        if self.dist.device.type == "cuda" and self.dtype != torch.float32:
+            return torch.autocast("cuda", dtype=self.dtype)
+        return contextlib.nullcontext()
+
+    def _micro_step(self, batch: dict, teacher_temp: float) -> dict[str, float] | None:
+        """Forward + backward of one micro-batch; None when its loss was non-finite (skipped)."""
+        batch = _to_device(batch, self.dist.device)
+        inputs = _cast(self.objective.student_inputs(batch), self.dtype)
+        out = self.engine(**inputs)
+        with self._teacher_context():
+            targets = self.objective.teacher_targets(self.teacher, batch)
+        loss, terms = self.objective(out, targets, batch, teacher_temp)
+        if self.cfg.run.precision != "fp16" and not _all_finite(loss):
+            return None  # fp16 overflows are DeepSpeed's: its loss scaler skips the step
+        self.engine.backward(loss)
+        self.engine.step()
+        return {k: float(v) for k, v in terms.items()}
+
+    def _train_step(self, loader) -> dict[str, float]:
+        """One optimizer step = grad_accum micro-batches (plus any skipped non-finite ones)."""
+        values = self.schedules.at(self.state.step)
+        apply_schedules(self.optimizer, values["lr"], values["weight_decay"],
+                        self.state.step < self.cfg.optim.freeze_last_layer_iters)
+        sums: dict[str, float] = {}
+        counts: dict[str, int] = {}
+        done, consecutive_bad = 0, 0
+        sources = {"egoexo4d": 0, "walking_tours": 0}
+        while done < self.grad_accum:
+            batch = next(loader)
+            self.state.micro_step += 1
+            terms = self._micro_step(batch, values["teacher_temp"])
+            if terms is None:
+                self.state.skipped_nonfinite += 1
+                consecutive_bad += 1
+                if consecutive_bad > self.cfg.run.max_nonfinite_retries:
+                    raise FloatingPointError(
+                        f"non-finite loss at step {self.state.step + 1} (micro-batch "
+                        f"{self.state.micro_step}) {consecutive_bad} times in a row; lower "
+                        "optim.lr, check the data, or resume from an earlier checkpoint")
+                continue
+            consecutive_bad = 0
+            done += 1
+            sources[batch["source"]] += 1
+            for k, v in terms.items():
+                sums[k] = sums.get(k, 0.0) + v
+                counts[k] = counts.get(k, 0) + 1
+        self.ema.update(values["ema_momentum"])
+        self.state.step += 1
+        terms = _mean_over_ranks({k: sums[k] / counts[k] for k in sums}, self.dist.device)
+        return {**terms, **values, "_sources": sources}
+
+    # ---------------------------------------------------------------------------------- the loop
+    def fit(self, max_steps: int | None = None) -> TrainState:
+        """Train to schedule.train_iters (or `max_steps` more steps); checkpoint on the way."""
+        from megatron_ego.data import build_train_loader
+
+        cfg = self.cfg
+        end = cfg.schedule.train_iters
+        if max_steps is not None:
+            end = min(end, self.state.step + max_steps)
+        loader = iter(build_train_loader(cfg, self.dist.rank, self.dist.world_size,
+                                         start_micro_step=self.state.micro_step))
+        logger = MetricsLogger(self.run_dir, self.dist.is_main, cfg.run.log_interval,
+                               cfg.schedule.train_iters, self.state.step)
+        preemption = PreemptionHandler()
+        marker = Path(self.run_dir) / PREEMPTED
+        if self.dist.is_main and marker.exists():
+            marker.unlink()
+        skipped_fp16 = self.engine.skipped_steps
+        try:
+            while self.state.step < end:
+                t0 = time.perf_counter()
+                scalars = self._train_step(loader)
+                elapsed = time.perf_counter() - t0
+                sources = scalars.pop("_sources")
+                scalars.update(self._speed(sources, elapsed))
+                scalars["grad_norm"] = float(self.engine.get_global_grad_norm() or float("nan"))
+                scalars["skipped_steps"] = float(self.engine.skipped_steps - skipped_fp16
+                                                 + self.state.skipped_nonfinite)
+                if cfg.run.precision == "fp16":
+                    scalars["loss_scale"] = float(getattr(self.optimizer, "loss_scale", "nan"))
+                logger.log(self.state.step, scalars)
+                stop = preemption.requested(self.dist.device)
+                if stop or self.state.step % cfg.run.save_interval == 0 or self.state.step == end:
+                    self.save()
+                if stop:
+                    if self.dist.is_main:
+                        marker.write_text(f"stopped by signal at step {self.state.step}\n")
+                        log.warning("signal received: checkpoint written at step %d, exiting",
+                                    self.state.step)
+                    break
+        finally:
+            preemption.restore()
+            logger.close()
+        return self.state
+
+    def _speed(self, sources: dict[str, int], seconds: float) -> dict[str, float]:
+        """Throughput of the step just done, over all ranks."""
+        world, mb = self.dist.world_size, self.cfg.run.micro_batch_size
+        clips = sum(sources.values()) * mb * world
+        flops = sum(n * mb * world * self.per_clip[src]["train"] for src, n in sources.items())
+        tokens = sum(n * mb * world * self.per_clip[src]["tokens"] for src, n in sources.items())
+        out = {"clips_per_s": clips / seconds, "tokens_per_s": tokens / seconds,
+               "tflops_per_device": flops / seconds / world / 1e12}
+        if self.peak_tflops:
+            out["mfu"] = out["tflops_per_device"] / self.peak_tflops
+        return {k: v for k, v in out.items() if math.isfinite(v)}
