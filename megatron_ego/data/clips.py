@@ -36,7 +36,8 @@ class RawClip:
     Attributes:
         frames: T frames at 6 fps (T = manifest num_steps; 1 for WalkingTours), each a 1-D uint8
             JPEG buffer (`encoding == "jpeg"`) or an [H, W, 3] uint8 RGB array (`"raw"`). The
-            arrays are read-only views into the memory map; copy before writing into them.
+            arrays are copies: they stay valid after the dataset is gone (megatron's
+            IndexedDataset unmaps its file when deleted) and may be written into.
         poses: float32 [20, 17, 4] (T * poses_per_step poses at 30 fps; COCO joints; x, y, z in
             metres in the egocentric camera frame of each pose's own frame, and visibility 0/1),
             or None for WalkingTours.
@@ -134,7 +135,7 @@ class ClipDataset:
         return len(self._frames)
 
     def _frame(self, index: int) -> np.ndarray:
-        data = self._frames[index]  # [bytes] uint8
+        data = np.array(self._frames[index])  # [bytes] uint8, copied out of the memory map
         if self.encoding == "raw":
             height, width = self.frame_size
             return data.reshape(height, width, 3)  # [H, W, 3]
@@ -155,7 +156,7 @@ class ClipDataset:
         row = self._clips[i]  # [2 + T] int64: take, start frame, f_0 .. f_{T-1}
         num_steps = int(self._manifest["num_steps"])
         num_poses = num_steps * int(self._manifest["poses_per_step"])
-        poses = self._poses[i].reshape(num_poses, -1, 4)  # [20, 17, 4]
+        poses = np.array(self._poses[i]).reshape(num_poses, -1, 4)  # [20, 17, 4]
         return RawClip(
             frames=[self._frame(int(f)) for f in row[2 : 2 + num_steps]],
             poses=poses,

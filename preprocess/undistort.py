@@ -1,0 +1,70 @@
+"""Aria fisheye -> linear pinhole, with `projectaria_tools` (an optional dependency).
+
+Ego-Exo4D's Aria RGB videos are fisheye (FISHEYE624). The authors undistort each frame to a
+linear pinhole of the same size and the same focal length [official], using the take's
+calibration stored in `takes/<take>/*_noimagestreams.vrs`. The pinhole keeps the camera's frame
+(same T_device_camera), so the extrinsics and the poses in the camera frame stay valid.
+The demo world renders pinhole video already and needs none of this.
+"""
+
+from __future__ import annotations
+
+import glob
+import os
+from collections.abc import Callable
+
+import numpy as np
+
+__all__ = ["UndistortUnavailable", "find_calibration", "make_undistorter", "require_projectaria"]
+
+RGB_LABEL = "camera-rgb"
+
+
+class UndistortUnavailable(RuntimeError):
+    """Undistortion was asked for but `projectaria_tools` is not installed."""
+
+
+def require_projectaria():
+    """Import `projectaria_tools.core` or explain how to get it."""
+    try:
+        from projectaria_tools.core import calibration, data_provider
+    except ImportError as err:
+        raise UndistortUnavailable(
+            "fisheye undistortion needs projectaria_tools, which is not installed: "
+            "`pip install projectaria-tools` (x86_64/arm64 Linux or macOS), or pass "
+            "--undistort off to keep the fisheye frames"
+        ) from err
+    return calibration, data_provider
+
+
+def find_calibration(take_dir: str) -> str | None:
+    """The take's `*_noimagestreams.vrs` (Aria calibration), or None if it has none."""
+    found = sorted(glob.glob(os.path.join(take_dir, "*_noimagestreams.vrs")))
+    return found[0] if found else None
+
+
+def make_undistorter(vrs_path: str, width: int, height: int) -> Callable[[np.ndarray], np.ndarray]:
+    """A function mapping a fisheye RGB frame [height, width, 3] to the pinhole of equal focal.
+
+    The factory calibration is for the full-resolution sensor; it is rescaled to the video's
+    size (Ego-Exo4D's downscaled/448 videos) first.
+    """
+    calibration, data_provider = require_projectaria()
+    provider = data_provider.create_vrs_data_provider(vrs_path)
+    if provider is None:
+        raise ValueError(f"{vrs_path}: not a readable VRS file")
+    source = provider.get_device_calibration().get_camera_calib(RGB_LABEL)
+    if source is None:
+        raise ValueError(f"{vrs_path}: no {RGB_LABEL} calibration inside")
+    full_width = source.get_image_size()[0]
+    if (width, height) != tuple(source.get_image_size()):
+        source = source.rescale(np.array([width, height]), width / full_width)
+    focal = float(source.get_focal_lengths()[0])
+    target = calibration.get_linear_camera_calibration(
+        width, height, focal, RGB_LABEL, source.get_transform_device_camera()
+    )
+
+    def undistort(image: np.ndarray) -> np.ndarray:
+        return calibration.distort_by_calibration(image, target, source)  # [H, W, 3]
+
+    return undistort
