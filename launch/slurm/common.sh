@@ -1,0 +1,179 @@
+# shellcheck shell=bash
+# Launch logic shared by launch/slurm/*.sbatch and torchrun_node.sh. Sourced, never run.
+#
+# DRY_RUN=1: every command that would touch the cluster (srun, scontrol requeue, rm of the
+# PREEMPTED marker) is printed on stdout, one per line, quoted with printf %q, and not run;
+# everything informative goes to stderr. `scontrol show hostnames` is still called (tests put
+# a fake scontrol first on PATH).
+
+# Print an error that says what to do, and stop.
+ego_die() {
+    echo "error: $*" >&2
+    exit 2
+}
+
+ego_info() {
+    echo "[$(basename "$0")] $*" >&2
+}
+
+ego_is_dry_run() {
+    [[ "${DRY_RUN:-0}" == "1" ]]
+}
+
+# Run a command, or print it under DRY_RUN=1.
+ego_run() {
+    if ego_is_dry_run; then
+        local line
+        printf -v line '%q ' "$@"
+        echo "${line% }"
+    else
+        "$@"
+    fi
+}
+
+# The SLURM variables every script needs.
+ego_require_slurm() {
+    local var
+    for var in SLURM_JOB_ID SLURM_JOB_NODELIST SLURM_NNODES; do
+        if [[ -z "${!var:-}" ]]; then
+            ego_die "$var is not set: submit this script with sbatch (for DRY_RUN=1, export it yourself)"
+        fi
+    done
+}
+
+# Files the job reads, checked before anything is launched (only a warning under DRY_RUN=1).
+ego_require_files() {
+    local path
+    for path in "$@"; do
+        if [[ ! -e "$path" ]]; then
+            if ego_is_dry_run; then
+                ego_info "warning: $path does not exist (relative to $PWD)"
+            else
+                ego_die "$path does not exist (relative to $PWD): check the path, or submit from the repository root"
+            fi
+        fi
+    done
+}
+
+# The allocation's hosts, one per line, in SLURM's order.
+ego_hostnames() {
+    scontrol show hostnames "$SLURM_JOB_NODELIST"
+}
+
+# The first host of the allocation: the c10d rendezvous endpoint.
+ego_head_node() {
+    local head
+    head=$(ego_hostnames | head -n 1)
+    [[ -n "$head" ]] || ego_die "scontrol show hostnames '$SLURM_JOB_NODELIST' printed no host"
+    echo "$head"
+}
+
+# The trainer's run directory: output_dir/name, unless output_dir already ends with name.
+ego_run_dir() {
+    local output_dir=${1%/} name=$2
+    if [[ "$(basename "$output_dir")" == "$name" ]]; then
+        echo "$output_dir"
+    else
+        echo "$output_dir/$name"
+    fi
+}
+
+# Environment of the launched processes, and EGO_CONTAINER_FLAGS for srun (pyxis/enroot) when
+# CONTAINER_IMAGE is set. The checkout is mounted at the same path inside the container so that
+# run directories, configs and the PREEMPTED marker have one path on the host and in the job.
+ego_setup_environment() {
+    cd "$PROJECT_DIR" || ego_die "cannot cd to PROJECT_DIR=$PROJECT_DIR"
+    export PYTHONPATH="$PROJECT_DIR${PYTHONPATH:+:$PYTHONPATH}"
+    # shellcheck disable=SC2034  # read by the sbatch scripts that source this file
+    EGO_CONTAINER_FLAGS=()
+    if [[ -n "${CONTAINER_IMAGE:-}" ]]; then
+        local mounts="$PROJECT_DIR:$PROJECT_DIR"
+        if [[ -n "${CONTAINER_MOUNTS:-}" ]]; then
+            mounts+=",$CONTAINER_MOUNTS"
+        fi
+        # shellcheck disable=SC2034  # read by the sbatch scripts that source this file
+        EGO_CONTAINER_FLAGS=(
+            "--container-image=$CONTAINER_IMAGE"
+            "--container-mounts=$mounts"
+            "--container-workdir=$PROJECT_DIR"
+        )
+    elif [[ -d "$PROJECT_DIR/.venv/bin" ]]; then
+        export PATH="$PROJECT_DIR/.venv/bin:$PATH"
+    fi
+}
+
+# Direct children of a process, from /proc (no procps needed inside a container).
+ego_child_pids() {
+    local parent=$1 stat line pid state ppid
+    for stat in /proc/[0-9]*/stat; do
+        { line=$(<"$stat"); } 2>/dev/null || continue
+        pid=${line%% *}
+        read -r state ppid _ <<<"${line##*) }"
+        [[ -n "$state" && "$ppid" == "$parent" ]] && echo "$pid"
+    done
+    return 0
+}
+
+# Wait for a background process whose wait a trapped signal may interrupt; return its status.
+ego_wait() {
+    local pid=$1 rc again
+    while true; do
+        rc=0
+        wait "$pid" || rc=$?
+        ((rc > 128)) || return "$rc"
+        # > 128: the process died of a signal, or a trap interrupted the wait.
+        if kill -0 "$pid" 2>/dev/null; then
+            continue
+        fi
+        again=0
+        wait "$pid" 2>/dev/null || again=$?
+        ((again == 127)) || rc=$again
+        return "$rc"
+    done
+}
+
+# Run a launcher in the background and forward SIGUSR1 (the time-limit warning that
+# `#SBATCH --signal=B:USR1@...` sends to this batch shell only) to it; srun passes it on to the
+# job step. SIGTERM (scancel, preemption) reaches the step from SLURM itself: this shell only
+# stays alive for it, so that the job does not end before the trainer has checkpointed.
+# Sets EGO_GOT_USR1=1 when the warning came. Under DRY_RUN=1 prints the command instead.
+EGO_GOT_USR1=0
+EGO_LAUNCH_PID=
+ego_launch_forwarding_usr1() {
+    if ego_is_dry_run; then
+        ego_run "$@"
+        return 0
+    fi
+    trap _ego_on_usr1 USR1
+    trap 'ego_info "SIGTERM: waiting for the job step to stop"' TERM
+    "$@" &
+    EGO_LAUNCH_PID=$!
+    if [[ "$EGO_GOT_USR1" == "1" ]]; then  # the warning came while the launcher was starting
+        kill -USR1 "$EGO_LAUNCH_PID" 2>/dev/null || true
+    fi
+    local rc=0
+    ego_wait "$EGO_LAUNCH_PID" || rc=$?
+    trap - USR1 TERM
+    return "$rc"
+}
+
+# shellcheck disable=SC2317  # invoked by the USR1 trap
+_ego_on_usr1() {
+    EGO_GOT_USR1=1
+    ego_info "SIGUSR1: asking the trainer to checkpoint"
+    if [[ -n "$EGO_LAUNCH_PID" ]]; then
+        kill -USR1 "$EGO_LAUNCH_PID" 2>/dev/null || true
+    fi
+}
+
+# Requeue the job when the trainer stopped on our time-limit warning and left
+# <run_dir>/PREEMPTED: the requeued job resumes from that checkpoint (--resume auto).
+ego_maybe_requeue() {
+    local run_dir=$1
+    if [[ "$EGO_GOT_USR1" == "1" && -e "$run_dir/PREEMPTED" ]]; then
+        ego_info "the trainer checkpointed before the time limit: requeueing job $SLURM_JOB_ID"
+        ego_run scontrol requeue "$SLURM_JOB_ID"
+    elif [[ "$EGO_GOT_USR1" == "1" ]]; then
+        ego_info "time-limit warning received but no $run_dir/PREEMPTED: not requeueing"
+    fi
+}

@@ -1,0 +1,369 @@
+"""The SLURM launch scripts, run on this machine with simulated SLURM variables.
+
+DRY_RUN=1 makes each sbatch script print the commands it would run (one per line, %q-quoted), with a
+fake `scontrol` first on PATH. The preemption path (SIGUSR1 -> checkpoint -> requeue) runs for real
+against a fake `srun`, and torchrun_node.sh against a fake torchrun whose worker checkpoints on
+SIGUSR1.
+"""
+
+from __future__ import annotations
+
+import os
+import shlex
+import shutil
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+REPO = Path(__file__).resolve().parents[1]
+SLURM_DIR = REPO / "launch" / "slurm"
+# Deliberately not in sorted order: the rendezvous host must be the FIRST one scontrol prints.
+HOSTS = ["nodeC17", "nodeA02", "nodeB09", "nodeA01", "nodeD00", "nodeE05"]
+JOB_ID = "4242"
+
+
+def _write_exe(path: Path, text: str) -> Path:
+    path.write_text(text)
+    path.chmod(0o755)
+    return path
+
+
+@pytest.fixture()
+def fake_bin(tmp_path: Path) -> Path:
+    """A bin/ with a fake scontrol: `show hostnames` prints HOSTS[:SLURM_NNODES], else it logs."""
+    bin_dir = tmp_path / "bin"
+    bin_dir.mkdir()
+    hosts = "\n".join(HOSTS)
+    _write_exe(bin_dir / "scontrol", f"""#!/bin/bash
+if [[ "$1 $2" == "show hostnames" ]]; then
+    printf '%s\\n' {hosts.replace(chr(10), ' ')} | head -n "${{SLURM_NNODES:-1}}"
+else
+    echo "$*" >> "{tmp_path}/scontrol.log"
+fi
+""")
+    return bin_dir
+
+
+def _env(fake_bin: Path, nnodes: int = 4, **extra: str) -> dict[str, str]:
+    env = {
+        "PATH": f"{fake_bin}:{os.environ['PATH']}",
+        "HOME": os.environ.get("HOME", "/tmp"),
+        "SLURM_JOB_ID": JOB_ID,
+        "SLURM_JOB_NODELIST": "node[...]",
+        "SLURM_NNODES": str(nnodes),
+        "SLURM_SUBMIT_DIR": str(REPO),
+    }
+    env.update(extra)
+    return env
+
+
+def _dry_run(script: str, env: dict[str, str], *args: str) -> list[list[str]]:
+    """Run an sbatch script with DRY_RUN=1; return its printed commands, each split like a shell."""
+    proc = subprocess.run(
+        ["bash", str(SLURM_DIR / script), *args], env={**env, "DRY_RUN": "1"},
+        capture_output=True, text=True, timeout=60)
+    assert proc.returncode == 0, proc.stderr
+    return [shlex.split(line) for line in proc.stdout.splitlines() if line.strip()]
+
+
+def _flag(cmd: list[str], name: str) -> str:
+    """Value of `name=value` or `name value` in cmd."""
+    for i, arg in enumerate(cmd):
+        if arg.startswith(name + "="):
+            return arg.split("=", 1)[1]
+        if arg == name:
+            return cmd[i + 1]
+    raise AssertionError(f"{name} not in {cmd}")
+
+
+def _split_at(cmd: list[str], marker: str) -> tuple[list[str], list[str]]:
+    i = cmd.index(marker)
+    return cmd[:i], cmd[i + 1:]
+
+
+# ---------------------------------------------------------------- pretrain.sbatch (dry run)
+
+@pytest.mark.parametrize("nnodes", [1, 4, 6])
+def test_pretrain_one_torchrun_per_node_rendezvous_on_first_host(fake_bin, nnodes):
+    cmds = _dry_run("pretrain.sbatch", _env(fake_bin, nnodes))
+    assert cmds[0] == ["rm", "-f", "runs/egoagent_300m/PREEMPTED"]
+    assert len(cmds) == 2
+    srun, rest = _split_at(cmds[1], "launch/slurm/torchrun_node.sh")
+    torchrun, trainer = _split_at(rest, "launch/pretrain.py")
+    assert srun[0] == "srun"
+    assert _flag(srun, "--nodes") == str(nnodes)
+    assert _flag(srun, "--ntasks") == str(nnodes)
+    assert _flag(srun, "--ntasks-per-node") == "1"
+    assert not any(a.startswith("--container") for a in srun)
+    assert _flag(torchrun, "--nnodes") == str(nnodes)
+    assert _flag(torchrun, "--nproc_per_node") == "8"
+    assert _flag(torchrun, "--rdzv_backend") == "c10d"
+    assert _flag(torchrun, "--rdzv_endpoint") == f"{HOSTS[0]}:29500"
+    assert _flag(torchrun, "--rdzv_id") == JOB_ID
+    assert _flag(trainer, "--resume") == "auto"
+    assert _flag(trainer, "--ds_config") == "configs/zero2.json"
+    assert _flag(trainer, "--config") == "configs/egoagent_300m.yaml"
+
+
+def test_pretrain_world_size_follows_gpus_on_node_and_overrides_pass_through(fake_bin):
+    env = _env(fake_bin, 3, SLURM_GPUS_ON_NODE="4", MASTER_PORT="31000",
+               CONFIG="configs/egoagent_1b.yaml")
+    cmds = _dry_run("pretrain.sbatch", env, "--optim.lr=3e-4", "--run.log_interval=5")
+    _, rest = _split_at(cmds[-1], "launch/slurm/torchrun_node.sh")
+    torchrun, trainer = _split_at(rest, "launch/pretrain.py")
+    world = int(_flag(torchrun, "--nnodes")) * int(_flag(torchrun, "--nproc_per_node"))
+    assert world == 12
+    assert _flag(torchrun, "--rdzv_endpoint") == f"{HOSTS[0]}:31000"
+    assert _flag(trainer, "--config") == "configs/egoagent_1b.yaml"
+    assert "--run.name=egoagent_1b" in trainer
+    assert trainer[-2:] == ["--optim.lr=3e-4", "--run.log_interval=5"]
+    assert cmds[0] == ["rm", "-f", "runs/egoagent_1b/PREEMPTED"]
+
+
+@pytest.mark.parametrize(("output_dir", "run_dir"), [
+    ("/lustre/runs", "/lustre/runs/exp1"),
+    ("/lustre/runs/exp1", "/lustre/runs/exp1"),  # output_dir already ends with the run name
+])
+def test_pretrain_run_dir_matches_the_trainer(fake_bin, output_dir, run_dir):
+    env = _env(fake_bin, OUTPUT_DIR=output_dir, RUN_NAME="exp1")
+    cmds = _dry_run("pretrain.sbatch", env)
+    assert cmds[0] == ["rm", "-f", f"{run_dir}/PREEMPTED"]
+    assert f"--run.output_dir={output_dir}" in cmds[1]
+    assert "--run.name=exp1" in cmds[1]
+
+
+def test_pretrain_container_flags_only_when_image_set(fake_bin):
+    env = _env(fake_bin, CONTAINER_IMAGE="/shared/ego.sqsh", CONTAINER_MOUNTS="/lustre:/lustre")
+    srun, _ = _split_at(_dry_run("pretrain.sbatch", env)[1], "launch/slurm/torchrun_node.sh")
+    assert _flag(srun, "--container-image") == "/shared/ego.sqsh"
+    assert _flag(srun, "--container-mounts").split(",") == [f"{REPO}:{REPO}", "/lustre:/lustre"]
+    assert _flag(srun, "--container-workdir") == str(REPO)
+
+
+def test_pretrain_without_slurm_variables_says_to_use_sbatch(fake_bin):
+    env = _env(fake_bin)
+    del env["SLURM_JOB_NODELIST"]
+    proc = subprocess.run(["bash", str(SLURM_DIR / "pretrain.sbatch")], env={**env, "DRY_RUN": "1"},
+                          capture_output=True, text=True, timeout=60)
+    assert proc.returncode == 2
+    assert "SLURM_JOB_NODELIST" in proc.stderr and "sbatch" in proc.stderr
+    assert proc.stdout == ""
+
+
+def test_sbatch_headers_signal_requeue_and_come_before_any_command():
+    for script in ("pretrain.sbatch", "preprocess.sbatch", "evaluate.sbatch"):
+        lines = (SLURM_DIR / script).read_text().splitlines()
+        assert lines[0] == "#!/bin/bash"
+        directives = [i for i, line in enumerate(lines) if line.startswith("#SBATCH")]
+        first_command = next(i for i, line in enumerate(lines)
+                             if line.strip() and not line.startswith("#"))
+        assert directives and max(directives) < first_command, script  # sbatch stops reading there
+    header = (SLURM_DIR / "pretrain.sbatch").read_text()
+    for directive in ("--signal=B:USR1@120", "--requeue", "--ntasks-per-node=1",
+                      "--gpus-per-node=8", "--open-mode=append"):
+        assert f"#SBATCH {directive}\n" in header
+
+
+# ------------------------------------------------------ pretrain.sbatch: preemption, for real
+
+FAKE_SRUN = """#!/bin/bash
+# Stands in for srun + trainer: logs its arguments; on SIGUSR1 "checkpoints" (PREEMPTED) and exits 0.
+echo "args $*" >> "$FAKE_LOG"
+run_dir=$FAKE_RUN_DIR
+on_usr1() {
+    echo "got USR1" >> "$FAKE_LOG"
+    if [[ "$FAKE_MODE" == "checkpoint" ]]; then mkdir -p "$run_dir" && touch "$run_dir/PREEMPTED"; fi
+    exit 0
+}
+trap on_usr1 USR1
+echo "started" >> "$FAKE_LOG"
+if [[ "$FAKE_MODE" == "exit" ]]; then exit "$FAKE_RC"; fi
+while true; do sleep 0.05; done
+"""
+
+
+def _wait_for(predicate, what: str, timeout: float = 30.0) -> None:
+    deadline = time.monotonic() + timeout
+    while not predicate():
+        if time.monotonic() > deadline:
+            raise AssertionError(f"timed out waiting for {what}")
+        time.sleep(0.02)
+
+
+def _preemption_env(fake_bin: Path, tmp_path: Path, mode: str, rc: int = 0) -> dict[str, str]:
+    _write_exe(fake_bin / "srun", FAKE_SRUN)
+    out = tmp_path / "runs"
+    return _env(fake_bin, 2, OUTPUT_DIR=str(out), RUN_NAME="exp", FAKE_LOG=str(tmp_path / "srun.log"),
+                FAKE_RUN_DIR=str(out / "exp"), FAKE_MODE=mode, FAKE_RC=str(rc))
+
+
+def _requeues(tmp_path: Path) -> list[str]:
+    log = tmp_path / "scontrol.log"
+    return log.read_text().splitlines() if log.exists() else []
+
+
+@pytest.mark.parametrize(("mode", "requeued"), [("checkpoint", True), ("no_marker", False)])
+def test_usr1_is_forwarded_and_requeues_only_after_a_checkpoint(fake_bin, tmp_path, mode, requeued):
+    env = _preemption_env(fake_bin, tmp_path, mode)
+    log = tmp_path / "srun.log"
+    proc = subprocess.Popen(["bash", str(SLURM_DIR / "pretrain.sbatch")], env=env,
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    try:
+        _wait_for(lambda: log.exists() and "started" in log.read_text(), "the fake srun")
+        proc.send_signal(signal.SIGUSR1)  # what `#SBATCH --signal=B:USR1@120` does
+        _, err = proc.communicate(timeout=30)
+    finally:
+        proc.kill()
+    assert proc.returncode == 0, err
+    assert "got USR1" in log.read_text()
+    assert (tmp_path / "runs" / "exp" / "PREEMPTED").exists() == requeued
+    assert _requeues(tmp_path) == ([f"requeue {JOB_ID}"] if requeued else [])
+
+
+def test_normal_end_removes_stale_marker_and_does_not_requeue(fake_bin, tmp_path):
+    env = _preemption_env(fake_bin, tmp_path, "exit", rc=0)
+    stale = tmp_path / "runs" / "exp" / "PREEMPTED"
+    stale.parent.mkdir(parents=True)
+    stale.touch()
+    proc = subprocess.run(["bash", str(SLURM_DIR / "pretrain.sbatch")], env=env,
+                          capture_output=True, text=True, timeout=60)
+    assert proc.returncode == 0, proc.stderr
+    assert not stale.exists()
+    assert _requeues(tmp_path) == []
+
+
+def test_launcher_failure_is_the_job_exit_code(fake_bin, tmp_path):
+    env = _preemption_env(fake_bin, tmp_path, "exit", rc=3)
+    proc = subprocess.run(["bash", str(SLURM_DIR / "pretrain.sbatch")], env=env,
+                          capture_output=True, text=True, timeout=60)
+    assert proc.returncode == 3
+    assert _requeues(tmp_path) == []
+
+
+# ------------------------------------------------------------------ torchrun_node.sh, for real
+
+FAKE_TORCHRUN = """#!{python}
+# Stands in for torchrun: records argv, starts one worker, exits with the worker's status.
+# It installs no SIGUSR1 handler, like the real torchrun.
+import subprocess, sys
+open(sys.argv[0] + ".args", "w").write("\\n".join(sys.argv[1:]))
+worker = subprocess.Popen([{python!r}, {worker!r}])
+sys.exit(worker.wait())
+"""
+
+FAKE_WORKER = """#!{python}
+# Stands in for a training process: on SIGUSR1 it checkpoints and exits 0.
+import signal, sys, time
+from pathlib import Path
+requested = []
+signal.signal(signal.SIGUSR1, lambda *_: requested.append(1))
+Path({ready!r}).touch()
+while not requested:
+    time.sleep(0.02)
+Path({done!r}).write_text(str(len(requested)))
+sys.exit(0)
+"""
+
+
+@pytest.mark.parametrize("step_wide", [False, True], ids=["to-wrapper", "to-whole-step"])
+def test_torchrun_node_hands_usr1_to_workers_and_torchrun_survives(tmp_path, step_wide):
+    ready, done = tmp_path / "ready", tmp_path / "done"
+    worker = _write_exe(tmp_path / "worker.py", FAKE_WORKER.format(
+        python=sys.executable, ready=str(ready), done=str(done)))
+    torchrun = _write_exe(tmp_path / "torchrun", FAKE_TORCHRUN.format(
+        python=sys.executable, worker=str(worker)))
+    args = ["--nnodes", "2", "--nproc_per_node", "8", "launch/pretrain.py", "--resume", "auto"]
+    proc = subprocess.Popen(["bash", str(SLURM_DIR / "torchrun_node.sh"), *args],
+                            env={**os.environ, "TORCHRUN": str(torchrun)},
+                            start_new_session=True, stderr=subprocess.PIPE, text=True)
+    try:
+        _wait_for(ready.exists, "the fake worker")
+        if step_wide:  # SLURM signals every process of the step, torchrun included
+            os.killpg(proc.pid, signal.SIGUSR1)
+        else:
+            proc.send_signal(signal.SIGUSR1)
+        _, err = proc.communicate(timeout=30)
+    finally:
+        if proc.poll() is None:
+            os.killpg(proc.pid, signal.SIGKILL)
+    # 128 + SIGUSR1 here would mean torchrun died of the signal instead of waiting for its worker.
+    assert proc.returncode == 0, err
+    assert done.exists()
+    assert (tmp_path / "torchrun.args").read_text().splitlines() == args
+
+
+# ---------------------------------------------------------------- preprocess.sbatch (dry run)
+
+def test_preprocess_egoexo4d_mpi_ranks_across_all_nodes(fake_bin, tmp_path):
+    env = _env(fake_bin, 4, SLURM_NTASKS="64", RAW_DIR=str(tmp_path), SPLIT="val")
+    (cmd,) = _dry_run("preprocess.sbatch", env, "--workers", "2")
+    srun, program = _split_at(cmd, "python")
+    assert _flag(srun, "--nodes") == "4"
+    assert _flag(srun, "--ntasks") == "64"
+    assert _flag(srun, "--mpi") == "pmix"
+    assert program[:2] == ["-m", "preprocess.egoexo4d"]
+    assert _flag(program, "--root") == str(tmp_path)
+    assert _flag(program, "--out") == "data/egoexo4d/val"
+    assert _flag(program, "--split") == "val"
+    assert program[-2:] == ["--workers", "2"]
+
+
+def test_preprocess_walking_tours_is_one_task(fake_bin, tmp_path):
+    env = _env(fake_bin, 1, RAW_DIR=str(tmp_path), SOURCE="walking_tours",
+               CONTAINER_IMAGE="/shared/ego.sqsh")
+    (cmd,) = _dry_run("preprocess.sbatch", env)
+    srun, program = _split_at(cmd, "python")
+    assert _flag(srun, "--ntasks") == "1"
+    assert _flag(srun, "--container-image") == "/shared/ego.sqsh"
+    assert program == ["-m", "preprocess.walking_tours", "--videos", str(tmp_path),
+                       "--out", "data/walking_tours"]
+
+
+@pytest.mark.parametrize(("extra", "message"), [
+    ({}, "RAW_DIR"),
+    ({"RAW_DIR": "/tmp", "SOURCE": "ego4d"}, "SOURCE=ego4d"),
+])
+def test_preprocess_rejects_bad_input_with_a_message(fake_bin, extra, message):
+    proc = subprocess.run(["bash", str(SLURM_DIR / "preprocess.sbatch")],
+                          env={**_env(fake_bin), **extra, "DRY_RUN": "1"},
+                          capture_output=True, text=True, timeout=60)
+    assert proc.returncode == 2
+    assert message in proc.stderr
+
+
+# ------------------------------------------------------------------ evaluate.sbatch (dry run)
+
+def test_evaluate_exports_the_run_then_evaluates_on_8_gpus(fake_bin):
+    env = _env(fake_bin, 1, RUN_DIR="runs/egoagent_300m")
+    export, evaluate = _dry_run("evaluate.sbatch", env, "--batch_size", "64")
+    assert export[export.index("python"):] == [
+        "python", "launch/export.py", "--checkpoint", "runs/egoagent_300m",
+        "--out", "runs/egoagent_300m/export"]
+    _, torchrun = _split_at(evaluate, "torchrun")
+    assert _flag(torchrun, "--nproc_per_node") == "8"
+    assert _flag(torchrun, "--model") == "runs/egoagent_300m/export"
+    assert _flag(torchrun, "--task") == "all"
+    assert _flag(torchrun, "--out") == "runs/egoagent_300m/eval"
+    assert torchrun[-2:] == ["--batch_size", "64"]
+
+
+def test_evaluate_an_existing_export_skips_the_export(fake_bin):
+    env = _env(fake_bin, 1, MODEL_DIR="/models/ego", TASK="act")
+    (cmd,) = _dry_run("evaluate.sbatch", env)
+    assert "launch/evaluate.py" in cmd and "launch/export.py" not in cmd
+    assert _flag(cmd, "--task") == "act"
+    assert _flag(cmd, "--out") == "/models/ego/eval"
+
+
+# ------------------------------------------------------------------------------- shellcheck
+
+@pytest.mark.skipif(shutil.which("shellcheck") is None, reason="shellcheck not installed")
+def test_shellcheck_passes_on_every_launch_script():
+    scripts = sorted(str(p) for p in SLURM_DIR.iterdir() if p.suffix in (".sh", ".sbatch"))
+    proc = subprocess.run(["shellcheck", "-x", *scripts], cwd=REPO,
+                          capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 0, proc.stdout
