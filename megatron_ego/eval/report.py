@@ -1,0 +1,111 @@
+"""Evaluation report: ``results.json`` ({task: {method: {metric: value}}}) and ``results.md``.
+
+Both files are written atomically (a temporary file in the same folder, fsync, then rename), so a
+reader never sees half a report. Non-finite values (e.g. a metric with no valid sample) are stored
+as JSON null and shown as "n/a".
+
+Usage::
+
+    write_results({"act": {"egoagent": {"mpjpe_30fps": 12.9}}}, "runs/eval")
+    read_results("runs/eval/results.json")
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import tempfile
+from pathlib import Path
+
+METHODS = ("egoagent", "zero_velocity", "constant_velocity", "representation_only")
+METRICS = ("top1", "top5", "map", "mpjpe_30fps", "mpjve_30fps", "mpjpe_10fps", "mpjve_10fps")
+UNITS = {"top1": "%", "top5": "%", "map": "%", "mpjpe_30fps": "cm", "mpjve_30fps": "cm/s",
+         "mpjpe_10fps": "cm", "mpjve_10fps": "cm/s"}
+Results = dict[str, dict[str, dict[str, float | int | None]]]
+
+
+def _clean(results: Results) -> Results:
+    """Validate the nesting and turn numbers into JSON-safe floats/ints (non-finite -> None)."""
+    if not isinstance(results, dict):
+        raise ValueError("results must be a dict {task: {method: {metric: value}}}")
+    clean: Results = {}
+    for task, methods in results.items():
+        if not isinstance(task, str) or not isinstance(methods, dict):
+            raise ValueError(f"results[{task!r}] must map method names to metric dicts")
+        clean[task] = {}
+        for method, metrics in methods.items():
+            if not isinstance(method, str) or not isinstance(metrics, dict):
+                raise ValueError(f"results[{task!r}][{method!r}] must map metric names to numbers")
+            clean[task][method] = {}
+            for metric, value in metrics.items():
+                number_like = hasattr(value, "__float__") and not isinstance(value, bool)
+                if value is not None and not number_like:
+                    raise ValueError(
+                        f"results[{task!r}][{method!r}][{metric!r}] = {value!r} is not a number"
+                    )
+                if isinstance(value, int) or value is None:
+                    clean[task][method][str(metric)] = value
+                    continue
+                number = float(value)
+                clean[task][method][str(metric)] = number if math.isfinite(number) else None
+    return clean
+
+
+def _ordered(names, known: tuple[str, ...]) -> list[str]:
+    names = list(dict.fromkeys(names))
+    return [n for n in known if n in names] + sorted(n for n in names if n not in known)
+
+
+def _format(value: float | int | None) -> str:
+    if value is None:
+        return "n/a"
+    return str(value) if isinstance(value, int) else f"{value:.2f}"
+
+
+def results_markdown(results: Results) -> str:
+    """One markdown table per task: methods as rows, metrics (with units) as columns."""
+    lines = ["# Evaluation results", ""]
+    for task, methods in results.items():
+        metrics = _ordered([m for values in methods.values() for m in values], METRICS)
+        header = [f"{m} ({UNITS[m]})" if m in UNITS else m for m in metrics]
+        lines += [f"## {task}", "", "| method | " + " | ".join(header) + " |",
+                  "|---|" + "---|" * len(metrics)]
+        for method in _ordered(methods, METHODS):
+            row = [_format(methods[method].get(m)) for m in metrics]
+            lines.append(f"| {method} | " + " | ".join(row) + " |")
+        lines.append("")
+    return "\n".join(lines)
+
+
+def _write_atomic(path: Path, text: str) -> None:
+    handle, temporary = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    try:
+        with os.fdopen(handle, "w", encoding="utf-8") as stream:
+            stream.write(text)
+            stream.flush()
+            os.fsync(stream.fileno())
+        os.chmod(temporary, 0o644)  # mkstemp makes 0600; a report is for everyone to read
+        os.replace(temporary, path)
+    except BaseException:
+        Path(temporary).unlink(missing_ok=True)
+        raise
+
+
+def write_results(results: Results, out_dir: str | Path) -> tuple[Path, Path]:
+    """Write ``out_dir/results.json`` and ``out_dir/results.md``; returns both paths."""
+    clean = _clean(results)
+    out_dir = Path(out_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    json_path, md_path = out_dir / "results.json", out_dir / "results.md"
+    _write_atomic(json_path, json.dumps(clean, indent=2, sort_keys=False) + "\n")
+    _write_atomic(md_path, results_markdown(clean))
+    return json_path, md_path
+
+
+def read_results(path: str | Path) -> Results:
+    """Load a ``results.json`` written by ``write_results``."""
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"{path} does not exist: run launch/evaluate.py first")
+    return _clean(json.loads(path.read_text(encoding="utf-8")))
