@@ -16,7 +16,8 @@
 ARG NGC_PYTORCH_TAG=25.12-py3
 FROM nvcr.io/nvidia/pytorch:${NGC_PYTORCH_TAG}
 
-# The torch inside the base image (not installed here: never replace the image's torch).
+# What the base image ships (from its release notes; not installed here: never replace its torch).
+ARG IMAGE_PYTHON_VERSION=3.12
 ARG IMAGE_TORCH_VERSION=2.10.0a0+b4e4ee81d3
 ARG MEGATRON_CORE_VERSION=0.17.1
 ARG DEEPSPEED_VERSION=0.19.8
