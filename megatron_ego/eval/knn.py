@@ -154,6 +154,8 @@ def knn_classify(
             "the k-NN training bank is empty: extract features of the train split first"
         )
     bank = F.normalize(train_feats.float(), dim=1).t()  # [d, n]
+    train_labels = train_labels.to(bank.device)
+    test_feats = test_feats.to(bank.device)
     k = min(k, bank.shape[1])
     scores = torch.zeros(test_feats.shape[0], num_classes, device=bank.device)  # [m, C]
     for start in range(0, test_feats.shape[0], chunk):

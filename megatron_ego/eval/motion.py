@@ -100,8 +100,8 @@ def motion_metrics(
          "num_samples": samples scored, "num_skipped": samples with no visible joint}.
     """
     pred = torch.as_tensor(pred_poses, dtype=torch.float64)
-    true = torch.as_tensor(true_poses, dtype=torch.float64)
-    vis = torch.as_tensor(visible).bool()
+    true = torch.as_tensor(true_poses, dtype=torch.float64, device=pred.device)
+    vis = torch.as_tensor(visible, device=pred.device).bool()
     _check(pred, true, vis)
     if reduction not in ("per_sample", "pooled"):
         raise ValueError(f"reduction must be 'per_sample' or 'pooled'; got {reduction!r}")

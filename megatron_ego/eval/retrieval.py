@@ -89,6 +89,9 @@ def retrieve_topk(
 ) -> torch.Tensor:
     """Indices [q, k] of each query's k most similar gallery items, its excluded frame left out."""
     gallery_t = F.normalize(gallery_feats.float(), dim=1).t()  # [d, g]
+    query_feats = query_feats.to(gallery_t.device)
+    if exclude_index is not None:
+        exclude_index = exclude_index.long().to(gallery_t.device)
     k = min(k, gallery_feats.shape[0] - (0 if exclude_index is None else 1))
     order, _ = _ranking(query_feats, gallery_t, exclude_index)  # [q, g]
     return order[:, :k]
@@ -122,6 +125,10 @@ def average_precision(
         exclude_index = exclude_index.long()
     _check(query_feats, gallery_feats, target_index, exclude_index, positives)
     gallery_t = F.normalize(gallery_feats.float(), dim=1).t()  # [d, g]
+    device = gallery_t.device
+    query_feats, target_index = query_feats.to(device), target_index.to(device)
+    if exclude_index is not None:
+        exclude_index = exclude_index.to(device)
     top1, ap = [], []
     for start in range(0, query_feats.shape[0], chunk):
         stop = start + chunk
@@ -131,7 +138,7 @@ def average_precision(
         if positives is None:
             relevant = order.eq(targets.view(-1, 1))  # [c, g]
         else:
-            relevant = positives[start:stop].bool().to(order.device).gather(1, order)  # [c, g]
+            relevant = positives[start:stop].bool().to(device).gather(1, order)  # [c, g]
             relevant |= order.eq(targets.view(-1, 1))
         relevant &= valid
         hits = relevant.cumsum(dim=1).double()  # [c, g]

@@ -1,0 +1,160 @@
+"""Evaluation figures (PNG): predicted vs true skeletons, and future-state retrieval examples.
+
+Figures are drawn on ``matplotlib.figure.Figure`` objects (Agg canvas, no pyplot global state), so
+they work headless and from several threads. Saved without tight bounding boxes: a figure is
+exactly ``figsize x dpi`` pixels.
+
+Usage::
+
+    plot_skeleton_sequence(pred, true, visible, "runs/x/act_example.png")   # [F, 17, 3] metres
+    plot_retrieval_examples(query, top5_images, true_rank, "runs/x/retrieval_example.png")
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+from matplotlib.backends.backend_agg import FigureCanvasAgg
+from matplotlib.figure import Figure
+
+# COCO-17 joint order (FACTS.md "Data"): limbs as joint-index pairs
+COCO_EDGES = (
+    (0, 1), (0, 2), (1, 3), (2, 4), (3, 5), (4, 6),  # head to shoulders
+    (5, 6), (5, 7), (7, 9), (6, 8), (8, 10),  # shoulders and arms
+    (5, 11), (6, 12), (11, 12),  # torso
+    (11, 13), (13, 15), (12, 14), (14, 16),  # legs
+)
+PRED_COLOUR, TRUE_COLOUR = "tab:red", "tab:blue"
+HIT_COLOUR, MISS_COLOUR = "tab:green", "tab:red"
+
+
+def _new_figure(width_in: float, height_in: float, dpi: int) -> Figure:
+    figure = Figure(figsize=(width_in, height_in), dpi=dpi)
+    FigureCanvasAgg(figure)
+    return figure
+
+
+def _save(figure: Figure, path: str | Path) -> Path:
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    figure.savefig(path, format="png")
+    return path
+
+
+def _draw_skeleton(ax, points: np.ndarray, visible: np.ndarray, colour: str, label: str) -> None:
+    """Draw joints ``points`` [J, 2] (plot coordinates) and the limbs whose ends are visible."""
+    for a, b in COCO_EDGES:
+        if b < len(points) and visible[a] and visible[b]:
+            ax.plot(points[[a, b], 0], points[[a, b], 1], color=colour, linewidth=1.5)
+    ax.scatter(points[visible, 0], points[visible, 1], s=8, color=colour, label=label)
+
+
+def plot_skeleton_sequence(
+    pred: np.ndarray,
+    true: np.ndarray,
+    visible: np.ndarray,
+    path: str | Path,
+    num_panels: int = 4,
+    panel_inches: float = 3.0,
+    dpi: int = 100,
+) -> Path:
+    """Predicted (red) over true (blue) skeletons at ``num_panels`` frames spread over the window.
+
+    Args:
+        pred: [F, J, 3] predicted joints, metres, egocentric camera frame (x right, y down,
+            z forward).
+        true: [F, J, 3] true joints, metres.
+        visible: [F, J] bool, true-joint visibility (invisible true joints are not drawn;
+            predicted joints are all drawn).
+        path: PNG to write (parent folders are created).
+    Returns:
+        ``path``. Top row: camera view (x, y); bottom row: side view (z, y); y points down in both,
+        as in the camera. Image size: (num_panels x panel_inches x dpi) by (2 x panel_inches x dpi).
+    """
+    pred, true = np.asarray(pred, dtype=float), np.asarray(true, dtype=float)
+    visible = np.asarray(visible, dtype=bool)
+    if pred.ndim != 3 or pred.shape[-1] != 3 or true.shape != pred.shape:
+        raise ValueError(
+            f"skeletons must be [F, J, 3] and match; got {pred.shape} and {true.shape}"
+        )
+    if visible.shape != pred.shape[:2]:
+        raise ValueError(f"visible must be [F, J] = {list(pred.shape[:2])}; got {visible.shape}")
+    num_panels = max(1, min(num_panels, pred.shape[0]))
+    frames = np.linspace(0, pred.shape[0] - 1, num_panels).round().astype(int)
+    shown = np.concatenate([pred.reshape(-1, 3), true[visible]])  # [*, 3]
+    shown = shown[np.isfinite(shown).all(axis=1)]
+    low, high = (shown.min(axis=0), shown.max(axis=0)) if len(shown) else (-np.ones(3), np.ones(3))
+    centre, half = (low + high) / 2, (high - low).max() / 2 * 1.1 + 0.05  # one span for all axes
+    low, high = centre - half, centre + half
+
+    figure = _new_figure(num_panels * panel_inches, 2 * panel_inches, dpi)
+    axes = figure.subplots(2, num_panels, squeeze=False)
+    everywhere = np.ones(pred.shape[1], dtype=bool)
+    for column, frame in enumerate(frames):
+        for row, (horizontal, name) in enumerate(((0, "x"), (2, "z"))):
+            ax = axes[row, column]
+            _draw_skeleton(ax, true[frame][:, [horizontal, 1]], visible[frame], TRUE_COLOUR, "true")
+            _draw_skeleton(ax, pred[frame][:, [horizontal, 1]], everywhere, PRED_COLOUR, "pred")
+            ax.set_xlim(low[horizontal], high[horizontal])
+            ax.set_ylim(high[1], low[1])  # y down, as in the camera
+            ax.set_aspect("equal", adjustable="box")
+            ax.set_xlabel(f"{name} (m)", fontsize=7)
+            ax.set_ylabel("y (m)", fontsize=7)
+            ax.tick_params(labelsize=6)
+            if row == 0:
+                ax.set_title(f"frame {frame}", fontsize=8)
+    axes[0, 0].legend(fontsize=6, loc="upper right")
+    figure.tight_layout()
+    return _save(figure, path)
+
+
+def plot_retrieval_examples(
+    query_img: np.ndarray,
+    retrieved: np.ndarray,
+    true_idx_marker: int | None,
+    path: str | Path,
+    panel_inches: float = 2.0,
+    dpi: int = 100,
+) -> Path:
+    """The query frame, then the retrieved gallery frames in rank order; the true t+1 is framed.
+
+    Args:
+        query_img: [H, W, 3] uint8, the input frame I_t of the query.
+        retrieved: [K, H, W, 3] uint8, gallery frames ranked 1..K.
+        true_idx_marker: position (0..K-1) of the true frame t+1 among ``retrieved``, drawn with a
+            green frame; None when it is not among them (rank 1 is then framed red).
+        path: PNG to write.
+    Returns:
+        ``path``; image size ((K + 1) x panel_inches x dpi) by (panel_inches x dpi).
+    """
+    query_img, retrieved = np.asarray(query_img), np.asarray(retrieved)
+    if query_img.ndim != 3 or query_img.shape[-1] != 3 or retrieved.ndim != 4:
+        raise ValueError(
+            f"need query [H, W, 3] and retrieved [K, H, W, 3]; got {query_img.shape}, "
+            f"{retrieved.shape}"
+        )
+    count = retrieved.shape[0]
+    if true_idx_marker is not None and not 0 <= true_idx_marker < count:
+        raise ValueError(f"true_idx_marker must be None or in [0, {count}); got {true_idx_marker}")
+    figure = _new_figure((count + 1) * panel_inches, panel_inches, dpi)
+    axes = figure.subplots(1, count + 1, squeeze=False)[0]
+    panels = [("query I_t", query_img, None)]
+    for rank in range(count):
+        if true_idx_marker is None:
+            colour = MISS_COLOUR if rank == 0 else None
+        else:
+            colour = HIT_COLOUR if rank == true_idx_marker else None
+        panels.append((f"rank {rank + 1}", retrieved[rank], colour))
+    for ax, (title, image, colour) in zip(axes, panels):
+        ax.imshow(image)
+        ax.set_title(title, fontsize=8)
+        ax.set_xticks([])
+        ax.set_yticks([])
+        for spine in ax.spines.values():
+            spine.set_visible(colour is not None)
+            if colour is not None:
+                spine.set_color(colour)
+                spine.set_linewidth(4)
+    figure.tight_layout()
+    return _save(figure, path)
