@@ -23,6 +23,7 @@ ARG MEGATRON_CORE_VERSION=0.17.1
 ARG DEEPSPEED_VERSION=0.19.8
 ARG AV_VERSION=18.1.0
 ARG MPI4PY_VERSION=4.1.2
+ARG PROJECTARIA_TOOLS_VERSION=2.3.0
 # The user the container runs as. Docker/Kubernetes clusters that forbid root: keep a non-root uid
 # (pass your own with --build-arg USER_UID=$(id -u)). enroot/pyxis run as the calling user anyway.
 ARG USER_UID=1000
@@ -42,6 +43,11 @@ ENV PIP_DISABLE_PIP_VERSION_CHECK=1 \
 RUN python -m pip install --no-build-isolation "deepspeed==${DEEPSPEED_VERSION}" \
  && python -m pip install "megatron-core==${MEGATRON_CORE_VERSION}" "av==${AV_VERSION}" \
  && python -m pip install einops safetensors scikit-image tensorboard tqdm PyYAML pillow matplotlib
+
+# projectaria-tools for the Aria fisheye undistortion in preprocess/ (calibration, data_provider).
+# --no-deps: its requirements (jupyter, rerun-sdk, plotly, ...) serve its viewers, not those two
+# compiled modules, which import with numpy alone.
+RUN python -m pip install --no-deps "projectaria-tools==${PROJECTARIA_TOOLS_VERSION}"
 
 # mpi4py from source against the image's Open MPI (HPC-X, mpicc on PATH), so that
 # `srun --mpi=pmix python -m preprocess.egoexo4d` uses the cluster's PMIx through it.

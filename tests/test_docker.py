@@ -74,6 +74,7 @@ def test_dockerfile_installs_its_pins_and_never_torch():
         if package != "torch":
             assert f'"{package}==${{{arg}}}"' in text, f"no pip install of {package}==${{{arg}}}"
     assert not re.search(r"\btorch(vision)?\s*[=<>]", text), "the image's torch must stay"
+    assert '"projectaria-tools==${PROJECTARIA_TOOLS_VERSION}"' in text  # preprocess/ undistortion
 
 
 def test_base_image_is_a_pinned_ngc_pytorch_tag_with_python_for_the_core():

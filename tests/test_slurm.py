@@ -8,6 +8,7 @@ SIGUSR1.
 
 from __future__ import annotations
 
+import json
 import os
 import shlex
 import shutil
@@ -134,6 +135,23 @@ def test_pretrain_run_dir_matches_the_trainer(fake_bin, output_dir, run_dir):
     assert cmds[0] == ["rm", "-f", f"{run_dir}/PREEMPTED"]
     assert f"--run.output_dir={output_dir}" in cmds[1]
     assert "--run.name=exp1" in cmds[1]
+
+
+def test_pretrain_command_parses_and_its_run_dir_is_the_trainers(fake_bin):
+    """The printed trainer arguments go through launch/pretrain.py's own parser and config loader,
+    and the PREEMPTED marker the script watches lies in the trainer's run directory."""
+    from launch.pretrain import parse_args
+    from megatron_ego.config import load_config
+    from megatron_ego.training.trainer import PREEMPTED, run_dir_of
+
+    env = _env(fake_bin, OUTPUT_DIR="/lustre/runs", RUN_NAME="exp1")
+    rm, launch = _dry_run("pretrain.sbatch", env, "--optim.lr=3e-4")
+    _, trainer_argv = _split_at(launch, "launch/pretrain.py")
+    args, overrides = parse_args(trainer_argv)
+    assert (args.resume, args.ds_config) == ("auto", "configs/zero2.json")
+    cfg = load_config(str(REPO / args.config), overrides)
+    assert cfg.optim.lr == 3e-4
+    assert rm == ["rm", "-f", str(Path(run_dir_of(cfg)) / PREEMPTED)]
 
 
 def test_pretrain_container_flags_only_when_image_set(fake_bin):
@@ -312,15 +330,51 @@ def test_preprocess_egoexo4d_mpi_ranks_across_all_nodes(fake_bin, tmp_path):
     assert program[-2:] == ["--workers", "2"]
 
 
-def test_preprocess_walking_tours_is_one_task(fake_bin, tmp_path):
-    env = _env(fake_bin, 1, RAW_DIR=str(tmp_path), SOURCE="walking_tours",
+def test_preprocess_walking_tours_over_mpi_in_a_container(fake_bin, tmp_path):
+    env = _env(fake_bin, 1, SLURM_NTASKS="10", RAW_DIR=str(tmp_path), SOURCE="walking_tours",
                CONTAINER_IMAGE="/shared/ego.sqsh")
     (cmd,) = _dry_run("preprocess.sbatch", env)
     srun, program = _split_at(cmd, "python")
-    assert _flag(srun, "--ntasks") == "1"
+    assert _flag(srun, "--nodes") == "1"
+    assert _flag(srun, "--ntasks") == "10"
+    assert _flag(srun, "--mpi") == "pmix"
     assert _flag(srun, "--container-image") == "/shared/ego.sqsh"
     assert program == ["-m", "preprocess.walking_tours", "--videos", str(tmp_path),
                        "--out", "data/walking_tours"]
+
+
+FAKE_SRUN_MPI = """#!/bin/bash
+# Stands in for `srun --mpi=pmix`: the same ranks through Open MPI's mpirun on this machine.
+ntasks=1
+while [[ $# -gt 0 && $1 == --* ]]; do
+    case $1 in --ntasks=*) ntasks=${1#--ntasks=} ;; esac
+    shift
+done
+exec mpirun -n "$ntasks" --allow-run-as-root --oversubscribe "$@"
+"""
+
+
+@pytest.mark.skipif(shutil.which("mpirun", path=str(Path(sys.executable).parent)) is None
+                    and shutil.which("mpirun") is None, reason="no mpirun")
+def test_preprocess_for_real_on_two_mpi_ranks(fake_bin, tmp_path):
+    """preprocess.sbatch -> (fake srun) mpirun -n 2 -> preprocess.egoexo4d on the demo world."""
+    raw, out = tmp_path / "raw", tmp_path / "out"
+    subprocess.run([sys.executable, "-m", "preprocess.demo_world", "--out", str(raw), "--takes", "2",
+                    "--seconds", "2", "--resolution", "64", "--walking-tours", "0",
+                    "--knn-train", "1", "--knn-val", "1"],
+                   cwd=REPO, check=True, capture_output=True, timeout=120)
+    _write_exe(fake_bin / "srun", FAKE_SRUN_MPI)
+    env = _env(fake_bin, 1, SLURM_NTASKS="2", RAW_DIR=str(raw), OUT_DIR=str(out))
+    env["PATH"] = f"{env['PATH']}:{Path(sys.executable).parent}"
+    proc = subprocess.run(["bash", str(SLURM_DIR / "preprocess.sbatch"), "--undistort", "off",
+                           "--takes-per-shard", "1"],
+                          env=env, capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    manifest = json.loads((out / "manifest.json").read_text())
+    assert manifest["source"] == "egoexo4d" and manifest["split"] == "train"
+    assert manifest["num_clips"] > 0
+    for name in ("frames", "poses", "clips"):
+        assert (out / f"{name}.bin").stat().st_size > 0 and (out / f"{name}.idx").exists()
 
 
 @pytest.mark.parametrize(("extra", "message"), [
