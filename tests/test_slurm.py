@@ -200,7 +200,8 @@ on_usr1() {
 trap on_usr1 USR1
 echo "started" >> "$FAKE_LOG"
 if [[ "$FAKE_MODE" == "exit" ]]; then exit "$FAKE_RC"; fi
-while true; do sleep 0.05; done
+for _ in $(seq 1200); do sleep 0.05; done  # gives up after a minute, should a test fail
+exit 99
 """
 
 
@@ -274,44 +275,68 @@ sys.exit(worker.wait())
 """
 
 FAKE_WORKER = """#!{python}
-# Stands in for a training process: on SIGUSR1 it checkpoints and exits 0.
-import signal, sys, time
+# Stands in for a training process: on SIGUSR1 it checkpoints and exits 0 (gives up after 60 s).
+import os, signal, sys, time
 from pathlib import Path
 requested = []
 signal.signal(signal.SIGUSR1, lambda *_: requested.append(1))
-Path({ready!r}).touch()
-while not requested:
+rank = os.environ.get("LOCAL_RANK", "0")
+Path({ready!r} + rank).touch()
+deadline = time.monotonic() + 60
+while not requested and time.monotonic() < deadline:
     time.sleep(0.02)
-Path({done!r}).write_text(str(len(requested)))
+if not requested:
+    sys.exit(99)
+Path({done!r} + rank).write_text(str(len(requested)))
 sys.exit(0)
 """
 
 
-@pytest.mark.parametrize("step_wide", [False, True], ids=["to-wrapper", "to-whole-step"])
-def test_torchrun_node_hands_usr1_to_workers_and_torchrun_survives(tmp_path, step_wide):
-    ready, done = tmp_path / "ready", tmp_path / "done"
-    worker = _write_exe(tmp_path / "worker.py", FAKE_WORKER.format(
-        python=sys.executable, ready=str(ready), done=str(done)))
-    torchrun = _write_exe(tmp_path / "torchrun", FAKE_TORCHRUN.format(
-        python=sys.executable, worker=str(worker)))
-    args = ["--nnodes", "2", "--nproc_per_node", "8", "launch/pretrain.py", "--resume", "auto"]
-    proc = subprocess.Popen(["bash", str(SLURM_DIR / "torchrun_node.sh"), *args],
-                            env={**os.environ, "TORCHRUN": str(torchrun)},
-                            start_new_session=True, stderr=subprocess.PIPE, text=True)
+def _run_wrapper_and_signal(tmp_path: Path, args: list[str], env: dict[str, str], nworkers: int,
+                            step_wide: bool) -> subprocess.CompletedProcess:
+    """Start torchrun_node.sh in its own session, wait for the workers, send SIGUSR1."""
+    proc = subprocess.Popen(["bash", str(SLURM_DIR / "torchrun_node.sh"), *args], env=env,
+                            cwd=REPO, start_new_session=True, stderr=subprocess.PIPE, text=True)
     try:
-        _wait_for(ready.exists, "the fake worker")
+        _wait_for(lambda: all((tmp_path / f"ready{r}").exists() for r in range(nworkers)),
+                  "the workers", timeout=120)
         if step_wide:  # SLURM signals every process of the step, torchrun included
             os.killpg(proc.pid, signal.SIGUSR1)
         else:
             proc.send_signal(signal.SIGUSR1)
-        _, err = proc.communicate(timeout=30)
+        _, err = proc.communicate(timeout=60)
     finally:
         if proc.poll() is None:
             os.killpg(proc.pid, signal.SIGKILL)
+    return subprocess.CompletedProcess(proc.args, proc.returncode, "", err)
+
+
+@pytest.mark.parametrize("step_wide", [False, True], ids=["to-wrapper", "to-whole-step"])
+def test_torchrun_node_hands_usr1_to_workers_and_torchrun_survives(tmp_path, step_wide):
+    worker = _write_exe(tmp_path / "worker.py", FAKE_WORKER.format(
+        python=sys.executable, ready=str(tmp_path / "ready"), done=str(tmp_path / "done")))
+    torchrun = _write_exe(tmp_path / "torchrun", FAKE_TORCHRUN.format(
+        python=sys.executable, worker=str(worker)))
+    args = ["--nnodes", "2", "--nproc_per_node", "8", "launch/pretrain.py", "--resume", "auto"]
+    env = {**os.environ, "TORCHRUN": str(torchrun)}
+    proc = _run_wrapper_and_signal(tmp_path, args, env, 1, step_wide)
     # 128 + SIGUSR1 here would mean torchrun died of the signal instead of waiting for its worker.
-    assert proc.returncode == 0, err
-    assert done.exists()
+    assert proc.returncode == 0, proc.stderr
+    assert (tmp_path / "done0").exists()
     assert (tmp_path / "torchrun.args").read_text().splitlines() == args
+
+
+def test_torchrun_node_with_the_real_torchrun(tmp_path):
+    """The real torchrun dies of SIGUSR1 and starts its workers in sessions of their own; through
+    the wrapper, both workers checkpoint and the node's launcher exits 0."""
+    worker = _write_exe(tmp_path / "worker.py", FAKE_WORKER.format(
+        python=sys.executable, ready=str(tmp_path / "ready"), done=str(tmp_path / "done")))
+    env = {**os.environ, "PATH": f"{Path(sys.executable).parent}:{os.environ['PATH']}"}
+    args = ["--nnodes", "1", "--nproc_per_node", "2", "--rdzv_backend", "c10d",
+            "--rdzv_endpoint", "localhost:0", "--max_restarts", "0", str(worker)]
+    proc = _run_wrapper_and_signal(tmp_path, args, env, 2, step_wide=True)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert (tmp_path / "done0").exists() and (tmp_path / "done1").exists()
 
 
 # ---------------------------------------------------------------- preprocess.sbatch (dry run)
