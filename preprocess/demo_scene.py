@@ -54,8 +54,9 @@ def photograph(name: str, tint: tuple[int, int, int] | None = None) -> np.ndarra
         alpha = image[..., 3:4].astype(np.float32) / 255.0
         image = image[..., :3] * alpha + 255.0 * (1.0 - alpha)
     if image.ndim == 2:
-        grey = image.astype(np.float32)[..., None] / 255.0  # [H, W, 1]
-        image = grey * np.asarray(tint or (255, 255, 255), np.float32)
+        grey = image.astype(np.float32)[..., None]  # [H, W, 1]
+        # A mild tint: saturated colour on fine grey detail is unlike camera footage.
+        image = grey * (0.6 + 0.4 * np.asarray(tint or (255, 255, 255), np.float32) / 255.0)
     return np.clip(image, 0, 255).astype(np.uint8)
 
 

@@ -15,7 +15,8 @@ torso turning before the head (`demo_motion`). Written under --out:
   ground_truth/<uid>.npz                                      outside the Ego-Exo4D layout:
       joints_cam [N, 17, 3] float64 (camera frame, metres), visible [N, 17], labelled [N],
       manual [N], has_extrinsics [N], extrinsics [N, 3, 4], frame_index [M] (every 5th frame),
-      frames [M, H, W, 3] uint8 (clean renders of those frames)
+      frames [M, H, W, 3] uint8 (clean renders of those frames), intrinsics [3, 3], split,
+      camera_layout ("per_camera" | "per_frame")
 
 The video is rendered at --resolution (the path says 448 as Ego-Exo4D's does; the stored
 training resolution is chosen when preprocessing). Deterministic for a given --seed.
@@ -38,7 +39,9 @@ from preprocess.demo_layout import plan_labels, write_body_json, write_camera_js
 from preprocess.demo_motion import body_and_camera, simulate_walk
 from preprocess.demo_scene import Room, pinhole_intrinsics
 
-__all__ = ["encode_video", "look_at", "main", "take_video_path", "write_demo_world"]
+__all__ = [
+    "encode_video", "look_at", "main", "take_video_path", "texture_resolution", "write_demo_world",
+]
 
 FPS = 30
 FOV_DEG = 90.0
@@ -67,6 +70,15 @@ def encode_video(path: str, frames: Iterable[np.ndarray], fps: int, crf: int = 8
         if stream is not None:
             for packet in stream.encode(None):
                 container.mux(packet)
+
+
+def texture_resolution(resolution: int) -> int:
+    """Wall texels per metre matched to the video: about one texel per pixel at 1.5 m.
+
+    Finer textures would alias into noise that no video codec keeps (and no camera sees).
+    """
+    focal = 0.5 * resolution / np.tan(np.radians(FOV_DEG) / 2)  # pixels
+    return max(16, int(round(focal / 1.5)))
 
 
 def look_at(forward: np.ndarray) -> np.ndarray:
@@ -107,10 +119,10 @@ def _write_take(root: str, room: Room, index: int, split: str, seconds: float, s
         joints_cam=joints_cam, visible=labels.visible, labelled=labels.labelled,
         manual=labels.manual, has_extrinsics=labels.extrinsics, extrinsics=extrinsics,
         frame_index=np.arange(0, num_frames, 5), frames=np.stack(kept), intrinsics=K,
+        split=split, camera_layout=labels.camera_layout,
     )
     return {"take_uid": uid, "take_name": name, "root_dir": f"takes/{name}",
-            "task_name": "Demo world walk", "duration_sec": seconds, "split": split,
-            "camera_pose_layout": labels.camera_layout}
+            "task_name": "Demo world walk", "duration_sec": seconds}
 
 
 def _write_walking_tours(root: str, room: Room, count: int, seconds: float, size: int,
@@ -148,14 +160,14 @@ def _write_imagefolder(root: str, room: Room, per_class: dict[str, int], size: i
 
 def write_demo_world(out: str, takes: int = 8, seconds: float = 20.0, seed: int = 0,
                      resolution: int = 160, walking_tours: int = 2,
-                     walking_tours_seconds: float = 8.0, knn_train: int = 16,
-                     knn_val: int = 8) -> list[dict]:
+                     walking_tours_seconds: float = 8.0, knn_train: int = 12,
+                     knn_val: int = 6) -> list[dict]:
     """Write the whole demo raw dataset under `out` (see the module docstring); returns takes.json.
 
     Every 4th take (index 3, 7, ...) goes to the val split, the others to train.
     """
     rng = np.random.default_rng(seed)
-    room = Room()
+    room = Room(px_per_m=texture_resolution(resolution))
     os.makedirs(out, exist_ok=True)
     entries = []
     for index in tqdm(range(takes), desc="demo takes", unit="take"):
@@ -179,8 +191,8 @@ def main(argv: list[str] | None = None) -> None:
                         help="video side in pixels (square takes; WalkingTours 16:9 at this height)")
     parser.add_argument("--walking-tours", type=int, default=2, help="WalkingTours-like videos")
     parser.add_argument("--walking-tours-seconds", type=float, default=8.0)
-    parser.add_argument("--knn-train", type=int, default=16, help="k-NN train images per class")
-    parser.add_argument("--knn-val", type=int, default=8, help="k-NN val images per class")
+    parser.add_argument("--knn-train", type=int, default=12, help="k-NN train images per class")
+    parser.add_argument("--knn-val", type=int, default=6, help="k-NN val images per class")
     args = parser.parse_args(argv)
     if args.takes < 1 or args.seconds < 1 or args.resolution < 32:
         parser.error("need --takes >= 1, --seconds >= 1 and --resolution >= 32")

@@ -91,6 +91,7 @@ def _write_shards(shards: list[list[Unit]], shard_dir: str, process: ProcessFn,
             writer.abort()
             raise
         writer.commit({"fingerprint": fingerprint, "takes": takes, "stats": stats.flat()})
+        log.info("wrote shard %d: %d of %d takes kept", k, len(takes), len(shards[k]))
     progress.close()
 
 

@@ -1,0 +1,123 @@
+"""Demo world -> preprocess.egoexo4d / preprocess.walking_tours -> ClipDataset round trip."""
+
+from __future__ import annotations
+
+import json
+import os
+
+import numpy as np
+import pytest
+from megatron.core.datasets.indexed_dataset import IndexedDataset
+
+from megatron_ego.data.clips import ClipDataset, decode_frame
+from preprocess import egoexo4d, walking_tours
+from preprocess.demo_world import write_demo_world
+
+SIZE = 96
+
+
+def make_world(root: str, takes: int = 3, seconds: float = 3, seed: int = 0) -> list[dict]:
+    """A tiny demo world (takes x seconds at 30 fps, SIZE px), with one short WalkingTours video."""
+    return write_demo_world(root, takes=takes, seconds=seconds, seed=seed, resolution=SIZE,
+                            walking_tours=1, walking_tours_seconds=2, knn_train=0, knn_val=0)
+
+
+def run_egoexo4d(root: str, out: str, *extra: str) -> None:
+    egoexo4d.main(["--root", root, "--out", out, "--size", str(SIZE), "--takes-per-shard", "1",
+                   *extra])
+
+
+def psnr(a: np.ndarray, b: np.ndarray) -> float:
+    mse = np.mean((a.astype(np.float64) - b.astype(np.float64)) ** 2)
+    return float(10 * np.log10(255.0**2 / mse))
+
+
+@pytest.fixture(scope="module")
+def demo(tmp_path_factory):
+    root = str(tmp_path_factory.mktemp("raw"))
+    takes = make_world(root)
+    out = str(tmp_path_factory.mktemp("egoexo4d"))
+    run_egoexo4d(root, out, "--keep-shards")
+    return root, {t["take_name"]: t["take_uid"] for t in takes}, out
+
+
+def test_round_trip_poses_and_frames_match_ground_truth(demo):
+    root, uids, out = demo
+    ds = ClipDataset(out)
+    assert ds.source == "egoexo4d" and ds.encoding == "jpeg" and ds.frame_size == (SIZE, SIZE)
+    assert len(ds) >= 6
+    rng = np.random.default_rng(0)
+    errors, mse = [], []
+    for i in rng.choice(len(ds), size=min(8, len(ds)), replace=False):
+        clip = ds[int(i)]
+        gt = np.load(os.path.join(root, "ground_truth", f"{uids[clip.take]}.npz"))
+        frames = range(clip.start_frame, clip.start_frame + 20)
+        visible = gt["visible"][frames]  # [20, 17]
+        assert clip.poses.shape == (20, 17, 4) and clip.poses.dtype == np.float32
+        np.testing.assert_array_equal(clip.poses[..., 3], visible)
+        want = np.where(visible[..., None], gt["joints_cam"][frames], 0.0)  # [20, 17, 3]
+        errors.append(np.abs(clip.poses[..., :3] - want).max())
+        for t, frame in enumerate(clip.frames):
+            image = decode_frame(frame)  # [H, W, 3]
+            reference = gt["frames"][(clip.start_frame + 5 * t) // 5]
+            mse.append(np.mean((image.astype(np.float64) - reference) ** 2))
+    assert max(errors) < 1e-5  # metres
+    assert 10 * np.log10(255.0**2 / np.mean(mse)) > 30.0  # dB over the sampled frames
+
+
+def test_clips_follow_the_format(demo):
+    root, uids, out = demo
+    ds = ClipDataset(out)
+    manifest = ds.manifest
+    assert manifest["num_clips"] == len(ds) and manifest["preprocess"]["stride"] == 5
+    for take in manifest["takes"]:
+        assert take["uid"] == uids[take["name"]]
+    index = IndexedDataset(os.path.join(out, "clips"))  # keep it alive: deleting it unmaps
+    clips = np.stack(index[:])  # [n, 6]
+    assert (clips[:, 1] % 5 == 0).all()
+    for row in clips:  # f_t are this take's stored frames, 5 frames (one step) apart
+        take = manifest["takes"][row[0]]
+        assert take["first_frame"] <= row[2:].min() and row[2:].max() < (
+            take["first_frame"] + take["num_frames"])
+        assert (np.diff(row[2:]) >= 1).all()
+    with open(os.path.join(out, "stats.json")) as f:
+        stats = json.load(f)
+    assert stats["windows_kept"] == len(ds) and stats["takes_kept"] == len(manifest["takes"])
+    assert stats["windows_skipped"]["pose_gap"] > 0  # the demo leaves a 1 s hole per take
+    assert stats["pose_frames"]["manual"] > 0 and stats["pose_frames"]["automatic"] > 0
+
+
+def test_megatron_indexed_dataset_opens_every_output(demo, tmp_path):
+    root, _, out = demo
+    wt = str(tmp_path / "wt")
+    walking_tours.main(["--videos", os.path.join(root, "walking_tours"), "--out", wt,
+                        "--size", "48"])
+    for prefix, dtype, items in (("frames", np.uint8, None), ("poses", np.float32, 20 * 17 * 4),
+                                 ("clips", np.int64, 6)):
+        dataset = IndexedDataset(os.path.join(out, prefix))
+        assert dataset.index.dtype == dtype and len(dataset) > 0
+        if items:
+            assert (dataset.sequence_lengths == items).all()
+    frames = IndexedDataset(os.path.join(wt, "frames"))
+    assert len(frames) == 2 * 6  # 2 s at 6 fps
+    ds = ClipDataset(wt)
+    assert ds.source == "walking_tours" and len(ds) == 12 and ds[3].poses is None
+    assert decode_frame(ds[3].frames[0]).shape == (48, 84, 3)  # 16:9, shorter side 48
+
+
+def test_rerun_skips_finished_shards_and_raw_encoding(demo, tmp_path):
+    root, _, out = demo
+    shards = os.path.join(out, ".shards")
+    before = {name: os.path.getmtime(os.path.join(shards, name)) for name in os.listdir(shards)}
+    run_egoexo4d(root, out, "--keep-shards", "--overwrite")  # the merge is redone, not shards
+    after = {name: os.path.getmtime(os.path.join(shards, name)) for name in os.listdir(shards)}
+    assert before == after
+    raw = str(tmp_path / "raw")
+    run_egoexo4d(root, raw, "--encoding", "raw")
+    a, b = ClipDataset(out), ClipDataset(raw)
+    assert len(a) == len(b) and b.encoding == "raw"
+    assert not os.path.exists(os.path.join(raw, ".shards"))
+    clip_a, clip_b = a[len(a) - 1], b[len(b) - 1]
+    np.testing.assert_array_equal(clip_a.poses, clip_b.poses)
+    assert clip_b.frames[0].shape == (SIZE, SIZE, 3)
+    assert psnr(decode_frame(clip_a.frames[0]), clip_b.frames[0]) > 30
