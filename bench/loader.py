@@ -1,0 +1,240 @@
+"""Loader throughput per CPU core: our micro-batch builder vs DINO's torchvision/PIL pipeline.
+
+    .venv/bin/python bench/loader.py                     # 256-px JPEG frames, 5 repetitions
+    .venv/bin/python bench/loader.py --frame-size 448 --reps 7 --json out.json
+
+One process, torch.set_num_threads(1): the numbers are per core (a DataLoader worker is one).
+Both pipelines start from the same stored JPEG frames (natural images from scikit-image's bundled
+samples, resized to --frame-size and JPEG-encoded at quality 90) and produce the same tensors:
+
+- clip (Ego-Exo4D micro-batch): T=4 frames decoded; each resized whole to 224 and normalised;
+  one anchor frame gives 2 global views (224, scale 0.4-1) and 6 local views (112, scale
+  0.05-0.4) with DINO's augmentations; poses reshaped. Reference: PIL decode of the 4 frames,
+  torchvision Resize((224, 224)) + ToTensor + Normalize on each, and DINO's
+  DataAugmentationDINO (main_dino.py: RandomResizedCrop bicubic, flip, ColorJitter p=0.8,
+  RandomGrayscale, PIL GaussianBlur, PIL solarize, ToTensor + Normalize) on the anchor, stacked
+  into a micro-batch. Ours: `MicroBatchDataset` (megatron_ego/data/loader.py) Ego-Exo4D items.
+- frame (WalkingTours micro-batch, multi-crop only): one frame decoded, 2 + 6 views. Reference:
+  PIL decode + DataAugmentationDINO. Ours: `MicroBatchDataset` WalkingTours items.
+
+Repetitions alternate ours and the reference, so that load from other processes on a shared
+machine hits both alike; the report gives the median rate of each and the median of the
+per-repetition ratios.
+"""
+
+from __future__ import annotations
+
+import argparse
+import io
+import json
+import platform
+import random
+import statistics
+import time
+
+import numpy as np
+import torch
+from PIL import Image, ImageFilter, ImageOps
+from torchvision import transforms as T
+
+from megatron_ego.data.augment import MultiCropSpec
+from megatron_ego.data.clips import RawClip
+from megatron_ego.data.decode import IMAGENET_MEAN, IMAGENET_STD
+from megatron_ego.data.loader import MicroBatchDataset, keep_heap_memory
+from megatron_ego.data.mix import EGOEXO4D, WALKING_TOURS
+
+NUM_STEPS, POSES, JOINTS = 4, 20, 17
+
+
+def stored_frames(size: int) -> list[np.ndarray]:
+    """Natural images as 1-D JPEG buffers of size x size pixels (quality 90)."""
+    import skimage.data
+
+    frames = []
+    for name in ("astronaut", "coffee", "chelsea", "rocket"):
+        image = Image.fromarray(getattr(skimage.data, name)())
+        side = min(image.size)
+        left, top = (image.width - side) // 2, (image.height - side) // 2
+        image = image.crop((left, top, left + side, top + side)).resize((size, size), Image.BICUBIC)
+        buffer = io.BytesIO()
+        image.save(buffer, format="JPEG", quality=90)
+        frames.append(np.frombuffer(buffer.getvalue(), dtype=np.uint8))
+    return frames
+
+
+class MemoryClips:
+    """In-memory stand-in for ClipDataset: `count` clips (or single frames) of stored JPEGs."""
+
+    encoding = "jpeg"
+
+    def __init__(self, frames: list[np.ndarray], size: int, count: int, clips: bool) -> None:
+        self.frames, self.frame_size, self.count, self.clips = frames, (size, size), count, clips
+        self.poses = np.random.default_rng(0).standard_normal((POSES, JOINTS, 4)).astype(np.float32)
+
+    def __len__(self) -> int:
+        return self.count
+
+    def __getitem__(self, i: int) -> RawClip:
+        n = len(self.frames)
+        if not self.clips:
+            return RawClip([self.frames[i % n]], None, "bench", i)
+        return RawClip([self.frames[(i + t) % n] for t in range(NUM_STEPS)], self.poses, "bench", i)
+
+
+class DinoReference:
+    """DINO's DataAugmentationDINO written with torchvision transforms on PIL images."""
+
+    def __init__(self, spec: MultiCropSpec) -> None:
+        flip_and_jitter = T.Compose([
+            T.RandomHorizontalFlip(p=0.5),
+            T.RandomApply([T.ColorJitter(0.4, 0.4, 0.2, 0.1)], p=0.8),
+            T.RandomGrayscale(p=0.2),
+        ])
+        norm = T.Compose([T.ToTensor(), T.Normalize(IMAGENET_MEAN, IMAGENET_STD)])
+        bicubic = T.InterpolationMode.BICUBIC
+
+        def crop(size, scale):
+            return T.RandomResizedCrop(size, scale=scale, interpolation=bicubic)
+
+        g, loc = spec.global_size, spec.local_size
+        self.global1 = T.Compose([crop(g, spec.global_scale), flip_and_jitter, _blur(1.0), norm])
+        self.global2 = T.Compose(
+            [crop(g, spec.global_scale), flip_and_jitter, _blur(0.1), _solarize(0.2), norm]
+        )
+        self.local = T.Compose([crop(loc, spec.local_scale), flip_and_jitter, _blur(0.5), norm])
+        self.whole = T.Compose([T.Resize((g, g)), norm])
+        self.num_local = spec.num_local
+
+    def views(self, image: Image.Image) -> tuple[torch.Tensor, torch.Tensor]:
+        crops_l = [self.local(image) for _ in range(self.num_local)]
+        return torch.stack([self.global1(image), self.global2(image)]), torch.stack(crops_l)
+
+    def clip(self, clip: RawClip, anchor: int) -> dict[str, torch.Tensor]:
+        images = [_pil(f) for f in clip.frames]
+        frames = torch.stack([self.whole(im) for im in images])  # [T, 3, S, S]
+        crops_g, crops_l = self.views(images[anchor])
+        poses = torch.from_numpy(clip.poses).view(NUM_STEPS, 5, JOINTS, 4).permute(0, 3, 1, 2)
+        return {"frames": frames, "poses": poses, "global_crops": crops_g, "local_crops": crops_l}
+
+    def frame(self, clip: RawClip) -> dict[str, torch.Tensor]:
+        crops_g, crops_l = self.views(_pil(clip.frames[0]))
+        return {"global_crops": crops_g, "local_crops": crops_l}
+
+
+def _pil(frame: np.ndarray) -> Image.Image:
+    return Image.open(io.BytesIO(frame.tobytes())).convert("RGB")
+
+
+def _blur(p: float):
+    def blur(image):  # DINO's GaussianBlur: PIL filter, radius uniform in [0.1, 2]
+        if random.random() <= p:
+            return image.filter(ImageFilter.GaussianBlur(radius=random.uniform(0.1, 2.0)))
+        return image
+
+    return blur
+
+
+def _solarize(p: float):
+    def solarize(image):
+        return ImageOps.solarize(image) if random.random() < p else image
+
+    return solarize
+
+
+def reference_batches(ref: DinoReference, source: MemoryClips, b: int, steps: int) -> None:
+    """`steps` micro-batches of b samples through the reference, stacked like a collate."""
+    for k in range(steps):
+        samples = []
+        for j in range(b):
+            clip = source[k * b + j]
+            samples.append(ref.clip(clip, anchor=j % NUM_STEPS) if source.clips else ref.frame(clip))
+        {key: torch.stack([s[key] for s in samples]) for key in samples[0]}
+
+
+def ours_batches(dataset: MicroBatchDataset, start: int, steps: int) -> None:
+    for k in range(start, start + steps):
+        dataset[k]
+
+
+def timed(fn, *args) -> float:
+    start = time.perf_counter()
+    fn(*args)
+    return time.perf_counter() - start
+
+
+def cpu_model() -> str:
+    try:
+        with open("/proc/cpuinfo") as f:
+            for line in f:
+                if line.startswith("model name"):
+                    return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or "unknown"
+
+
+def run(kind: str, args, frames: list[np.ndarray], spec: MultiCropSpec) -> dict:
+    clips = kind == "clip"
+    source = MemoryClips(frames, args.frame_size, 10_000, clips=clips)
+    name = EGOEXO4D if clips else WALKING_TOURS
+    dataset = MicroBatchDataset(
+        {name: source}, spec, seed=0, rank=0, world_size=1, micro_batch_size=args.micro_batch,
+        walking_tours_ratio=0.0 if clips else 1.0,
+    )
+    ref = DinoReference(spec)
+    random.seed(0)
+    torch.manual_seed(0)
+    ours_batches(dataset, 0, 1)  # warm-up (first-call allocations, lazy imports)
+    reference_batches(ref, source, args.micro_batch, 1)
+    samples = args.steps * args.micro_batch
+    ours, theirs = [], []
+    for rep in range(args.reps):
+        ours.append(samples / timed(ours_batches, dataset, 1 + rep * args.steps, args.steps))
+        theirs.append(samples / timed(reference_batches, ref, source, args.micro_batch, args.steps))
+    ratios = [a / b for a, b in zip(ours, theirs)]
+    return {
+        "ours_per_s": statistics.median(ours),
+        "reference_per_s": statistics.median(theirs),
+        "ratio_median": statistics.median(ratios),
+        "ratios": [round(r, 2) for r in ratios],
+    }
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--frame-size", type=int, default=256, help="stored frame side (px)")
+    parser.add_argument("--reps", type=int, default=5, help="alternating repetitions")
+    parser.add_argument("--steps", type=int, default=4, help="micro-batches per repetition")
+    parser.add_argument("--micro-batch", type=int, default=8, help="samples per micro-batch")
+    parser.add_argument("--json", default="", help="also write the results to this file")
+    args = parser.parse_args()
+    torch.set_num_threads(1)
+    heap = keep_heap_memory()  # as in our DataLoader workers; applies to both pipelines
+    spec = MultiCropSpec(global_size=224, local_size=112, num_global=2, num_local=6)
+    frames = stored_frames(args.frame_size)
+    result = {
+        "cpu": cpu_model(),
+        "torch_threads": torch.get_num_threads(),
+        "keep_heap_memory": heap,
+        "frame_size": args.frame_size,
+        "micro_batch": args.micro_batch,
+        "samples_per_rep": args.steps * args.micro_batch,
+        "reps": args.reps,
+    }
+    for kind in ("clip", "frame"):
+        result[kind] = run(kind, args, frames, spec)
+        r = result[kind]
+        print(
+            f"{kind:5s} per core: ours {r['ours_per_s']:7.1f}/s  DINO reference "
+            f"{r['reference_per_s']:6.1f}/s  ratio (median of reps) {r['ratio_median']:.2f}  "
+            f"reps {r['ratios']}",
+            flush=True,
+        )
+    print(f"cpu: {result['cpu']}, frames {args.frame_size} px JPEG, threads 1")
+    if args.json:
+        with open(args.json, "w") as f:
+            json.dump(result, f, indent=2)
+
+
+if __name__ == "__main__":
+    main()

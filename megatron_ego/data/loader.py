@@ -1,0 +1,327 @@
+"""Training micro-batches: what the trainer consumes.
+
+    loader = build_train_loader(cfg, rank, world_size, start_micro_step=N)
+    batch = next(loader)   # micro-step N of this rank
+
+Each DataLoader item is a whole micro-batch: item k is micro-step k, built by `MicroBatchDataset`
+from nothing but (seed, k, rank, world_size) (mix.py picks the source and the samples; every
+sample's random draws come from a numpy Generator seeded with (seed, k, rank, j)). So the
+stream is the same on any number of workers and a run restarted at micro-step N yields exactly
+what an uninterrupted run yields from N on.
+
+Ego-Exo4D micro-batch (b clips, T steps, S = model.image_size, s = model.local_crop_size):
+    source        "egoexo4d"
+    frames        float32 [b, T, 3, S, S]   whole frames resized (no crop, no flip), normalised
+    poses         float32 [b, T, 4, P, J]   (x, y, z metres in the camera frame, visibility)
+    global_crops  float32 [b, G, 3, S, S]   DINO global views of the anchor frame t_a
+    local_crops   float32 [b, L, 3, s, s]   DINO local views of the anchor frame (L may be 0)
+    anchor_step   int64 [b]                 t_a
+    index         int64 [b]                 sample indices in the dataset
+WalkingTours micro-batch: "source" = "walking_tours", global_crops, local_crops, index.
+"""
+
+from __future__ import annotations
+
+import ctypes
+import itertools
+import os
+from collections.abc import Iterator
+from typing import Any, Protocol
+
+import numpy as np
+import torch
+from torch.utils.data import DataLoader, Dataset, Sampler
+
+from megatron_ego.data.augment import (
+    MultiCropSpec,
+    ViewParams,
+    crop_views,
+    draw_multicrop,
+    min_decode_size,
+)
+from megatron_ego.data.clips import RawClip
+from megatron_ego.data.decode import decode_rgb, normalize, resize_frames
+from megatron_ego.data.mix import EGOEXO4D, WALKING_TOURS, EpochOrder, SourceSchedule
+from megatron_ego.data.photometric import photometric
+
+__all__ = [
+    "MicroBatchDataset",
+    "SampleSource",
+    "build_train_loader",
+    "keep_heap_memory",
+    "make_loader",
+    "sample_rng",
+]
+
+
+class SampleSource(Protocol):
+    """What the loader needs of a dataset: `megatron_ego.data.clips.ClipDataset` is one."""
+
+    encoding: str
+    frame_size: tuple[int, int]
+
+    def __len__(self) -> int: ...
+
+    def __getitem__(self, index: int) -> RawClip: ...
+
+
+def sample_rng(seed: int, micro_step: int, rank: int, slot: int) -> np.random.Generator:
+    """The random stream of sample `slot` of micro-step `micro_step` on `rank`."""
+    return np.random.default_rng([int(seed) % 2**64, micro_step, rank, slot])
+
+
+class MicroBatchDataset(Dataset):
+    """Map-style dataset whose item k is micro-step k of one rank: a whole micro-batch.
+
+    Args:
+        sources: {"egoexo4d": dataset, "walking_tours": dataset}; a missing key = source unused.
+        spec: the multi-crop sizes, counts and scales.
+        seed: cfg.run.seed.
+        rank, world_size: this data-parallel rank and the number of ranks.
+        micro_batch_size: samples per micro-batch b.
+        walking_tours_ratio: P(a micro-step is WalkingTours); forced to 0 without that source.
+        num_steps, poses_per_step, num_joints: T, P and J of the model (Ego-Exo4D clips
+            must match).
+    """
+
+    def __init__(
+        self,
+        sources: dict[str, SampleSource],
+        spec: MultiCropSpec,
+        *,
+        seed: int,
+        rank: int,
+        world_size: int,
+        micro_batch_size: int,
+        walking_tours_ratio: float = 0.0,
+        num_steps: int = 4,
+        poses_per_step: int = 5,
+        num_joints: int = 17,
+    ) -> None:
+        if not 0 <= rank < world_size:
+            raise ValueError(f"rank={rank} must lie in [0, world_size={world_size})")
+        ratio = walking_tours_ratio if WALKING_TOURS in sources else 0.0
+        if ratio < 1.0 and EGOEXO4D not in sources:
+            raise ValueError("Ego-Exo4D micro-batches are drawn but no Ego-Exo4D dataset was given")
+        self.sources, self.spec = sources, spec
+        self.seed, self.rank, self.world_size = seed, rank, world_size
+        self.micro_batch_size = micro_batch_size
+        self.num_steps, self.poses_per_step, self.num_joints = num_steps, poses_per_step, num_joints
+        self.schedule = SourceSchedule(seed, ratio)
+        self.orders = {
+            name: EpochOrder(len(ds), seed, name, world_size, micro_batch_size)
+            for name, ds in sources.items()
+        }
+
+    def __getitem__(self, micro_step: int) -> dict[str, Any]:
+        source, n = self.schedule.position(int(micro_step))
+        indices = self.orders[source].indices(n, self.rank)  # int64 [b]
+        rngs = [sample_rng(self.seed, int(micro_step), self.rank, j) for j in range(len(indices))]
+        if source == EGOEXO4D:
+            return self._egoexo4d(indices, rngs)
+        return self._walking_tours(indices, rngs)
+
+    def _crop_outputs(self, b: int) -> tuple[torch.Tensor, torch.Tensor]:
+        spec = self.spec
+        g = torch.empty(b, spec.num_global, 3, spec.global_size, spec.global_size)
+        local = torch.empty(b, spec.num_local, 3, spec.local_size, spec.local_size)
+        return g, local  # [b, G, 3, S, S], [b, L, 3, s, s]
+
+    def _decode_size(
+        self, views: tuple[list[ViewParams], list[ViewParams]], frame_size: tuple[int, int]
+    ) -> tuple[int, int]:
+        """Smallest decoded (h, w) that loses nothing the views keep."""
+        spec = self.spec
+        need = [(v, spec.global_size) for v in views[0]] + [(v, spec.local_size) for v in views[1]]
+        return min_decode_size(need, frame_size)
+
+    def _views(
+        self,
+        image: torch.Tensor,
+        views: tuple[list[ViewParams], list[ViewParams]],
+        frame_size: tuple[int, int],
+        out_g: torch.Tensor,
+        out_l: torch.Tensor,
+    ) -> None:
+        """Cut and augment one frame's views into out_g [G, 3, S, S] and out_l [L, 3, s, s]."""
+        views_g, views_l = views
+        spec = self.spec
+        photometric(crop_views(image, views_g, spec.global_size, frame_size), views_g, out=out_g)
+        if views_l:
+            crops = crop_views(image, views_l, spec.local_size, frame_size)  # [L, 3, s, s]
+            photometric(crops, views_l, out=out_l)
+
+    def _egoexo4d(self, indices: np.ndarray, rngs: list[np.random.Generator]) -> dict[str, Any]:
+        dataset, spec = self.sources[EGOEXO4D], self.spec
+        b, T, S = len(indices), self.num_steps, spec.global_size
+        P, J = self.poses_per_step, self.num_joints
+        frame_size = dataset.frame_size
+        frames = torch.empty(b, T, 3, S, S)  # [b, T, 3, S, S]
+        poses = torch.empty(b, T, 4, P, J)  # [b, T, 4, P, J]
+        global_crops, local_crops = self._crop_outputs(b)
+        anchors = torch.empty(b, dtype=torch.int64)
+        for j, (index, rng) in enumerate(zip(indices, rngs)):
+            clip = dataset[int(index)]
+            self._check_clip(clip, int(index))
+            anchor = int(rng.integers(T))
+            views = draw_multicrop(rng, frame_size, spec)
+            crop_h, crop_w = self._decode_size(views, frame_size)
+            whole = torch.empty(T, 3, S, S, dtype=torch.uint8)  # [T, 3, S, S]
+            for t, frame in enumerate(clip.frames):
+                need = (max(S, crop_h), max(S, crop_w)) if t == anchor else (S, S)
+                image = decode_rgb(frame, dataset.encoding, need)  # [3, h, w]
+                whole[t] = resize_frames(image, S)[0]
+                if t == anchor:
+                    self._views(image, views, frame_size, global_crops[j], local_crops[j])
+            normalize(whole, out=frames[j])
+            stored = torch.from_numpy(np.array(clip.poses, dtype=np.float32))  # [T*P, J, 4]
+            poses[j] = stored.view(T, P, J, 4).permute(0, 3, 1, 2)  # [T, 4, P, J]
+            anchors[j] = anchor
+        return {
+            "source": EGOEXO4D,
+            "frames": frames,
+            "poses": poses,
+            "global_crops": global_crops,
+            "local_crops": local_crops,
+            "anchor_step": anchors,
+            "index": torch.from_numpy(indices),
+        }
+
+    def _walking_tours(
+        self, indices: np.ndarray, rngs: list[np.random.Generator]
+    ) -> dict[str, Any]:
+        dataset, spec = self.sources[WALKING_TOURS], self.spec
+        frame_size = dataset.frame_size
+        global_crops, local_crops = self._crop_outputs(len(indices))
+        for j, (index, rng) in enumerate(zip(indices, rngs)):
+            frame = dataset[int(index)].frames[0]
+            views = draw_multicrop(rng, frame_size, spec)
+            need = self._decode_size(views, frame_size)
+            image = decode_rgb(frame, dataset.encoding, need)  # [3, h, w]
+            self._views(image, views, frame_size, global_crops[j], local_crops[j])
+        return {
+            "source": WALKING_TOURS,
+            "global_crops": global_crops,
+            "local_crops": local_crops,
+            "index": torch.from_numpy(indices),
+        }
+
+    def _check_clip(self, clip: RawClip, index: int) -> None:
+        T, P, J = self.num_steps, self.poses_per_step, self.num_joints
+        poses = None if clip.poses is None else tuple(clip.poses.shape)
+        if len(clip.frames) != T or poses != (T * P, J, 4):
+            raise ValueError(
+                f"Ego-Exo4D clip {index} has {len(clip.frames)} frames and poses of shape "
+                f"{poses}, but the config wants model.num_steps={T} frames and poses of shape "
+                f"({T * P}, model.num_joints={J}, 4): re-run `python -m preprocess.egoexo4d` "
+                f"with matching options or fix the config"
+            )
+
+
+def keep_heap_memory() -> bool:
+    """Make glibc malloc keep freed memory for reuse (call in loader worker processes).
+
+    The augmentations allocate and free many 0.1-20 MB tensors per micro-batch. By default glibc
+    serves such sizes with fresh mmap()s or trims them off the heap when freed, so every
+    allocation pays page faults that cost more than the arithmetic on it (up to 5x on the hue
+    shift). Serving up to 32 MB from the heap and never trimming it removes that cost; the
+    worker's resident memory stays at its peak instead. Returns False where libc is not glibc.
+    """
+    try:
+        libc = ctypes.CDLL("libc.so.6")
+        mallopt = libc.mallopt
+    except (OSError, AttributeError):
+        return False
+    m_trim_threshold, m_mmap_threshold = -1, -3  # glibc <malloc.h>
+    return bool(mallopt(m_mmap_threshold, 32 << 20)) and bool(mallopt(m_trim_threshold, 1 << 30))
+
+
+def _worker_init(worker_id: int) -> None:
+    keep_heap_memory()
+
+
+class _MicroSteps(Sampler[int]):
+    """start, start + 1, ... forever."""
+
+    def __init__(self, start: int) -> None:
+        self.start = start
+
+    def __iter__(self) -> Iterator[int]:
+        return itertools.count(self.start)
+
+
+def _open(path: str, key: str, command: str) -> SampleSource:
+    from megatron_ego.data.clips import ClipDataset
+
+    if not path or not os.path.isfile(os.path.join(path, "manifest.json")):
+        raise FileNotFoundError(
+            f"{key}={path!r} is not a preprocessed dataset (no manifest.json): run "
+            f"`python -m {command} --out <dir>` first and set {key} to that directory"
+        )
+    return ClipDataset(path)
+
+
+def build_train_loader(
+    cfg, rank: int, world_size: int, start_micro_step: int = 0
+) -> Iterator[dict[str, Any]]:
+    """Micro-batches of one data-parallel rank, forever, from micro-step `start_micro_step` on.
+
+    Args:
+        cfg: `megatron_ego.config.Config` (data.*, model sizes, run.seed, run.micro_batch_size).
+        rank: this rank's index among the data-parallel ranks.
+        world_size: number of data-parallel ranks.
+        start_micro_step: the first micro-step to yield (resume: micro-steps already consumed).
+
+    Returns:
+        An iterator over micro-batch dicts (module docstring), micro-step start_micro_step,
+        start_micro_step + 1, ...
+
+    Raises:
+        FileNotFoundError: data.egoexo4d_path (or data.walking_tours_path) is not a
+            preprocessed dataset.
+    """
+    data = cfg.data
+    use_walking = bool(data.walking_tours_path) and data.walking_tours_ratio > 0
+    sources: dict[str, SampleSource] = {}
+    if not use_walking or data.walking_tours_ratio < 1:
+        sources[EGOEXO4D] = _open(data.egoexo4d_path, "data.egoexo4d_path", "preprocess.egoexo4d")
+    if use_walking:
+        sources[WALKING_TOURS] = _open(
+            data.walking_tours_path, "data.walking_tours_path", "preprocess.walking_tours"
+        )
+    dataset = MicroBatchDataset(
+        sources,
+        MultiCropSpec.from_config(cfg),
+        seed=cfg.run.seed,
+        rank=rank,
+        world_size=world_size,
+        micro_batch_size=cfg.run.micro_batch_size,
+        walking_tours_ratio=data.walking_tours_ratio if use_walking else 0.0,
+        num_steps=cfg.model.num_steps,
+        poses_per_step=cfg.model.poses_per_step,
+        num_joints=cfg.model.num_joints,
+    )
+    return make_loader(dataset, start_micro_step, data.num_workers, data.prefetch_factor)
+
+
+def make_loader(
+    dataset: MicroBatchDataset, start_micro_step: int, num_workers: int, prefetch_factor: int = 2
+) -> Iterator[dict[str, Any]]:
+    """Iterate `dataset` from `start_micro_step` on, forever, through a torch DataLoader.
+
+    Each item is a whole micro-batch, so workers (persistent, each `prefetch_factor` items
+    ahead) never split one; the DataLoader returns items in micro-step order.
+    """
+    if start_micro_step < 0:
+        raise ValueError(f"start_micro_step={start_micro_step} must be >= 0")
+    loader = DataLoader(
+        dataset,
+        batch_size=None,  # each item already is a micro-batch
+        sampler=_MicroSteps(start_micro_step),
+        num_workers=num_workers,
+        persistent_workers=num_workers > 0,
+        prefetch_factor=prefetch_factor if num_workers > 0 else None,
+        pin_memory=torch.cuda.is_available(),
+        worker_init_fn=_worker_init,
+    )
+    return iter(loader)

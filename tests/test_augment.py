@@ -1,0 +1,189 @@
+"""Multi-crop views: random draws, geometry, decoding and the photometric kernels vs torchvision."""
+
+from __future__ import annotations
+
+import dataclasses
+import io
+import math
+
+import numpy as np
+import pytest
+import torch
+import torch.nn.functional as F
+import torchvision.transforms.functional as TF
+from PIL import Image
+
+from megatron_ego.data import IMAGENET_MEAN, IMAGENET_STD, load_frame
+from megatron_ego.data.augment import (
+    MultiCropSpec,
+    ViewParams,
+    crop_views,
+    draw_multicrop,
+    draw_view,
+    min_decode_size,
+)
+from megatron_ego.data.decode import decode_rgb
+from megatron_ego.data.photometric import gaussian_kernel, photometric
+
+SPEC = MultiCropSpec(global_size=32, local_size=16, num_global=2, num_local=4)
+PLAIN = ViewParams(box=(0, 0, 8, 8), flip=False, jitter_order=None,
+                   jitter_factors=(1.0, 1.0, 1.0, 0.0), gray=False, blur_sigma=0.0, solarize=False)
+
+
+def _jpeg(array: np.ndarray, quality: int = 95) -> np.ndarray:
+    buffer = io.BytesIO()
+    Image.fromarray(array).save(buffer, format="JPEG", quality=quality)
+    return np.frombuffer(buffer.getvalue(), dtype=np.uint8)
+
+
+def _smooth_image(height: int, width: int) -> np.ndarray:
+    yy, xx = np.mgrid[0:height, 0:width] / max(height, width)
+    image = np.stack([np.sin(3 * xx), np.cos(2 * yy), xx * yy], axis=-1) * 0.5 + 0.5
+    return (image * 255).astype(np.uint8)  # [H, W, 3]
+
+
+def _normalize(x: torch.Tensor) -> torch.Tensor:
+    return TF.normalize(x, IMAGENET_MEAN, IMAGENET_STD)
+
+
+def test_draws_are_reproducible_from_the_generator_and_differ_between_seeds():
+    def draws(seed):
+        return draw_multicrop(np.random.default_rng(seed), (60, 80), SPEC)
+
+    assert draws(5) == draws(5)
+    assert draws(5) != draws(6)
+    views_g, views_l = draws(5)
+    assert len(views_g) == SPEC.num_global and len(views_l) == SPEC.num_local
+
+
+def test_crop_boxes_follow_random_resized_crop():
+    rng = np.random.default_rng(0)
+    height, width = 90, 120
+    for _ in range(300):
+        top, left, h, w = draw_view(rng, (height, width), (0.05, 0.4), 0.5, 0.0).box
+        assert top >= 0 and left >= 0 and top + h <= height and left + w <= width
+        # area within the scale range and aspect within 3/4..4/3, up to rounding to pixels
+        assert 0.05 * 0.9 <= h * w / (height * width) <= 0.4 * 1.1
+        assert 3 / 4 * 0.9 <= w / h <= 4 / 3 * 1.1
+
+
+def test_dino_probabilities_per_view_kind():
+    rng = np.random.default_rng(1)
+    n = 3000
+    draws = [draw_multicrop(rng, (64, 64), SPEC) for _ in range(n)]
+    first = [d[0][0] for d in draws]
+    second = [d[0][1] for d in draws]
+    local = [v for d in draws for v in d[1]]
+
+    def rate(views, pick):
+        return np.mean([pick(v) for v in views])
+
+    def close(value, p, count):
+        return abs(value - p) <= 5 * math.sqrt(p * (1 - p) / count) + 1e-9
+
+    assert rate(first, lambda v: v.blur_sigma > 0) == 1.0
+    assert rate(first, lambda v: v.solarize) == 0.0
+    assert close(rate(second, lambda v: v.blur_sigma > 0), 0.1, n)
+    assert close(rate(second, lambda v: v.solarize), 0.2, n)
+    assert close(rate(local, lambda v: v.blur_sigma > 0), 0.5, len(local))
+    assert rate(local, lambda v: v.solarize) == 0.0
+    every = first + second + local
+    assert close(rate(every, lambda v: v.flip), 0.5, len(every))
+    assert close(rate(every, lambda v: v.jitter_order is not None), 0.8, len(every))
+    assert close(rate(every, lambda v: v.gray), 0.2, len(every))
+    sigmas = np.array([v.blur_sigma for v in every if v.blur_sigma > 0])
+    assert sigmas.min() >= 0.1 and sigmas.max() <= 2.0
+    factors = np.array([v.jitter_factors for v in every])  # [n, 4]
+    for column, (lo, hi) in enumerate([(0.6, 1.4), (0.6, 1.4), (0.8, 1.2), (-0.1, 0.1)]):
+        assert lo <= factors[:, column].min() and factors[:, column].max() <= hi
+
+
+def test_colour_jitter_matches_torchvision_in_every_order():
+    rng = np.random.default_rng(2)
+    crops = torch.from_numpy(rng.integers(0, 256, (24, 3, 20, 20), dtype=np.uint8))
+    crops[0] = 128  # a gray view: hue and saturation must leave it alone
+    adjust = [TF.adjust_brightness, TF.adjust_contrast, TF.adjust_saturation, TF.adjust_hue]
+    views = []
+    for i in range(len(crops)):
+        order = tuple(int(o) for o in rng.permutation(4)) if i % 6 else None
+        factors = (rng.uniform(0.6, 1.4), rng.uniform(0.6, 1.4), rng.uniform(0.8, 1.2),
+                   rng.uniform(-0.1, 0.1))
+        views.append(dataclasses.replace(PLAIN, jitter_order=order, jitter_factors=factors))
+    got = photometric(crops, views)  # [24, 3, 20, 20]
+    for crop, view, out in zip(crops, views, got):
+        want = crop.float() / 255
+        for op in view.jitter_order or ():
+            want = adjust[op](want, view.jitter_factors[op])
+        torch.testing.assert_close(out, _normalize(want), atol=2e-5, rtol=0)
+
+
+def test_grayscale_blur_and_solarize_match_their_definitions():
+    rng = np.random.default_rng(3)
+    crops = torch.from_numpy(rng.integers(0, 256, (3, 3, 24, 24), dtype=np.uint8))
+    x = crops.float() / 255
+    gray = dataclasses.replace(PLAIN, gray=True)
+    torch.testing.assert_close(photometric(crops[:1], [gray])[0],
+                               _normalize(TF.rgb_to_grayscale(x[0], 3)), atol=2e-5, rtol=0)
+    solar = dataclasses.replace(PLAIN, solarize=True)
+    want = torch.where(x[1] >= 128 / 255, 1 - x[1], x[1])  # PIL solarize threshold 128
+    torch.testing.assert_close(photometric(crops[1:2], [solar])[0], _normalize(want),
+                               atol=2e-5, rtol=0)
+    blur = dataclasses.replace(PLAIN, blur_sigma=1.3)
+    kernel = torch.from_numpy(gaussian_kernel(1.3, 24))
+    radius = (len(kernel) - 1) // 2
+    padded = F.pad(x[2:3], (radius, radius, radius, radius), mode="reflect")
+    weight = (kernel[:, None] * kernel[None, :]).expand(3, 1, -1, -1)
+    want = F.conv2d(padded, weight, groups=3)[0]
+    torch.testing.assert_close(photometric(crops[2:3], [blur])[0], _normalize(want),
+                               atol=2e-5, rtol=0)
+
+
+def test_gaussian_kernel_is_normalised_and_truncated_at_three_sigma():
+    kernel = gaussian_kernel(2.0, 224)
+    assert kernel.shape == (13,) and abs(kernel.sum() - 1) < 1e-6
+    assert np.argmax(kernel) == 6 and np.allclose(kernel, kernel[::-1])
+    assert gaussian_kernel(2.0, 5).shape == (9,)  # radius capped at size - 1 for reflection
+    assert gaussian_kernel(0.0, 224).tolist() == [1.0]
+
+
+def test_crop_views_crop_resize_and_flip():
+    image = torch.from_numpy(_smooth_image(40, 60)).permute(2, 0, 1)  # [3, 40, 60]
+    view = dataclasses.replace(PLAIN, box=(4, 10, 20, 30))
+    crops = crop_views(image, [view, dataclasses.replace(view, flip=True)], 16, (40, 60))
+    assert crops.shape == (2, 3, 16, 16) and crops.dtype == torch.uint8
+    torch.testing.assert_close(crops[1], crops[0].flip(-1))
+    want = F.interpolate(image[None, :, 4:24, 10:40].float(), size=(16, 16), mode="bicubic",
+                         antialias=True)[0]
+    assert (crops[0].float() - want).abs().max() <= 1.0  # uint8 rounding
+    # boxes are in full-size pixels: a half-size decode of the same frame gives the same view
+    half = F.interpolate(image[None].float(), size=(20, 30), mode="bilinear", antialias=True)
+    small = crop_views(half[0].round().to(torch.uint8), [view], 8, (40, 60))
+    ref = crop_views(image, [view], 8, (40, 60))
+    assert (small.float() - ref.float()).abs().mean() < 3.0
+
+
+def test_min_decode_size_and_reduced_scale_decoding():
+    frame = _jpeg(_smooth_image(256, 256))
+    big = dataclasses.replace(PLAIN, box=(0, 0, 256, 256))  # whole frame into 32 px
+    assert min_decode_size([(big, 32)], (256, 256)) == (32, 32)
+    small = dataclasses.replace(PLAIN, box=(0, 0, 40, 40))  # 40 px into 32: needs 205 px
+    assert min_decode_size([(big, 32), (small, 32)], (256, 256)) == (205, 205)
+    assert decode_rgb(frame, "jpeg", (32, 32)).shape == (3, 32, 32)  # 1/8 DCT scale
+    assert decode_rgb(frame, "jpeg", (100, 100)).shape == (3, 128, 128)
+    assert decode_rgb(frame, "jpeg", (205, 205)).shape == (3, 256, 256)
+    assert decode_rgb(frame, "jpeg").shape == (3, 256, 256)
+    with pytest.raises(ValueError, match="unknown frame encoding"):
+        decode_rgb(frame, "png")
+
+
+def test_load_frame_resizes_the_whole_frame_and_normalises():
+    color = np.array([200, 40, 90], dtype=np.uint8)
+    raw = np.broadcast_to(color, (48, 64, 3)).copy()
+    x = load_frame(raw, "raw", 32)
+    assert x.shape == (3, 32, 32) and x.dtype == torch.float32
+    want = (torch.tensor(color / 255.0) - torch.tensor(IMAGENET_MEAN)) / torch.tensor(IMAGENET_STD)
+    torch.testing.assert_close(x, want.float().view(3, 1, 1).expand(3, 32, 32), atol=1e-5, rtol=0)
+    image = _smooth_image(48, 64)
+    from_jpeg = load_frame(_jpeg(image), "jpeg", 32)
+    from_raw = load_frame(image, "raw", 32)
+    assert (from_jpeg - from_raw).abs().mean() < 0.05  # JPEG loss only; no crop, no flip
