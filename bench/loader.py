@@ -20,6 +20,9 @@ samples, resized to --frame-size and JPEG-encoded at quality 90) and produce the
 Repetitions alternate ours and the reference, so that load from other processes on a shared
 machine hits both alike; the report gives the median rate of each and the median of the
 per-repetition ratios.
+
+--workers 1,4,8 also measures what one rank's DataLoader delivers (`make_loader`, persistent
+workers, Ego-Exo4D micro-batches), in clips/s over all its worker processes, after a warm-up.
 """
 
 from __future__ import annotations
@@ -40,7 +43,7 @@ from torchvision import transforms as T
 from megatron_ego.data.augment import MultiCropSpec
 from megatron_ego.data.clips import RawClip
 from megatron_ego.data.decode import IMAGENET_MEAN, IMAGENET_STD
-from megatron_ego.data.loader import MicroBatchDataset, keep_heap_memory
+from megatron_ego.data.loader import MicroBatchDataset, keep_heap_memory, make_loader
 from megatron_ego.data.mix import EGOEXO4D, WALKING_TOURS
 
 NUM_STEPS, POSES, JOINTS = 4, 20, 17
@@ -200,12 +203,34 @@ def run(kind: str, args, frames: list[np.ndarray], spec: MultiCropSpec) -> dict:
     }
 
 
+def loader_rate(args, frames: list[np.ndarray], spec: MultiCropSpec, workers: int) -> float:
+    """Clips/s that `make_loader` delivers with `workers` processes (after a warm-up)."""
+    source = MemoryClips(frames, args.frame_size, 100_000, clips=True)
+    dataset = MicroBatchDataset(
+        {EGOEXO4D: source}, spec, seed=0, rank=0, world_size=1, micro_batch_size=args.micro_batch
+    )
+    loader = make_loader(dataset, 0, num_workers=workers, prefetch_factor=2)
+    for _ in range(2 * workers):  # workers started, first batches queued
+        next(loader)
+    steps = max(4 * workers, args.steps)
+    start = time.perf_counter()
+    for _ in range(steps):
+        batch = next(loader)
+    if torch.cuda.is_available():  # pinned by the loader: the copy to the GPU can overlap
+        assert batch["frames"].is_pinned()
+        batch["frames"].cuda(non_blocking=True)
+        torch.cuda.synchronize()
+    del loader
+    return steps * args.micro_batch / (time.perf_counter() - start)
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--frame-size", type=int, default=256, help="stored frame side (px)")
     parser.add_argument("--reps", type=int, default=5, help="alternating repetitions")
     parser.add_argument("--steps", type=int, default=4, help="micro-batches per repetition")
     parser.add_argument("--micro-batch", type=int, default=8, help="samples per micro-batch")
+    parser.add_argument("--workers", default="", help="e.g. 1,4,8: DataLoader clips/s with them")
     parser.add_argument("--json", default="", help="also write the results to this file")
     args = parser.parse_args()
     torch.set_num_threads(1)
@@ -231,6 +256,10 @@ def main() -> None:
             flush=True,
         )
     print(f"cpu: {result['cpu']}, frames {args.frame_size} px JPEG, threads 1")
+    for workers in [int(w) for w in args.workers.split(",") if w]:
+        rate = loader_rate(args, frames, spec, workers)
+        result[f"loader_{workers}_workers_clips_per_s"] = rate
+        print(f"DataLoader, {workers:2d} workers: {rate:7.1f} clips/s", flush=True)
     if args.json:
         with open(args.json, "w") as f:
             json.dump(result, f, indent=2)

@@ -24,13 +24,14 @@ from __future__ import annotations
 
 import ctypes
 import itertools
+import math
 import os
 from collections.abc import Iterator
 from typing import Any, Protocol
 
 import numpy as np
 import torch
-from torch.utils.data import DataLoader, Dataset, Sampler
+from torch.utils.data import DataLoader, Dataset, Sampler, get_worker_info
 
 from megatron_ego.data.augment import (
     MultiCropSpec,
@@ -40,9 +41,9 @@ from megatron_ego.data.augment import (
     min_decode_size,
 )
 from megatron_ego.data.clips import RawClip
-from megatron_ego.data.decode import decode_rgb, normalize, resize_frames
+from megatron_ego.data.decode import decode_rgb, resize_frames
 from megatron_ego.data.mix import EGOEXO4D, WALKING_TOURS, EpochOrder, SourceSchedule
-from megatron_ego.data.photometric import photometric
+from megatron_ego.data.photometric import normalize_into, photometric
 
 __all__ = [
     "MicroBatchDataset",
@@ -63,6 +64,15 @@ class SampleSource(Protocol):
     def __len__(self) -> int: ...
 
     def __getitem__(self, index: int) -> RawClip: ...
+
+
+def _empty(*shape: int) -> torch.Tensor:
+    """float32 tensor of `shape`; inside a DataLoader worker it is allocated in shared memory
+    (as torch's default_collate does), so that handing it to the main process copies nothing."""
+    if get_worker_info() is None:
+        return torch.empty(shape)
+    storage = torch.UntypedStorage._new_shared(4 * math.prod(shape))
+    return torch.empty(0).set_(storage, 0, shape)
 
 
 def sample_rng(seed: int, micro_step: int, rank: int, slot: int) -> np.random.Generator:
@@ -123,8 +133,8 @@ class MicroBatchDataset(Dataset):
 
     def _crop_outputs(self, b: int) -> tuple[torch.Tensor, torch.Tensor]:
         spec = self.spec
-        g = torch.empty(b, spec.num_global, 3, spec.global_size, spec.global_size)
-        local = torch.empty(b, spec.num_local, 3, spec.local_size, spec.local_size)
+        g = _empty(b, spec.num_global, 3, spec.global_size, spec.global_size)
+        local = _empty(b, spec.num_local, 3, spec.local_size, spec.local_size)
         return g, local  # [b, G, 3, S, S], [b, L, 3, s, s]
 
     def _decode_size(
@@ -156,7 +166,7 @@ class MicroBatchDataset(Dataset):
         b, T, S = len(indices), self.num_steps, spec.global_size
         P, J = self.poses_per_step, self.num_joints
         frame_size = dataset.frame_size
-        frames = torch.empty(b, T, 3, S, S)  # [b, T, 3, S, S]
+        frames = _empty(b, T, 3, S, S)  # [b, T, 3, S, S]
         poses = torch.empty(b, T, 4, P, J)  # [b, T, 4, P, J]
         global_crops, local_crops = self._crop_outputs(b)
         anchors = torch.empty(b, dtype=torch.int64)
@@ -169,11 +179,11 @@ class MicroBatchDataset(Dataset):
             whole = torch.empty(T, 3, S, S, dtype=torch.uint8)  # [T, 3, S, S]
             for t, frame in enumerate(clip.frames):
                 need = (max(S, crop_h), max(S, crop_w)) if t == anchor else (S, S)
-                image = decode_rgb(frame, dataset.encoding, need)  # [3, h, w]
+                image = decode_rgb(frame, dataset.encoding, need, frame_size)  # [3, h, w]
                 whole[t] = resize_frames(image, S)[0]
                 if t == anchor:
                     self._views(image, views, frame_size, global_crops[j], local_crops[j])
-            normalize(whole, out=frames[j])
+            normalize_into(whole, frames[j])
             stored = torch.from_numpy(np.array(clip.poses, dtype=np.float32))  # [T*P, J, 4]
             poses[j] = stored.view(T, P, J, 4).permute(0, 3, 1, 2)  # [T, 4, P, J]
             anchors[j] = anchor
@@ -197,7 +207,7 @@ class MicroBatchDataset(Dataset):
             frame = dataset[int(index)].frames[0]
             views = draw_multicrop(rng, frame_size, spec)
             need = self._decode_size(views, frame_size)
-            image = decode_rgb(frame, dataset.encoding, need)  # [3, h, w]
+            image = decode_rgb(frame, dataset.encoding, need, frame_size)  # [3, h, w]
             self._views(image, views, frame_size, global_crops[j], local_crops[j])
         return {
             "source": WALKING_TOURS,

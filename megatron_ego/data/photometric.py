@@ -24,7 +24,15 @@ from numba import njit
 
 from megatron_ego.data.decode import IMAGENET_MEAN, IMAGENET_STD
 
-__all__ = ["BRIGHTNESS", "CONTRAST", "HUE", "SATURATION", "gaussian_kernel", "photometric"]
+__all__ = [
+    "BRIGHTNESS",
+    "CONTRAST",
+    "HUE",
+    "SATURATION",
+    "gaussian_kernel",
+    "normalize_into",
+    "photometric",
+]
 
 BRIGHTNESS, CONTRAST, SATURATION, HUE = 0, 1, 2, 3
 """Colour-jitter op codes: positions in `ViewParams.jitter_factors` and `jitter_order` values."""
@@ -161,6 +169,27 @@ def _view(crop, order, factors, gray, blur, solarize, scale, bias, out, x, tmp, 
             if solarize and v >= _SOLARIZE:
                 v = _ONE - v
             dst[c, j] = v * scale[c] + bias[c]
+
+
+@njit(**_KERNELS)
+def _normalize(src, scale, bias, dst):
+    """dst[i, c] = src[i, c] / 255 * scale[c] + bias[c]; src uint8, dst float32 [n, 3, P]."""
+    for i in range(src.shape[0]):
+        for c in range(3):
+            a, b = scale[c] * _F(1 / 255), bias[c]
+            for j in range(src.shape[2]):
+                dst[i, c, j] = _F(src[i, c, j]) * a + b
+
+
+def normalize_into(images: torch.Tensor, out: torch.Tensor) -> torch.Tensor:
+    """ImageNet-normalise uint8 images [n, 3, H, W] into float32 `out` [n, 3, H, W] (contiguous)
+    in one pass: (x / 255 - mean) / std."""
+    if not out.is_contiguous() or out.shape != images.shape:
+        raise ValueError(f"out must be a contiguous float32 tensor of shape {tuple(images.shape)}")
+    n = images.shape[0]
+    src = images.contiguous().numpy().reshape(n, 3, -1)
+    _normalize(src, _SCALE, _BIAS, out.numpy().reshape(n, 3, -1))
+    return out
 
 
 def gaussian_kernel(sigma: float, size: int) -> np.ndarray:
