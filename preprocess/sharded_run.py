@@ -10,6 +10,7 @@ re-run with the same options skips the shards already finished.
 
 from __future__ import annotations
 
+import gc
 import json
 import logging
 import os
@@ -104,7 +105,11 @@ def _merge(out_dir: str, shard_dir: str, num_shards: int, with_clips: bool,
             meta = json.load(f)
         shards.append((prefix, meta))
         stats.update(Stats.from_flat(meta["stats"]))
-    takes = merge_shards(out_dir, shards, with_clips)
+    gc.freeze()  # megatron's add_index runs gc.collect() per shard: skip the torch-sized heap
+    try:
+        takes = merge_shards(out_dir, shards, with_clips)
+    finally:
+        gc.unfreeze()
     manifest = {
         "format_version": FORMAT_VERSION, **manifest,
         "num_frames": sum(t["num_frames"] for t in takes),
