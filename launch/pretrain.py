@@ -44,6 +44,7 @@ def parse_args(argv: list[str] | None = None) -> tuple[argparse.Namespace, list[
 def main(argv: list[str] | None = None) -> int:
     args, overrides = parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(message)s")
+    logging.getLogger("megatron").setLevel(logging.WARNING)  # per-file IndexedDataset chatter
     try:
         cfg = load_config(args.config, overrides)
         from megatron_ego.training.distributed import init_distributed

@@ -111,8 +111,13 @@ class Backbone(nn.Module):
         impl = "transformer_engine" if self.spec_name == "transformer_engine" else "local"
         self.final_norm = build_final_norm(self.config, impl)
 
-    def forward(self, tokens: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
-        """tokens [s, b, h]; attention_mask bool [1 or b, 1, s, s] (True = masked) -> [s, b, h]."""
+    def forward(self, tokens: torch.Tensor, attention_mask: torch.Tensor | None) -> torch.Tensor:
+        """tokens [s, b, h]; attention_mask bool [1 or b, 1, s, s] (True = masked) -> [s, b, h].
+
+        None means plain causal attention: both SDPAttention (is_causal, flash kernels on GPU)
+        and Transformer Engine then use their own causal masking; an explicit mask is only
+        needed for `frame_bidirectional` (the spec's mask type is then `arbitrary`).
+        """
         hidden = self.gpt(
             input_ids=None, position_ids=None, attention_mask=attention_mask, decoder_input=tokens
         )  # [s, b, h]

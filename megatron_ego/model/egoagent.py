@@ -71,7 +71,7 @@ class EgoAgent(nn.Module):
         seq = self.layout.assemble(images, acts, self.queries.action, self.queries.future_state)
         hidden = self.backbone(
             seq.transpose(0, 1).contiguous(),  # [S, b, h]
-            self.layout.attention_mask(seq.device),
+            self.layout.attention_mask(seq.device) if self.cfg.frame_bidirectional else None,
         )  # [S, b, h]
         action_out = hidden[self.layout.action_query_positions.to(seq.device)]  # [T, b, h]
         future = hidden[self.layout.future_query_positions.to(seq.device)]  # [T, b, h]
@@ -89,8 +89,8 @@ class EgoAgent(nn.Module):
         tokens = self.image_projector(images)  # [n, N, h]
         layout = FeatureLayout(tokens.shape[1], self.cfg.frame_bidirectional)
         seq = layout.assemble(tokens, self.queries.state)  # [n, N+1, h]
-        hidden = self.backbone(seq.transpose(0, 1).contiguous(),
-                               layout.attention_mask(seq.device))  # [N+1, n, h]
+        mask = layout.attention_mask(seq.device) if self.cfg.frame_bidirectional else None
+        hidden = self.backbone(seq.transpose(0, 1).contiguous(), mask)  # [N+1, n, h]
         return hidden[layout.state_query_position]  # [n, h]
 
     # ----------------------------------------------------------------------------- training forward

@@ -60,6 +60,14 @@ def load_ds_config(path: str, cfg: Config, world_size: int) -> dict[str, Any]:
                 f"{os.path.basename(path)} {name}.enabled={current} disagrees with "
                 f'run.precision={run.precision!r}; make them agree or set it to "auto"'
             )
+    zero = ds.setdefault("zero_optimization", {})
+    if zero.get("overlap_comm", "auto") == "auto":
+        # Overlapping gradient reduction with backward pays off with CUDA streams. On CPU the
+        # streams are no-ops and the overlap only makes the reduction order (and so the last
+        # bits of every step) vary from run to run, which breaks exact resume.
+        import torch
+
+        zero["overlap_comm"] = torch.cuda.is_available()
     if "optimizer" in ds or "scheduler" in ds:
         raise ConfigError(
             f"{os.path.basename(path)} must not define 'optimizer' or 'scheduler': the trainer builds "
