@@ -181,6 +181,9 @@ def main(argv: list[str] | None = None) -> dict[str, Any] | None:
     units = discover_takes(opts.root, opts.split)
     if opts.limit:
         units = units[: opts.limit]
+    if not units:
+        parser.error(f"no body-pose label files under {opts.root}/annotations/ego_pose/"
+                     f"{opts.split}/body/{{annotation,automatic}}/")
     if opts.undistort == "on" or (opts.undistort == "auto" and any(
             find_calibration(u.inputs["take_dir"]) for u in units)):
         require_projectaria()  # fail now, with the fix, rather than on every take

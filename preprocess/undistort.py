@@ -15,7 +15,10 @@ from collections.abc import Callable
 
 import numpy as np
 
-__all__ = ["UndistortUnavailable", "find_calibration", "make_undistorter", "require_projectaria"]
+__all__ = [
+    "UndistortUnavailable", "find_calibration", "make_undistorter", "pinhole_undistorter",
+    "require_projectaria",
+]
 
 RGB_LABEL = "camera-rgb"
 
@@ -43,28 +46,34 @@ def find_calibration(take_dir: str) -> str | None:
     return found[0] if found else None
 
 
-def make_undistorter(vrs_path: str, width: int, height: int) -> Callable[[np.ndarray], np.ndarray]:
-    """A function mapping a fisheye RGB frame [height, width, 3] to the pinhole of equal focal.
+def pinhole_undistorter(source, width: int, height: int) -> Callable[[np.ndarray], np.ndarray]:
+    """Map frames of a fisheye `CameraCalibration` to the linear pinhole of the same focal.
 
-    The factory calibration is for the full-resolution sensor; it is rescaled to the video's
-    size (Ego-Exo4D's downscaled/448 videos) first.
+    The calibration is rescaled to (width, height) first when it was made for another size
+    (the factory calibration is for the full 1408 x 1408 sensor; videos are downscaled).
     """
-    calibration, data_provider = require_projectaria()
-    provider = data_provider.create_vrs_data_provider(vrs_path)
-    if provider is None:
-        raise ValueError(f"{vrs_path}: not a readable VRS file")
-    source = provider.get_device_calibration().get_camera_calib(RGB_LABEL)
-    if source is None:
-        raise ValueError(f"{vrs_path}: no {RGB_LABEL} calibration inside")
+    calibration, _ = require_projectaria()
     full_width = source.get_image_size()[0]
     if (width, height) != tuple(source.get_image_size()):
         source = source.rescale(np.array([width, height]), width / full_width)
     focal = float(source.get_focal_lengths()[0])
     target = calibration.get_linear_camera_calibration(
-        width, height, focal, RGB_LABEL, source.get_transform_device_camera()
+        width, height, focal, source.get_label(), source.get_transform_device_camera()
     )
 
     def undistort(image: np.ndarray) -> np.ndarray:
         return calibration.distort_by_calibration(image, target, source)  # [H, W, 3]
 
     return undistort
+
+
+def make_undistorter(vrs_path: str, width: int, height: int) -> Callable[[np.ndarray], np.ndarray]:
+    """`pinhole_undistorter` for the RGB camera calibration stored in a take's VRS file."""
+    _, data_provider = require_projectaria()
+    provider = data_provider.create_vrs_data_provider(vrs_path)
+    if provider is None:
+        raise ValueError(f"{vrs_path}: not a readable VRS file")
+    source = provider.get_device_calibration().get_camera_calib(RGB_LABEL)
+    if source is None:
+        raise ValueError(f"{vrs_path}: no {RGB_LABEL} calibration inside")
+    return pinhole_undistorter(source, width, height)
