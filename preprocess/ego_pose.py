@@ -70,33 +70,44 @@ def _frame(key: str, path: str) -> int:
         raise AnnotationError(f"{path}: frame key {key!r} is not a frame number") from err
 
 
+def _point(point: object, where: str) -> np.ndarray | None:
+    """[3] metres of one joint entry, or None when it carries no usable coordinates."""
+    if not isinstance(point, dict):
+        raise AnnotationError(f"{where}: expected an object with x, y, z")
+    try:
+        xyz = np.array([float(point["x"]), float(point["y"]), float(point["z"])])
+    except (KeyError, TypeError, ValueError):
+        return None  # e.g. "x": null: the joint was not triangulated
+    return xyz if np.isfinite(xyz).all() else None
+
+
 def read_body_poses(path: str, source: str) -> BodyPoses:
-    """Parse one body annotation file (`source`: "manual" or "automatic")."""
+    """Parse one body annotation file (`source`: "manual" or "automatic").
+
+    A frame with an empty list or without 3D joints has no pose; a joint without finite x, y, z
+    is missing. Raises AnnotationError for what is not the schema (bad JSON, a frame that is not
+    a list of objects, annotation3D or a joint that is not an object).
+    """
     joints, visible, origin = {}, {}, {}
     for key, entries in _load(path).items():
         if key == "metadata":
             continue
         frame = _frame(key, path)
-        if not isinstance(entries, list):
-            raise AnnotationError(f"{path}: frame {key}: expected a list of annotations")
-        if not entries:
+        if not isinstance(entries, list) or not all(isinstance(e, dict) for e in entries):
+            raise AnnotationError(f"{path}: frame {key}: expected a list of annotation objects")
+        points = entries[0].get("annotation3D") if entries else None
+        if points is None:
             continue
-        points = entries[0].get("annotation3D") if isinstance(entries[0], dict) else None
         if not isinstance(points, dict):
-            raise AnnotationError(f"{path}: frame {key}: no annotation3D object")
+            raise AnnotationError(f"{path}: frame {key}: annotation3D is not an object")
         xyz, seen = np.zeros((len(BODY_JOINTS), 3)), np.zeros(len(BODY_JOINTS), bool)
         for j, name in enumerate(BODY_JOINTS):
-            point = points.get(name)
-            if point is None:
-                continue
-            try:
-                xyz[j] = (float(point["x"]), float(point["y"]), float(point["z"]))
-            except (KeyError, TypeError, ValueError) as err:
-                raise AnnotationError(f"{path}: frame {key}, joint {name}: bad x/y/z") from err
-            seen[j] = np.isfinite(xyz[j]).all()
+            if name in points:
+                point = _point(points[name], f"{path}: frame {key}, joint {name}")
+                if point is not None:
+                    xyz[j], seen[j] = point, True
         if seen.any():
-            joints[frame], visible[frame], origin[frame] = np.where(seen[:, None], xyz, 0), seen, (
-                source)
+            joints[frame], visible[frame], origin[frame] = xyz, seen, source
     return BodyPoses(joints, visible, origin)
 
 
