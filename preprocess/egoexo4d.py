@@ -10,6 +10,12 @@ continuous poses (starts every --stride frames), decode the frames those windows
 projectaria_tools), resize to --size, store as JPEG (or raw), and express each pose in the camera
 frame of its own frame with a visibility channel. A take with a truncated video or a broken
 JSON is skipped and counted by reason in stats.json; the run goes on.
+
+stats.json: takes_found, takes_kept, takes_skipped/{annotation_malformed, no_poses,
+camera_pose_missing, camera_pose_malformed, no_valid_window, video_missing, video_unreadable,
+calibration_missing, not_in_takes_json}, windows_kept, windows_skipped/{pose_gap,
+extrinsics_missing, beyond_video}, frames_stored, pose_frames/{manual, automatic} (labelled
+frames inside kept windows, by the label that won), and `skipped`: [{take, reason, detail}].
 """
 
 from __future__ import annotations
