@@ -21,6 +21,7 @@ Repetitions alternate ours and the reference, so that load from other processes 
 machine hits both alike; the report gives the median rate of each and the median of the
 per-repetition ratios.
 
+--profile prints where our clip pipeline spends its time (cProfile, 3 micro-batches).
 --workers 1,4,8 also measures what one rank's DataLoader delivers (`make_loader`, persistent
 workers, Ego-Exo4D micro-batches), in clips/s over all its worker processes, after a warm-up.
 """
@@ -224,12 +225,28 @@ def loader_rate(args, frames: list[np.ndarray], spec: MultiCropSpec, workers: in
     return steps * args.micro_batch / (time.perf_counter() - start)
 
 
+def profile(args, frames: list[np.ndarray], spec: MultiCropSpec) -> None:
+    """cProfile of 3 Ego-Exo4D micro-batches of ours: the top functions by own time."""
+    import cProfile
+    import pstats
+
+    source = MemoryClips(frames, args.frame_size, 10_000, clips=True)
+    dataset = MicroBatchDataset(
+        {EGOEXO4D: source}, spec, seed=0, rank=0, world_size=1, micro_batch_size=args.micro_batch
+    )
+    ours_batches(dataset, 0, 1)  # warm-up
+    profiler = cProfile.Profile()
+    profiler.runcall(ours_batches, dataset, 1, 3)
+    pstats.Stats(profiler).sort_stats("tottime").print_stats(12)
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--frame-size", type=int, default=256, help="stored frame side (px)")
     parser.add_argument("--reps", type=int, default=5, help="alternating repetitions")
     parser.add_argument("--steps", type=int, default=4, help="micro-batches per repetition")
     parser.add_argument("--micro-batch", type=int, default=8, help="samples per micro-batch")
+    parser.add_argument("--profile", action="store_true", help="only profile ours (cProfile)")
     parser.add_argument("--workers", default="", help="e.g. 1,4,8: DataLoader clips/s with them")
     parser.add_argument("--json", default="", help="also write the results to this file")
     args = parser.parse_args()
@@ -237,6 +254,8 @@ def main() -> None:
     heap = keep_heap_memory()  # as in our DataLoader workers; applies to both pipelines
     spec = MultiCropSpec(global_size=224, local_size=112, num_global=2, num_local=6)
     frames = stored_frames(args.frame_size)
+    if args.profile:
+        return profile(args, frames, spec)
     result = {
         "cpu": cpu_model(),
         "torch_threads": torch.get_num_threads(),

@@ -69,7 +69,7 @@ class SampleSource(Protocol):
 def _empty(*shape: int) -> torch.Tensor:
     """float32 tensor of `shape`; inside a DataLoader worker it is allocated in shared memory
     (as torch's default_collate does), so that handing it to the main process copies nothing."""
-    if get_worker_info() is None:
+    if get_worker_info() is None or math.prod(shape) == 0:
         return torch.empty(shape)
     storage = torch.UntypedStorage._new_shared(4 * math.prod(shape))
     return torch.empty(0).set_(storage, 0, shape)
