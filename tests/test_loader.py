@@ -106,6 +106,26 @@ def test_egoexo4d_micro_batch_follows_the_contract():
         assert torch.equal(batch["local_crops"][j], want_l)
 
 
+class RawFakeClips(FakeClips):
+    """The same clips stored raw ([H, W, 3] uint8 frames, `encoding: raw`)."""
+
+    encoding = "raw"
+
+    def __getitem__(self, i: int) -> RawClip:
+        clip = super().__getitem__(i)
+        clip.frames = [decode_rgb(f, "jpeg").permute(1, 2, 0).numpy() for f in clip.frames]
+        return clip
+
+
+def test_raw_encoded_frames_give_the_same_kind_of_batch():
+    batch = _dataset(ego=RawFakeClips(20))[1]
+    assert batch["frames"].shape == (3, T, 3, 32, 32)
+    assert batch["global_crops"].shape == (3, 2, 3, 32, 32)
+    jpeg = _dataset(ego=FakeClips(20))[1]  # same draws; only the decoding path differs
+    torch.testing.assert_close(batch["frames"], jpeg["frames"])
+    torch.testing.assert_close(batch["global_crops"], jpeg["global_crops"])
+
+
 def test_walking_tours_micro_batch_and_no_local_crops():
     spec = MultiCropSpec(global_size=32, local_size=16, num_global=2, num_local=0)
     dataset = _dataset(ratio=1.0, spec=spec)

@@ -79,7 +79,7 @@ class ViewParams:
     flip: bool
     """Horizontal flip."""
     jitter_order: tuple[int, ...] | None
-    """Order of the four colour-jitter ops (codes BRIGHTNESS..HUE), None = no jitter."""
+    """Order of the four colour-jitter ops (photometric.BRIGHTNESS .. HUE), None = no jitter."""
     jitter_factors: tuple[float, float, float, float]
     """Brightness, contrast, saturation factors (1 = identity) and hue shift (turns)."""
     gray: bool

@@ -43,7 +43,7 @@ from megatron_ego.data.augment import (
 from megatron_ego.data.clips import RawClip
 from megatron_ego.data.decode import decode_rgb, resize_frames
 from megatron_ego.data.mix import EGOEXO4D, WALKING_TOURS, EpochOrder, SourceSchedule
-from megatron_ego.data.photometric import normalize_into, photometric
+from megatron_ego.data.photometric import normalize_into, photometric, warm_up
 
 __all__ = [
     "MicroBatchDataset",
@@ -324,6 +324,8 @@ def make_loader(
     """
     if start_micro_step < 0:
         raise ValueError(f"start_micro_step={start_micro_step} must be >= 0")
+    if num_workers > 0:
+        warm_up()  # compiled once here, inherited by the forked workers
     loader = DataLoader(
         dataset,
         batch_size=None,  # each item already is a micro-batch

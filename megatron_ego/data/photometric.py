@@ -7,9 +7,10 @@ float-tensor definition (`torchvision.transforms.functional.adjust_brightness` .
 `rgb_to_grayscale`; solarize as PIL's threshold 128 on the 8-bit scale); tests compare them.
 
 Why kernels: in eager torch every op is a separate pass over memory, and the HSV round trip of the
-hue shift alone takes ~30 of them; here each op is one pass over a view that stays in cache, and
-the hue shift is one loop. That makes the augmentation ~5x faster per core (bench/loader.py).
-Numba compiles the kernels on first use and caches them on disk (`cache=True`).
+hue shift alone takes about 30 of them; here each op is one pass over a view that stays in cache,
+and the hue shift is one loop (docs/benchmarks.md, "Data loader", for the resulting speed).
+Numba compiles the kernels on first use and caches them on disk (`cache=True`); `warm_up()`
+compiles them ahead of forking DataLoader workers.
 
     out = photometric(crops, views)   # uint8 [n, 3, S, S] -> float32 [n, 3, S, S]
 """
@@ -17,12 +18,16 @@ Numba compiles the kernels on first use and caches them on disk (`cache=True`).
 from __future__ import annotations
 
 import math
+from typing import TYPE_CHECKING
 
 import numpy as np
 import torch
 from numba import njit
 
 from megatron_ego.data.decode import IMAGENET_MEAN, IMAGENET_STD
+
+if TYPE_CHECKING:
+    from megatron_ego.data.augment import ViewParams
 
 __all__ = [
     "BRIGHTNESS",
@@ -32,6 +37,7 @@ __all__ = [
     "gaussian_kernel",
     "normalize_into",
     "photometric",
+    "warm_up",
 ]
 
 BRIGHTNESS, CONTRAST, SATURATION, HUE = 0, 1, 2, 3
@@ -39,7 +45,7 @@ BRIGHTNESS, CONTRAST, SATURATION, HUE = 0, 1, 2, 3
 
 _F = np.float32
 _WR, _WG, _WB = _F(0.2989), _F(0.587), _F(0.114)  # torchvision rgb_to_grayscale (ITU-R 601)
-_ZERO, _ONE, _HALF, _SIX = _F(0.0), _F(1.0), _F(0.5), _F(6.0)
+_ZERO, _ONE, _SIX = _F(0.0), _F(1.0), _F(6.0)
 _SOLARIZE = _F(128 / 255)  # PIL ImageOps.solarize threshold 128, on [0, 1] pixels
 _SCALE = (1.0 / np.array(IMAGENET_STD)).astype(np.float32)  # [3]
 _BIAS = (-np.array(IMAGENET_MEAN) / np.array(IMAGENET_STD)).astype(np.float32)  # [3]
@@ -150,11 +156,11 @@ def _view(crop, order, factors, gray, blur, solarize, scale, bias, out, x, tmp, 
             flat[c, j] = _F(src[c, j]) * _F(1 / 255)
     for slot in range(order.shape[0]):
         op, f = order[slot], factors[order[slot]]
-        if op == 0:  # brightness: blend with black
+        if op == BRIGHTNESS:  # blend with black
             _blend_gray(flat, f, _ZERO, _ZERO)
-        elif op == 1:  # contrast: blend with the mean gray of the current view
+        elif op == CONTRAST:  # blend with the mean gray of the current view
             _blend_gray(flat, f, _ZERO, (_ONE - f) * _mean_gray(flat))
-        elif op == 2:  # saturation: blend with the gray image
+        elif op == SATURATION:  # blend with the gray image
             _blend_gray(flat, f, _ONE - f, _ZERO)
         else:
             _hue(flat, f)
@@ -203,7 +209,9 @@ def gaussian_kernel(sigma: float, size: int) -> np.ndarray:
     return (weights / weights.sum()).astype(np.float32)
 
 
-def photometric(crops: torch.Tensor, views: list, out: torch.Tensor | None = None) -> torch.Tensor:
+def photometric(
+    crops: torch.Tensor, views: list[ViewParams], out: torch.Tensor | None = None
+) -> torch.Tensor:
     """Colour jitter, grayscale, blur, solarize and normalise cropped views, one kernel call each.
 
     Args:
@@ -230,3 +238,16 @@ def photometric(crops: torch.Tensor, views: list, out: torch.Tensor | None = Non
     if target is not out:
         out.copy_(target)
     return out
+
+
+def warm_up() -> None:
+    """Compile (or load from numba's cache) every kernel now, on an 8 x 8 view using all the ops:
+    call it before forking DataLoader workers so that they inherit the compiled code."""
+    from megatron_ego.data.augment import ViewParams
+
+    view = ViewParams(box=(0, 0, 8, 8), flip=False, jitter_order=(0, 1, 2, 3),
+                      jitter_factors=(1.1, 0.9, 1.2, 0.05), gray=True, blur_sigma=1.0,
+                      solarize=True)
+    crops = torch.zeros(1, 3, 8, 8, dtype=torch.uint8)
+    photometric(crops, [view])
+    normalize_into(crops, torch.empty(1, 3, 8, 8))
