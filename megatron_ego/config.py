@@ -140,8 +140,8 @@ class ModelConfig:
             params_dtype=params_dtype,
             # CPU-unsafe fusions stay off; they are CUDA kernels (ENVIRONMENT.md).
             apply_rope_fusion=False,
-            bias_activation_fusion=on_gpu,
-            bias_dropout_fusion=on_gpu,
+            bias_activation_fusion=False,  # TorchScript kernels; no biases to fuse here anyway
+            bias_dropout_fusion=False,
             masked_softmax_fusion=False,
             gradient_accumulation_fusion=False,
             persist_layer_norm=False,

@@ -37,6 +37,15 @@ def _env_from_slurm() -> None:
     os.environ["LOCAL_RANK"] = os.environ.get("SLURM_LOCALID", "0")
 
 
+def _free_port() -> int:
+    """A TCP port free right now on this host (for a single process without a launcher)."""
+    import socket
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
 def _skip_deepspeed_cpu_shm_op() -> None:
     """On CPU, DeepSpeed JIT-compiles a shared-memory all-reduce op at start-up (30 s to minutes
     on 2 cores, ENVIRONMENT.md). gloo does the same job; mark the op unavailable."""
@@ -50,11 +59,14 @@ def init_distributed() -> DistInfo:
     import deepspeed
 
     _env_from_slurm()
-    os.environ.setdefault("RANK", "0")
-    os.environ.setdefault("WORLD_SIZE", "1")
+    if "WORLD_SIZE" not in os.environ:  # plain `python launch/pretrain.py`: one process
+        os.environ.update(RANK="0", WORLD_SIZE="1", LOCAL_RANK="0")
+        os.environ.setdefault("MASTER_ADDR", "127.0.0.1")
+        os.environ.setdefault("MASTER_PORT", str(_free_port()))
     os.environ.setdefault("LOCAL_RANK", "0")
-    os.environ.setdefault("MASTER_ADDR", "127.0.0.1")
-    os.environ.setdefault("MASTER_PORT", "29500")
+    if "MASTER_ADDR" not in os.environ or "MASTER_PORT" not in os.environ:
+        raise RuntimeError("WORLD_SIZE is set but MASTER_ADDR/MASTER_PORT are not: launch with "
+                           "deepspeed, torchrun or srun (launch/slurm/pretrain.sbatch)")
     on_gpu = cuda_available()
     if not on_gpu:
         _skip_deepspeed_cpu_shm_op()

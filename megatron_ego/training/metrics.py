@@ -23,7 +23,7 @@ class MetricsLogger:
         if not is_main:
             return
         os.makedirs(run_dir, exist_ok=True)
-        self.jsonl = open(os.path.join(run_dir, "metrics.jsonl"), "a", buffering=1)
+        self.jsonl = open(os.path.join(run_dir, "metrics.jsonl"), "a", buffering=1)  # noqa: SIM115
         from torch.utils.tensorboard import SummaryWriter
 
         self.tb = SummaryWriter(os.path.join(run_dir, "tensorboard"), purge_step=start_step)

@@ -46,11 +46,11 @@ class Schedules:
 
 def build_schedules(cfg: Config) -> Schedules:
     n, o = cfg.schedule.train_iters, cfg.optim
-    l = cfg.loss
+    loss = cfg.loss
     return Schedules(
         lr=cosine_schedule(o.lr, o.lr * o.min_lr_ratio, n, cfg.schedule.warmup_iters),
         weight_decay=cosine_schedule(o.weight_decay, o.weight_decay_end, n),
         ema_momentum=cosine_schedule(cfg.ema.momentum, cfg.ema.momentum_end, n),
-        teacher_temp=linear_warmup(l.warmup_teacher_temp, l.teacher_temp, n,
-                                   min(l.warmup_teacher_temp_iters, n)),
+        teacher_temp=linear_warmup(loss.warmup_teacher_temp, loss.teacher_temp, n,
+                                   min(loss.warmup_teacher_temp_iters, n)),
     )

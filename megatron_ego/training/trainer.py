@@ -108,7 +108,6 @@ class Trainer:
                  resume: str = "none"):
         self.cfg, self.dist = cfg, dist_info
         self.run_dir = run_dir_of(cfg)
-        check_data_paths(cfg)
         self.ds_config = load_ds_config(ds_config_path, cfg, dist_info.world_size)
         self.grad_accum = self.ds_config["gradient_accumulation_steps"]
         self.dtype = _DTYPES[cfg.run.precision]
@@ -177,7 +176,7 @@ class Trainer:
         self.engine.step()
         return {k: float(v) for k, v in terms.items()}
 
-    def _train_step(self, loader) -> dict[str, float]:
+    def train_step(self, loader) -> dict[str, float]:
         """One optimizer step = grad_accum micro-batches (plus any skipped non-finite ones)."""
         values = self.schedules.at(self.state.step)
         apply_schedules(self.optimizer, values["lr"], values["weight_decay"],
@@ -231,7 +230,7 @@ class Trainer:
         try:
             while self.state.step < end:
                 t0 = time.perf_counter()
-                scalars = self._train_step(loader)
+                scalars = self.train_step(loader)
                 elapsed = time.perf_counter() - t0
                 sources = scalars.pop("_sources")
                 scalars.update(self._speed(sources, elapsed))

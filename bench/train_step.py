@@ -1,0 +1,127 @@
+"""Training throughput of a config on the present device: clips/s, tokens/s, TFLOP/s, MFU.
+
+    python bench/train_step.py --config configs/egoagent_300m.yaml --micro-batch 32 --steps 30
+    python bench/train_step.py --config configs/tiny_cpu.yaml --micro-batch 4 --steps 5   # CPU
+
+Runs the real trainer step (DeepSpeed ZeRO-2 engine, fp32 EMA teacher, the three losses) on one
+process, on generated Ego-Exo4D-shaped micro-batches kept on the device, so it measures the model
+and the optimizer, not the data loader (bench/loader.py measures that). Untimed warm-up steps come
+first; the reported figures are medians over the timed steps. FLOPs per clip are the documented
+count of megatron_ego/training/flops.py; MFU is against the device's dense peak for the precision.
+Prints one JSON line (and writes it to --json when given); exits 3 on CUDA out-of-memory so a
+caller can retry with a smaller batch.
+"""
+
+from __future__ import annotations
+
+import argparse
+import itertools
+import json
+import os
+import statistics
+import sys
+import tempfile
+import time
+
+import torch
+
+
+def synthetic_batch(cfg, b: int, device: torch.device, seed: int = 0) -> dict:
+    """An Ego-Exo4D micro-batch with the loader's shapes (data/loader.py contract)."""
+    c, d = cfg.model, cfg.data
+    g = torch.Generator().manual_seed(seed)
+    poses = torch.randn(b, c.num_steps, 4, c.poses_per_step, c.num_joints, generator=g) * 0.3
+    poses[:, :, 3] = (torch.rand(poses[:, :, 3].shape, generator=g) > 0.1).float()
+    batch = {
+        "frames": torch.randn(b, c.num_steps, 3, c.image_size, c.image_size, generator=g),
+        "poses": poses,
+        "global_crops": torch.randn(b, d.num_global_crops, 3, c.image_size, c.image_size,
+                                    generator=g),
+        "local_crops": torch.randn(b, d.num_local_crops, 3, c.local_crop_size, c.local_crop_size,
+                                   generator=g),
+    }
+    return {"source": "egoexo4d", **{k: v.to(device) for k, v in batch.items()}}
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--config", required=True)
+    parser.add_argument("--ds_config", default="configs/zero2.json")
+    parser.add_argument("--micro-batch", type=int, default=8)
+    parser.add_argument("--steps", type=int, default=30, help="timed steps")
+    parser.add_argument("--warmup", type=int, default=5, help="untimed steps first")
+    parser.add_argument("--precision", choices=["bf16", "fp16", "fp32"], default=None,
+                        help="default: the config's run.precision")
+    parser.add_argument("--json", default=None, help="also write the result line here")
+    args, overrides = parser.parse_known_args(argv)
+
+    from megatron_ego.config import load_config
+    from megatron_ego.training.distributed import init_distributed
+    from megatron_ego.training.flops import clip_flops
+    from megatron_ego.training.trainer import Trainer
+
+    dist_info = init_distributed()
+    total = args.warmup + args.steps
+    mb = args.micro_batch
+    extra = [f"--run.micro_batch_size={mb}", f"--run.global_batch_size={mb * dist_info.world_size}",
+             f"--run.output_dir={tempfile.mkdtemp(prefix='bench_train_step_')}",
+             f"--schedule.train_iters={max(total, 10)}", "--schedule.warmup_iters=1",
+             "--data.walking_tours_ratio=0"]
+    if args.precision:
+        extra.append(f"--run.precision={args.precision}")
+    cfg = load_config(args.config, [*extra, *overrides])
+    trainer = Trainer(cfg, args.ds_config, dist_info, resume="none")
+    loader = itertools.repeat(synthetic_batch(cfg, mb, dist_info.device))
+    on_gpu = dist_info.device.type == "cuda"
+    times, losses = [], []
+    try:
+        for i in range(total):
+            if on_gpu:
+                torch.cuda.synchronize()
+            t0 = time.perf_counter()
+            scalars = trainer.train_step(loader)
+            if on_gpu:
+                torch.cuda.synchronize()
+            if i >= args.warmup:
+                times.append(time.perf_counter() - t0)
+            losses.append(scalars["loss"])
+    except torch.cuda.OutOfMemoryError as e:
+        print(json.dumps({"config": args.config, "micro_batch": mb, "error": "oom",
+                          "detail": str(e).splitlines()[0]}), flush=True)
+        return 3
+    flops = clip_flops(cfg)
+    step = statistics.median(times)
+    clips = mb * dist_info.world_size / step
+    result = {
+        "config": args.config,
+        "device": trainer.device_name,
+        "precision": cfg.run.precision,
+        "layer_spec": trainer.engine.module.backbone.spec_name,
+        "micro_batch": mb,
+        "world_size": dist_info.world_size,
+        "recompute": cfg.model.recompute,
+        "train_flops_per_clip": flops["train"],
+        "step_s_median": step,
+        "clips_per_s": clips,
+        "tokens_per_s": clips * flops["tokens"],
+        "tflops_per_device": clips * flops["train"] / dist_info.world_size / 1e12,
+        "losses_finite": all(map(lambda v: v == v and abs(v) != float("inf"), losses)),
+        "first_loss": losses[0],
+        "last_loss": losses[-1],
+    }
+    if trainer.peak_tflops:
+        result["mfu"] = result["tflops_per_device"] / trainer.peak_tflops
+    if on_gpu:
+        result["peak_memory_gib"] = torch.cuda.max_memory_allocated() / 2**30
+    line = json.dumps(result)
+    if dist_info.is_main:
+        print(line, flush=True)
+        if args.json:
+            os.makedirs(os.path.dirname(os.path.abspath(args.json)), exist_ok=True)
+            with open(args.json, "a") as f:
+                f.write(line + "\n")
+    return 0 if result["losses_finite"] else 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())
