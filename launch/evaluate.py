@@ -1,0 +1,163 @@
+"""Evaluate an exported EgoAgent: represent (k-NN), predict (retrieval), act (motion).
+
+    python launch/evaluate.py --model runs/x/export --task all --out runs/x/eval \
+        --data data/egoexo4d/val --knn-train imagenet100/train --knn-val imagenet100/val
+    torchrun --standalone --nproc_per_node 8 launch/evaluate.py --model runs/x/export \
+        --task retrieval --out runs/x/eval --data data/egoexo4d/val --batch-size 64
+
+Tasks:
+  knn        k-NN top-1/top-5 on an ImageFolder train/val pair (--knn-train, --knn-val); features
+             are cached in OUT/features/ and reused while the model and image lists are unchanged.
+  retrieval  future-state retrieval Top-1/mAP on preprocessed val clips (--data), with the
+             representation-only baseline.
+  motion     MPJPE/MPJVE at 30 and 10 fps of the 15 poses after the first 5 (--data), with the
+             zero- and constant-velocity baselines.
+  all        every task whose inputs are given (k-NN is skipped without --knn-train/--knn-val).
+--data defaults to the val split next to the training data of the model's config
+(data.egoexo4d_path with its last folder 'train' replaced by 'val'), when that exists.
+
+Writes OUT/results.json ({task: {method: {metric: value}}}, merged with an existing one),
+OUT/results.md and PNG figures under OUT/figures/. Under torchrun every rank takes a block of the
+images and clips; rank 0 writes the outputs.
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import sys
+import time
+from pathlib import Path
+
+TASKS = ("knn", "retrieval", "motion")
+log = logging.getLogger("evaluate")
+
+
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
+    p = argparse.ArgumentParser(description="Evaluate an exported EgoAgent (launch/export.py).")
+    p.add_argument("--model", required=True, help="export folder (model.safetensors, config.yaml)")
+    p.add_argument("--task", choices=(*TASKS, "all"), default="all")
+    p.add_argument("--out", required=True, help="folder for results.json/.md, figures, caches")
+    p.add_argument("--knn-train", "--knn_train", dest="knn_train", default=None,
+                   help="ImageFolder train split (root/<class>/<image>) for k-NN")
+    p.add_argument("--knn-val", "--knn_val", dest="knn_val", default=None,
+                   help="ImageFolder val split for k-NN (same class folders)")
+    p.add_argument("--data", default=None,
+                   help="preprocessed Ego-Exo4D val clips (python -m preprocess.egoexo4d --split val)")
+    p.add_argument("--batch-size", "--batch_size", dest="batch_size", type=int, default=64,
+                   help="images (k-NN, gallery) or clips per forward pass and rank")
+    p.add_argument("--max-clips", "--max_clips", dest="max_clips", type=int, default=None,
+                   help="evaluate this many clips spread evenly over the val split (default: all)")
+    p.add_argument("--workers", type=int, default=4, help="decoding processes per rank (0: none)")
+    p.add_argument("--device", choices=("auto", "cpu", "cuda"), default="auto")
+    p.add_argument("--precision", choices=("fp32", "bf16"), default="fp32",
+                   help="bf16 autocast on CUDA (weights stay fp32)")
+    p.add_argument("--figures", type=int, default=3, help="example figures per task (0: none)")
+    p.add_argument("--knn-k", type=int, default=20, help="neighbours of the k-NN vote (DINO: 20)")
+    p.add_argument("--knn-temperature", type=float, default=0.07, help="k-NN vote temperature")
+    args = p.parse_args(argv)
+    if args.batch_size < 1 or args.workers < 0 or (args.max_clips is not None and args.max_clips < 1):
+        p.error("--batch-size and --max-clips must be >= 1 and --workers >= 0")
+    return args
+
+
+def _require_dir(path: str | None, flag: str, hint: str) -> None:
+    if path is not None and not Path(path).is_dir():
+        raise FileNotFoundError(f"{flag} {path} does not exist: {hint}")
+
+
+def _default_data(model_dir: str) -> str | None:
+    """The val split beside the config's training split, when it exists."""
+    from megatron_ego.config import load_config
+
+    config = Path(model_dir) / "config.yaml"
+    if not config.is_file():
+        return None
+    train = Path(load_config(str(config)).data.egoexo4d_path)
+    val = train.parent / "val"
+    return str(val) if train.name == "train" and (val / "manifest.json").is_file() else None
+
+
+def plan_tasks(args: argparse.Namespace) -> list[str]:
+    """Tasks to run, after checking that their inputs are given and exist."""
+    knn_given = args.knn_train is not None or args.knn_val is not None
+    if args.task in ("knn", "all") and knn_given and (args.knn_train is None or args.knn_val is None):
+        raise ValueError("k-NN needs both --knn-train and --knn-val (ImageFolder splits)")
+    if args.task == "knn" and not knn_given:
+        raise ValueError("--task knn needs --knn-train and --knn-val (ImageFolder splits)")
+    hint = "pass an ImageFolder split (root/<class>/<image>)"
+    _require_dir(args.knn_train, "--knn-train", hint)
+    _require_dir(args.knn_val, "--knn-val", hint)
+    if args.data is None and args.task != "knn":
+        args.data = _default_data(args.model)
+    _require_dir(args.data, "--data", "preprocess the val split first (python -m "
+                 "preprocess.egoexo4d --root RAW --split val --out DIR)")
+    wanted = TASKS if args.task == "all" else (args.task,)
+    tasks = [t for t in wanted if (t == "knn" and knn_given) or (t != "knn" and args.data)]
+    missing = [t for t in wanted if t not in tasks]
+    if args.task != "all" and missing:
+        raise ValueError(f"--task {args.task} needs --data (preprocessed Ego-Exo4D val clips)")
+    if not tasks:
+        raise ValueError("nothing to evaluate: pass --data (retrieval, motion) and/or "
+                         "--knn-train/--knn-val (k-NN)")
+    for task in missing:
+        log.warning("skipping %s: its inputs were not given", task)
+    return tasks
+
+
+def run(args: argparse.Namespace) -> dict:
+    """Load the model, run the planned tasks, write the report (rank 0). Returns the results."""
+    from megatron_ego.eval.ranks import init_eval_ranks
+    from megatron_ego.eval.report import read_results, write_results
+    from megatron_ego.eval.run_knn import run_knn
+    from megatron_ego.eval.run_motion import run_motion
+    from megatron_ego.eval.run_retrieval import run_retrieval
+    from megatron_ego.inference import EgoAgent
+
+    tasks = plan_tasks(args)
+    ranks = init_eval_ranks(None if args.device == "auto" else args.device)
+    agent = EgoAgent.from_pretrained(args.model, device=ranks.device, precision=args.precision)
+    common = dict(batch_size=args.batch_size, workers=args.workers)
+    clips = dict(max_clips=args.max_clips, num_figures=args.figures)
+    results = {}
+    for task in tasks:
+        start = time.perf_counter()
+        if task == "knn":
+            results[task] = run_knn(agent, args.knn_train, args.knn_val, args.out, ranks,
+                                    args.model, k=args.knn_k, temperature=args.knn_temperature,
+                                    **common)
+        elif task == "retrieval":
+            results[task] = run_retrieval(agent, args.data, args.out, ranks, **common, **clips)
+        else:
+            results[task] = run_motion(agent, args.data, args.out, ranks, **common, **clips)
+        if ranks.is_main:
+            log.info("%s done in %.1f s: %s", task, time.perf_counter() - start, results[task])
+    if ranks.is_main:
+        previous = Path(args.out) / "results.json"
+        merged = read_results(previous) if previous.is_file() else {}
+        merged.update(results)
+        json_path, md_path = write_results(merged, args.out)
+        print(md_path.read_text())
+        log.info("wrote %s and %s", json_path, md_path)
+    ranks.barrier()
+    return results
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parse_args(argv)
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(message)s")
+    logging.getLogger("megatron").setLevel(logging.WARNING)
+    from megatron_ego.config import ConfigError
+    from megatron_ego.data.indexed import IndexedDataError
+    from megatron_ego.eval.export_format import ExportError
+
+    try:
+        run(args)
+    except (FileNotFoundError, ValueError, ConfigError, ExportError, IndexedDataError) as err:
+        print(f"error: {err}", file=sys.stderr)
+        return 2
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,110 @@
+"""Read the weights of a training checkpoint (the only DeepSpeed-aware part of evaluation).
+
+A checkpoint folder ``<run_dir>/checkpoints/step_NNNNNNN/`` (training/checkpoint.py) holds the
+student as DeepSpeed files and ``trainer_state.pt`` (teacher state dict, resolved config, ...):
+
+- teacher: ``trainer_state.pt["teacher"]``, the full fp32 EMA teacher (what DINO-style methods
+  evaluate; the default);
+- student: fp32 master weights consolidated from the ZeRO-2 optimizer partitions with
+  ``deepspeed.utils.zero_to_fp32.get_fp32_state_dict_from_zero_checkpoint``; if that fails the
+  module states file ``mp_rank_00_model_states.pt`` is used (the training precision's weights,
+  bf16 on GPUs) and the returned source says so.
+
+    folder = resolve_checkpoint("runs/egoagent_300m")      # newest complete checkpoint
+    cfg, weights, source = checkpoint_weights(folder, "teacher")
+"""
+
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+
+import torch
+
+from megatron_ego.config import Config, ConfigError
+from megatron_ego.config_io import from_dict
+from megatron_ego.eval.export_format import ExportError, module_weights
+from megatron_ego.training.checkpoint import COMPLETE, complete_checkpoints, find_resume_checkpoint
+
+log = logging.getLogger(__name__)
+
+TRAINER_STATE = "trainer_state.pt"
+MODEL_STATES = "mp_rank_00_model_states.pt"
+
+
+def resolve_checkpoint(path: str | Path) -> Path:
+    """A run directory, its ``checkpoints/`` folder, or one ``step_*`` folder -> a complete tag folder.
+
+    Raises:
+        ExportError: the path does not exist, holds no complete checkpoint, or names an incomplete one.
+    """
+    path = Path(path)
+    if not path.exists():
+        raise ExportError(
+            f"--checkpoint {path} does not exist: pass a training run directory (holding "
+            "checkpoints/) or one of its checkpoints/step_* folders"
+        )
+    if (path / TRAINER_STATE).is_file() or path.name.startswith("step_"):
+        if not (path / COMPLETE).is_file():
+            raise ExportError(
+                f"checkpoint {path} has no {COMPLETE} marker (it was cut off mid-write): pass "
+                "the run directory to take its newest complete checkpoint"
+            )
+        return path
+    found = find_resume_checkpoint(str(path))
+    if found is None and path.name == "checkpoints":
+        complete = complete_checkpoints(path)
+        found = complete[-1] if complete else None
+    if found is None:
+        raise ExportError(
+            f"no complete checkpoint under {path}: train first (launch/pretrain.py writes "
+            f"{path}/checkpoints/step_*/ with a {COMPLETE} marker)"
+        )
+    return found
+
+
+def _trainer_state(folder: Path) -> dict:
+    file = folder / TRAINER_STATE
+    if not file.is_file():
+        raise ExportError(f"{file} is missing: {folder} is not a megatron-ego training checkpoint")
+    # a training checkpoint of our own (trusted): plain dicts, tensors and numbers
+    return torch.load(file, map_location="cpu", weights_only=False)
+
+
+def _config(state: dict, folder: Path) -> Config:
+    try:
+        return from_dict(Config, state["config"])
+    except (KeyError, ConfigError) as err:
+        raise ExportError(f"{folder / TRAINER_STATE} holds no valid resolved config: {err}") from err
+
+
+def student_weights(folder: Path) -> tuple[dict[str, torch.Tensor], str]:
+    """(fp32 student weights, source description) of one checkpoint folder."""
+    from deepspeed.utils.zero_to_fp32 import get_fp32_state_dict_from_zero_checkpoint
+
+    try:
+        state = get_fp32_state_dict_from_zero_checkpoint(str(folder.parent), tag=folder.name)
+        return module_weights(state), "zero_to_fp32 (fp32 master weights from the ZeRO partitions)"
+    except Exception as err:  # any failure falls back to the module states, and is reported
+        log.warning("consolidating the ZeRO partitions of %s failed (%s: %s); falling back to "
+                    "%s (the weights in the training precision)", folder, type(err).__name__,
+                    err, MODEL_STATES)
+        file = folder / MODEL_STATES
+        if not file.is_file():
+            raise ExportError(f"{folder}: ZeRO consolidation failed ({err}) and {MODEL_STATES} "
+                              "is missing") from err
+        module = torch.load(file, map_location="cpu", weights_only=False)["module"]
+        return module_weights(module), f"{MODEL_STATES} (fallback: zero_to_fp32 failed: {err})"
+
+
+def checkpoint_weights(folder: Path, which: str = "teacher"
+                       ) -> tuple[Config, dict[str, torch.Tensor], str]:
+    """(resolved config, weights of ``which`` = teacher | student, source description)."""
+    if which not in ("teacher", "student"):
+        raise ExportError(f"--weights must be 'teacher' or 'student'; got {which!r}")
+    state = _trainer_state(folder)
+    cfg = _config(state, folder)
+    if which == "teacher":
+        return cfg, module_weights(state["teacher"]), f"{TRAINER_STATE}['teacher'] (fp32 EMA)"
+    weights, source = student_weights(folder)
+    return cfg, weights, source

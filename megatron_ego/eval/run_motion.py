@@ -1,0 +1,90 @@
+"""Act benchmark: 3D body-motion prediction on preprocessed Ego-Exo4D val clips.
+
+Per clip: the T = 4 images and the first P = 5 poses go in; the last (T-1) x P = 15 of the 20
+poses come out (``agent.act``, an autoregressive rollout that feeds back its own predictions).
+``observed_and_future`` splits a clip's poses so that the model call only ever receives the
+observed part. Scored with MPJPE / MPJVE at 30 and 10 fps over the joints visible in the truth
+(eval/motion.py), beside the zero-velocity and constant-velocity baselines (eval/baselines.py),
+which see the same 5 observed poses.
+
+    results = run_motion(agent, "data/egoexo4d/val", "runs/eval", ranks)
+    results["egoagent"]["mpjpe_30fps"], results["constant_velocity"]["mpjpe_30fps"]
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from megatron_ego.eval.baselines import constant_velocity, zero_velocity
+from megatron_ego.eval.features import ValClips, make_loader, open_val_clips, select_clips
+from megatron_ego.eval.motion import motion_metrics
+from megatron_ego.eval.ranks import EvalRanks
+
+VISIBLE = 0.5
+
+
+def observed_and_future(poses: torch.Tensor, observed: int
+                        ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """poses [n, F, J, 4] -> observed [n, P, J, 4], future xyz [n, F-P, J, 3] m, visible [n, F-P, J]."""
+    future = poses[:, observed:]  # [n, F-P, J, 4]
+    return poses[:, :observed], future[..., :3], future[..., 3] > VISIBLE
+
+
+def rollout(agent, data_dir: str, clip_ids: np.ndarray, batch_size: int, workers: int
+            ) -> dict[str, torch.Tensor]:
+    """Predictions and truths for ``clip_ids``: pred/true [n, 15, J, 3], visible [n, 15, J],
+    observed [n, 5, J, 4], clip [n]."""
+    P = agent.poses_per_step
+    parts: dict[str, list[torch.Tensor]] = {k: [] for k in ("pred", "true", "visible",
+                                                            "observed", "clip")}
+    for frames, poses, clip in make_loader(ValClips(data_dir, clip_ids, agent.image_size),
+                                           batch_size, workers):
+        observed, true, visible = observed_and_future(poses, P)
+        parts["pred"].append(agent.act(frames, observed).cpu())  # [b, 15, J, 3]
+        for key, value in (("true", true), ("visible", visible), ("observed", observed),
+                           ("clip", clip.long())):
+            parts[key].append(value)
+    if not parts["clip"]:
+        T, J = agent.num_steps, agent.num_joints
+        return {"pred": torch.zeros(0, (T - 1) * P, J, 3), "true": torch.zeros(0, (T - 1) * P, J, 3),
+                "visible": torch.zeros(0, (T - 1) * P, J, dtype=torch.bool),
+                "observed": torch.zeros(0, P, J, 4), "clip": torch.zeros(0, dtype=torch.int64)}
+    return {k: torch.cat(v) for k, v in parts.items()}
+
+
+def _figures(outputs: dict[str, torch.Tensor], out_dir: Path, count: int) -> list[Path]:
+    """Predicted vs true skeletons of ``count`` clips spread over the split (with visible joints)."""
+    from megatron_ego.eval.figures import plot_skeleton_sequence
+
+    candidates = torch.nonzero(outputs["visible"].flatten(1).any(dim=1)).flatten().numpy()
+    if not count or not len(candidates):
+        return []
+    picks = candidates[np.unique(np.linspace(0, len(candidates) - 1, count).round().astype(int))]
+    return [plot_skeleton_sequence(outputs["pred"][i].numpy(), outputs["true"][i].numpy(),
+                                   outputs["visible"][i].numpy(),
+                                   out_dir / "figures" / f"motion_clip{int(outputs['clip'][i]):06d}.png")
+            for i in picks]
+
+
+def run_motion(agent, data_dir: str, out_dir: str | Path, ranks: EvalRanks,
+               batch_size: int = 64, workers: int = 4, max_clips: int | None = None,
+               num_figures: int = 3) -> dict[str, dict[str, float]]:
+    """MPJPE (cm) / MPJVE (cm/s) at 30 and 10 fps of EgoAgent and the two baselines."""
+    dataset = open_val_clips(data_dir, agent)
+    clip_ids = select_clips(len(dataset), max_clips)
+    mine = rollout(agent, data_dir, ranks.shard(clip_ids), batch_size, workers)
+    outputs = {k: ranks.gather(v).cpu() for k, v in mine.items()}
+    horizon = outputs["true"].shape[1]
+    predictions = {
+        "egoagent": outputs["pred"],
+        "zero_velocity": zero_velocity(outputs["observed"], horizon),
+        "constant_velocity": constant_velocity(outputs["observed"], horizon),
+    }
+    results = {name: motion_metrics(pred, outputs["true"], outputs["visible"])
+               for name, pred in predictions.items()}
+    if ranks.is_main:
+        _figures(outputs, Path(out_dir), num_figures)
+    return results

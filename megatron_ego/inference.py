@@ -1,0 +1,311 @@
+"""Load an exported EgoAgent and use its three abilities: represent, predict, act.
+
+    from megatron_ego.inference import EgoAgent
+    agent = EgoAgent.from_pretrained("runs/egoagent_300m/export", device="cuda")
+    feature = agent.represent(images)                  # uint8 [n, H, W, 3] -> [n, h]
+    feature, logits = agent.represent(images, with_logits=True)           # + [n, K]
+    logits = agent.predict(clip_images, clip_poses)    # [n, t, H, W, 3], [n, 5t, 17, 4] -> [n, t, K]
+    future = agent.act(clip_images, first_poses)       # [n, 4, H, W, 3], [n, 5, 17, 4] -> [n, 15, 17, 3]
+
+Inputs. Images are uint8 RGB [..., H, W, 3] of any size (each whole frame is resized to
+``model.image_size``, bilinear with antialiasing, then ImageNet-normalised: the training
+pipeline's ``load_frame``), or float [..., 3, S, S] already normalised at S = model.image_size.
+Poses are [..., F, 17, 4] (x, y, z in metres in the egocentric camera frame, visibility 0/1;
+visible where > 0.5) or [..., F, 17, 3] plus ``visibility`` [..., F, 17]. Invisible joints are
+fed as (0, 0, 0, 0), as in the preprocessed data. numpy arrays are accepted too; outputs are
+float32 tensors on the agent's device.
+
+Feature spaces (documented choice). ``represent`` returns the state query's output [n, h] (the
+feature for k-NN) and, on request, the representation head's logits [n, K] (cosine similarities
+to the K unit prototypes). ``predict`` returns the state-prediction head's logits [n, t, K]: the
+prediction loss trains exactly these to match the teacher's representation-head logits of the real
+next frame, so predicted and real frames are compared in that K-dim space (future-state
+retrieval: query = ``predict`` logits, gallery = ``represent(..., with_logits=True)`` logits).
+The raw future-state outputs [n, t, h] come with ``with_state=True``; they were never trained to
+sit in the state feature space and are not used for retrieval.
+
+``act`` rolls the model out autoregressively: step 0's action token is the given first 5 poses;
+the action query of step t (t >= 1) predicts A_t from I_<=t and A_<t; the predicted A_t (x, y, z,
+visibility = sigmoid(logit) > 0.5, invisible joints zeroed as in the data) becomes the action
+token of step t for the next pass. Later action tokens hold zeros: the causal layout makes them
+invisible to earlier outputs (tests/test_causality.py). True poses after the first 5 are never
+read, even when a caller passes all 20.
+"""
+
+from __future__ import annotations
+
+import contextlib
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from megatron_ego.config import Config
+from megatron_ego.data.decode import normalize, resize_frames
+from megatron_ego.eval.export_format import ExportError, module_weights, read_export, to_module_names
+from megatron_ego.model.egoagent import EgoAgent as EgoAgentModule
+
+VISIBLE = 0.5
+MAX_ABS_METRES = 50.0  # egocentric joints lie within a few metres; larger values are cm or mm
+
+
+def _tensor(x, name: str) -> torch.Tensor:
+    if isinstance(x, np.ndarray):
+        x = torch.from_numpy(np.ascontiguousarray(x))
+    if not torch.is_tensor(x):
+        raise TypeError(f"{name} must be a torch tensor or numpy array; got {type(x).__name__}")
+    return x
+
+
+class EgoAgent:
+    """An exported EgoAgent ready for inference (one nn.Module in eval mode, no gradients)."""
+
+    def __init__(self, module: EgoAgentModule, cfg: Config, device: torch.device,
+                 precision: str = "fp32", metadata: dict[str, str] | None = None):
+        if precision not in ("fp32", "bf16"):
+            raise ValueError(f"precision must be 'fp32' or 'bf16'; got {precision!r}")
+        self.module, self.cfg, self.device = module, cfg, torch.device(device)
+        self.precision, self.metadata = precision, dict(metadata or {})
+        m = cfg.model
+        self.image_size, self.num_steps = m.image_size, m.num_steps
+        self.poses_per_step, self.num_joints = m.poses_per_step, m.num_joints
+
+    # --------------------------------------------------------------------------------- loading
+    @classmethod
+    def from_pretrained(cls, path: str | Path, device: str | torch.device | None = None,
+                        precision: str = "fp32") -> EgoAgent:
+        """Build the module from ``path/config.yaml`` and load ``path/model.safetensors``.
+
+        Args:
+            path: a folder written by ``launch/export.py``.
+            device: "cpu", "cuda", "cuda:1", ...; None = CUDA when available, else CPU.
+            precision: "fp32", or "bf16" (autocast on CUDA; weights stay fp32).
+        Raises:
+            ExportError: missing files, or weights that do not fit the config (names the tensor).
+        """
+        from megatron_ego.model.backbone import transformer_engine_available
+        from megatron_ego.model.cpu import seed_everything
+        from megatron_ego.model.parallel import ensure_model_parallel
+
+        if device is None:
+            device = "cuda" if torch.cuda.is_available() else "cpu"
+        device = torch.device(device)
+        cfg, weights, metadata = read_export(path, device="cpu")
+        m = cfg.model
+        m.recompute, m.fp8 = False, False  # training-only switches
+        if m.transformer_impl == "transformer_engine" and not transformer_engine_available():
+            m.transformer_impl = "local"  # same weights (export_format maps the norm names)
+        ensure_model_parallel()
+        seed_everything(cfg.run.seed)  # megatron's CUDA RNG tracker must exist to build on GPU
+        module = EgoAgentModule(m, precision="fp32").to(device)
+        expected = module_weights(module.state_dict())
+        weights = to_module_names(weights, expected)
+        _check_weights(weights, expected, Path(path))
+        module.load_state_dict(weights, strict=False)  # only `_extra_state` entries are absent
+        module.requires_grad_(False).eval()
+        return cls(module, cfg, device, precision, metadata)
+
+    def _autocast(self):
+        if self.precision == "bf16" and self.device.type == "cuda":
+            return torch.autocast("cuda", dtype=torch.bfloat16)
+        return contextlib.nullcontext()
+
+    # ---------------------------------------------------------------------------------- inputs
+    def prepare_images(self, images, lead: int = 1) -> torch.Tensor:
+        """uint8 [*lead, H, W, 3] or normalised float [*lead, 3, S, S] -> float [*lead, 3, S, S].
+
+        ``lead`` is the number of leading batch dimensions (1: [n, ...], 2: [n, t, ...]).
+        """
+        images = _tensor(images, "images")
+        S = self.image_size
+        shape = tuple(images.shape)
+        if images.dim() != lead + 3:
+            where = "[n, " if lead == 1 else "[n, t, "
+            raise ValueError(
+                f"images must be uint8 {where}H, W, 3] or normalised float {where}3, {S}, {S}]; "
+                f"got shape {shape}"
+            )
+        flat = images.flatten(0, lead - 1) if lead > 1 else images  # [m, ...]
+        if images.dtype == torch.uint8:
+            if shape[-1] != 3:
+                raise ValueError(f"uint8 images must be RGB [..., H, W, 3]; got shape {shape}")
+            chw = flat.cpu().permute(0, 3, 1, 2).contiguous()  # [m, 3, H, W]
+            out = normalize(resize_frames(chw, S))  # [m, 3, S, S]
+        elif images.is_floating_point():
+            if shape[-3:] != (3, S, S):
+                raise ValueError(
+                    f"float images must be normalised [..., 3, {S}, {S}] (model.image_size={S}); "
+                    f"got shape {shape}: pass uint8 [..., H, W, 3] pixels to have them resized"
+                )
+            if flat.numel() and flat.abs().amax() > 20:
+                raise ValueError(
+                    "float images look unnormalised (|value| > 20): pass uint8 pixels, or "
+                    "ImageNet-normalise them ((x / 255 - mean) / std)"
+                )
+            out = flat.float()
+        else:
+            raise ValueError(f"images must be uint8 or float; got {images.dtype}")
+        out = out.to(self.device)
+        return out.unflatten(0, shape[:lead]) if lead > 1 else out
+
+    def prepare_poses(self, poses, visibility=None) -> torch.Tensor:
+        """[n, F, J, 4] or [n, F, J, 3] + visibility [n, F, J] -> float [n, F, J, 4] on the device.
+
+        Invisible joints become (0, 0, 0, 0); visibility becomes exactly 0 or 1.
+        """
+        poses = _tensor(poses, "poses").float()
+        J = self.num_joints
+        if poses.dim() != 4 or poses.shape[2] != J or poses.shape[3] not in (3, 4):
+            raise ValueError(
+                f"poses must be [n, F, {J}, 4] (x, y, z metres, visibility) or [n, F, {J}, 3] "
+                f"with visibility [n, F, {J}]; got shape {tuple(poses.shape)}"
+            )
+        if poses.shape[3] == 3:
+            if visibility is None:
+                raise ValueError("poses [n, F, J, 3] need visibility [n, F, J] (1 = annotated)")
+            visibility = _tensor(visibility, "visibility")
+            if tuple(visibility.shape) != tuple(poses.shape[:3]):
+                raise ValueError(f"visibility must be {list(poses.shape[:3])}; "
+                                 f"got {tuple(visibility.shape)}")
+            poses = torch.cat([poses, visibility.float().unsqueeze(-1)], dim=-1)  # [n, F, J, 4]
+        elif visibility is not None:
+            raise ValueError("pass visibility only with [n, F, J, 3] poses (it is channel 3 here)")
+        visible = poses[..., 3] > VISIBLE  # [n, F, J]
+        xyz = torch.where(visible.unsqueeze(-1), poses[..., :3], torch.zeros(()))  # [n, F, J, 3]
+        if not torch.isfinite(xyz).all():
+            raise ValueError("poses hold NaN or inf at visible joints")
+        if xyz.numel() and xyz.abs().amax() > MAX_ABS_METRES:
+            raise ValueError(
+                f"poses reach {float(xyz.abs().amax()):.1f} from the camera: they must be in "
+                f"metres (egocentric joints lie within a few metres); convert cm or mm first"
+            )
+        return torch.cat([xyz, visible.float().unsqueeze(-1)], dim=-1).to(self.device)
+
+    def _tokens(self, poses: torch.Tensor) -> torch.Tensor:
+        """[n, t*P, J, 4] -> action tokens [n, t, 4, P, J]."""
+        n, f, J, _ = poses.shape
+        P = self.poses_per_step
+        return poses.view(n, f // P, P, J, 4).permute(0, 1, 4, 2, 3)  # [n, t, 4, P, J]
+
+    def _sequence(self, frames: torch.Tensor, tokens: torch.Tensor
+                  ) -> tuple[torch.Tensor, torch.Tensor]:
+        """frames [n, t, 3, S, S], tokens [n, t, 4, P, J] with t <= T, zero-padded to T steps
+        (later steps cannot affect earlier outputs) -> actions [n, T, 4, P, J], future [n, T, h]."""
+        n, t = frames.shape[:2]
+        T = self.num_steps
+        if t < T:
+            frames = torch.cat([frames, frames.new_zeros(n, T - t, *frames.shape[2:])], dim=1)
+            tokens = torch.cat([tokens, tokens.new_zeros(n, T - t, *tokens.shape[2:])], dim=1)
+        with torch.no_grad(), self._autocast():
+            actions, future = self.module.act_and_predict(frames, tokens)
+        return actions.float(), future.float()  # [n, T, 4, P, J], [n, T, h]
+
+    def _steps(self, images, what: str) -> int:
+        shape = tuple(_tensor(images, "images").shape)
+        low = 2 if what == "act" else 1
+        if len(shape) != 5 or not low <= shape[1] <= self.num_steps:
+            raise ValueError(
+                f"{what}: images must be [n, t, ...] with {low} <= t <= model.num_steps="
+                f"{self.num_steps} frames at 6 fps; got shape {shape}"
+            )
+        return shape[1]
+
+    # ------------------------------------------------------------------------------- abilities
+    def represent(self, images, with_logits: bool = False):
+        """State features of single frames.
+
+        Args:
+            images: uint8 [n, H, W, 3] or normalised float [n, 3, S, S].
+            with_logits: also return the representation head's logits.
+        Returns:
+            feature [n, h]; or (feature [n, h], logits [n, K]) with ``with_logits``.
+        """
+        x = self.prepare_images(images, lead=1)  # [n, 3, S, S]
+        with torch.no_grad(), self._autocast():
+            feature, logits = self.module.represent(x)
+        return (feature.float(), logits.float()) if with_logits else feature.float()
+
+    def predict(self, images, poses, visibility=None, with_state: bool = False):
+        """Predicted next-frame states: step t predicts I_{t+1} from I_<=t and A_<=t.
+
+        Args:
+            images: [n, t, H, W, 3] uint8 or [n, t, 3, S, S] float, 1 <= t <= T (6 fps).
+            poses: [n, 5t, J, 4] or [n, 5t, J, 3] + visibility: A_0 .. A_{t-1} (30 fps).
+            with_state: also return the raw future-state outputs [n, t, h].
+        Returns:
+            logits [n, t, K] of the state-prediction head (the retrieval query space); or
+            (state [n, t, h], logits [n, t, K]) with ``with_state``.
+        """
+        t = self._steps(images, "predict")
+        frames = self.prepare_images(images, lead=2)  # [n, t, 3, S, S]
+        poses = self.prepare_poses(poses, visibility)  # [n, F, J, 4]
+        if tuple(poses.shape[:2]) != (frames.shape[0], t * self.poses_per_step):
+            raise ValueError(
+                f"predict: {t} images need poses [n={frames.shape[0]}, "
+                f"{t * self.poses_per_step}, {self.num_joints}, 4]; got {tuple(poses.shape)}"
+            )
+        _, future = self._sequence(frames, self._tokens(poses))
+        future = future[:, :t]  # [n, t, h]
+        with torch.no_grad(), self._autocast():
+            logits = self.module.predict_head(future).float()  # [n, t, K]
+        return (future, logits) if with_state else logits
+
+    def act(self, images, poses, visibility=None, return_visibility: bool = False):
+        """Future body poses by autoregressive rollout (see the module docstring).
+
+        Args:
+            images: [n, t, H, W, 3] uint8 or [n, t, 3, S, S] float, 2 <= t <= T (4: 20 poses).
+            poses: [n, F, J, 4] or [n, F, J, 3] + visibility [n, F, J]; the first P = 5 poses
+                (A_0) are used, any later ones are ignored (F = 5 or F = 5t).
+            return_visibility: also return the predicted visibility probabilities.
+        Returns:
+            poses [n, (t-1)*5, J, 3] in metres, camera frame, 30 fps (the 15 poses after the
+            first 5 for t = 4); with ``return_visibility`` also [n, (t-1)*5, J] in [0, 1].
+        """
+        t = self._steps(images, "act")
+        frames = self.prepare_images(images, lead=2)  # [n, t, 3, S, S]
+        P = self.poses_per_step
+        n = frames.shape[0]
+        poses = _tensor(poses, "poses")
+        if poses.dim() != 4 or poses.shape[0] != n or poses.shape[1] not in (P, t * P):
+            raise ValueError(
+                f"act: poses must be [n={n}, {P}, {self.num_joints}, 4 or 3] (the observed "
+                f"first {P} poses; [n, {t * P}, ...] is accepted, its later poses are ignored); "
+                f"got {tuple(poses.shape)}"
+            )
+        if visibility is not None:
+            visibility = _tensor(visibility, "visibility")[:, :P]
+        observed = self.prepare_poses(poses[:, :P], visibility)  # [n, P, J, 4]
+        tokens = frames.new_zeros(n, t, 4, P, self.num_joints)  # [n, t, 4, P, J]
+        tokens[:, 0] = self._tokens(observed)[:, 0]
+        positions, probabilities = [], []
+        for step in range(1, t):
+            actions, _ = self._sequence(frames, tokens)  # [n, T, 4, P, J]
+            predicted = actions[:, step]  # [n, 4, P, J]
+            probability = predicted[:, 3].sigmoid()  # [n, P, J]
+            visible = (probability > VISIBLE).float()  # [n, P, J]
+            tokens[:, step] = torch.cat([predicted[:, :3] * visible.unsqueeze(1),
+                                         visible.unsqueeze(1)], dim=1)
+            positions.append(predicted[:, :3].permute(0, 2, 3, 1))  # [n, P, J, 3]
+            probabilities.append(probability)
+        future = torch.cat(positions, dim=1)  # [n, (t-1)*P, J, 3]
+        return (future, torch.cat(probabilities, dim=1)) if return_visibility else future
+
+
+def _check_weights(weights: dict[str, torch.Tensor], expected: dict[str, torch.Tensor],
+                   path: Path) -> None:
+    """Every tensor of the module is in the file with its shape, and nothing else is."""
+    missing = sorted(set(expected) - set(weights))
+    extra = sorted(set(weights) - set(expected))
+    hint = f"model.safetensors in {path} does not fit the model its config.yaml describes"
+    if missing:
+        raise ExportError(f"{hint}: {missing[0]} (and {len(missing) - 1} more) missing; "
+                          "re-export the checkpoint with launch/export.py")
+    if extra:
+        raise ExportError(f"{hint}: unexpected tensor {extra[0]} (and {len(extra) - 1} more)")
+    for name, tensor in expected.items():
+        if tuple(weights[name].shape) != tuple(tensor.shape):
+            raise ExportError(
+                f"{hint}: {name} has shape {tuple(weights[name].shape)} in the file but "
+                f"{tuple(tensor.shape)} in the model; use the config.yaml exported with it"
+            )
