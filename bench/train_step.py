@@ -43,6 +43,22 @@ def synthetic_batch(cfg, b: int, device: torch.device, seed: int = 0) -> dict:
     return {"source": "egoexo4d", **{k: v.to(device) for k, v in batch.items()}}
 
 
+def profile_steps(trainer, loader, steps: int, on_gpu: bool) -> None:
+    """torch.profiler over `steps` trainer steps: top operators by device and by CPU time."""
+    from torch.profiler import ProfilerActivity, profile
+
+    activities = [ProfilerActivity.CPU] + ([ProfilerActivity.CUDA] if on_gpu else [])
+    with profile(activities=activities) as prof:
+        for _ in range(steps):
+            trainer.train_step(loader)
+        if on_gpu:
+            torch.cuda.synchronize()
+    table = prof.key_averages()
+    if on_gpu:
+        print(table.table(sort_by="cuda_time_total", row_limit=25, max_name_column_width=60))
+    print(table.table(sort_by="self_cpu_time_total", row_limit=15, max_name_column_width=60))
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--config", required=True)
@@ -53,6 +69,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--precision", choices=["bf16", "fp16", "fp32"], default=None,
                         help="default: the config's run.precision")
     parser.add_argument("--json", default=None, help="also write the result line here")
+    parser.add_argument("--profile", type=int, default=0,
+                        help="after the timed steps, profile this many steps and print the top "
+                             "operators by device time and by CPU time")
     args, overrides = parser.parse_known_args(argv)
 
     from megatron_ego.config import load_config
@@ -89,6 +108,8 @@ def main(argv: list[str] | None = None) -> int:
         print(json.dumps({"config": args.config, "micro_batch": mb, "error": "oom",
                           "detail": str(e).splitlines()[0]}), flush=True)
         return 3
+    if args.profile:
+        profile_steps(trainer, loader, args.profile, on_gpu)
     flops = clip_flops(cfg)
     step = statistics.median(times)
     clips = mb * dist_info.world_size / step

@@ -77,7 +77,8 @@ class ModelConfig:
     transformer_impl: Literal["auto", "transformer_engine", "local"] = "auto"
     """Layer spec: Transformer Engine where it imports ('auto'), or megatron-core local modules."""
     recompute: bool = False
-    """Full activation checkpointing of every trunk layer (the authors' setting for the student)."""
+    """Full activation checkpointing of every trunk layer (the authors' setting for the student);
+    non-reentrant, see model/backbone.py `checkpoint_layers`."""
     fp8: bool = False
     """FP8 (delayed scaling) through Transformer Engine; H100 only, ignored without TE."""
 
@@ -111,11 +112,6 @@ class ModelConfig:
 
         on_gpu = torch.cuda.is_available()
         params_dtype = torch.bfloat16 if bf16 else torch.float16 if fp16 else torch.float32
-        recompute = {}
-        if self.recompute:
-            recompute = dict(
-                recompute_granularity="full", recompute_method="uniform", recompute_num_layers=1
-            )
         fp8 = {}
         if self.fp8:
             fp8 = dict(fp8="hybrid", fp8_recipe="delayed", fp8_amax_history_len=1024,
@@ -148,7 +144,6 @@ class ModelConfig:
             use_cpu_initialization=not on_gpu,
             tensor_model_parallel_size=1,
             pipeline_model_parallel_size=1,
-            **recompute,
             **fp8,
         )
 

@@ -41,7 +41,8 @@ def test_run_schedules_follow_the_paper_recipe():
 
 
 def _write(tmp_path, **overrides):
-    ds = json.load(open("configs/zero2.json"))
+    with open("configs/zero2.json") as f:
+        ds = json.load(f)
     ds.update(overrides)
     path = tmp_path / "ds.json"
     path.write_text(json.dumps(ds))

@@ -44,15 +44,13 @@ class DINOLoss(nn.Module):
         t_prob = F.softmax((teacher - self.center) / teacher_temp, dim=-1)  # [Vt, n, K]
         s_logp = F.log_softmax(student.float() / self.student_temp, dim=-1)  # [Vs, n, K]
         if skip_same_view:
-            terms = [
-                -(t_prob[i] * s_logp[v]).sum(-1).mean()
-                for i in range(t_prob.shape[0])
-                for v in range(s_logp.shape[0])
-                if v != i
-            ]
-            if not terms:
+            vt, vs = t_prob.shape[0], s_logp.shape[0]
+            if vs < 2:
                 raise ValueError("DINO loss: no view pairs left (need more than one view)")
-            loss = torch.stack(terms).mean()
+            # ce[i, v] = mean over n of H(teacher view i, student view v), all pairs at once.
+            ce = -torch.einsum("ink,vnk->iv", t_prob, s_logp) / t_prob.shape[1]  # [Vt, Vs]
+            keep = ~torch.eye(vt, vs, dtype=torch.bool, device=ce.device)  # skip i == v
+            loss = ce[keep].mean()
         else:
             if student.shape[0] != teacher.shape[0]:
                 raise ValueError("paired DINO loss needs as many student as teacher views")

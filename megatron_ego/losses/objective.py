@@ -58,16 +58,22 @@ class EgoAgentObjective(nn.Module):
     def teacher_targets(self, teacher: EgoAgent, batch: dict) -> dict[str, torch.Tensor]:
         """Teacher logits: global crops [G, b, K]; real next frames I_1..I_{T-1} [b, T-1, K]."""
         targets = {}
+        images, splits = [], []
         if self._wants_crops(batch):
             crops = batch["global_crops"]  # [b, G, 3, S, S]
-            b, g = crops.shape[:2]
-            _, logits = teacher.represent(crops.flatten(0, 1))  # [b*G, K]
-            targets["global"] = logits.unflatten(0, (b, g)).transpose(0, 1)  # [G, b, K]
+            images.append(crops.flatten(0, 1))
+            splits.append(("global", crops.shape[:2]))
         if self._wants_sequence(batch) and self.cfg.predict_weight > 0:
             nxt = batch["frames"][:, 1:]  # [b, T-1, 3, S, S]
-            b, t1 = nxt.shape[:2]
-            _, logits = teacher.represent(nxt.flatten(0, 1))  # [b*(T-1), K]
-            targets["next_frames"] = logits.unflatten(0, (b, t1))  # [b, T-1, K]
+            images.append(nxt.flatten(0, 1))
+            splits.append(("next_frames", nxt.shape[:2]))
+        if not images:
+            return targets
+        # One trunk call for every teacher image: global crops and next frames share a size.
+        _, logits = teacher.represent(torch.cat(images))  # [b*G + b*(T-1), K]
+        for (name, (b, v)), chunk in zip(splits, logits.split([b * v for _, (b, v) in splits])):
+            chunk = chunk.unflatten(0, (b, v))  # [b, V, K]
+            targets[name] = chunk.transpose(0, 1) if name == "global" else chunk
         return targets
 
     def forward(

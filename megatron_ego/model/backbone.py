@@ -16,7 +16,7 @@ from torch import nn
 
 from megatron_ego.config import ModelConfig
 from megatron_ego.model.attention import SDPAttention
-from megatron_ego.model.cpu import make_recompute_cpu_safe, make_rope_cpu_safe
+from megatron_ego.model.cpu import make_rope_cpu_safe
 from megatron_ego.model.parallel import ensure_model_parallel
 
 
@@ -83,14 +83,32 @@ def build_final_norm(config: TransformerConfig, impl: str) -> nn.Module:
     )
 
 
+def checkpoint_layers(layers: nn.ModuleList) -> None:
+    """Full activation recomputation of every layer, with torch's non-reentrant checkpoint.
+
+    megatron-core's own `recompute_granularity='full'` is reentrant: each checkpointed layer runs
+    a nested backward that accumulates into the weights at once. The student calls the trunk
+    several times per micro-batch (the sequence, global crops, local crops), so every weight
+    would receive several separate accumulations, which DeepSpeed ZeRO-2's reduction hooks reject
+    ("Gradient computed twice for this partition"; seen on an H100). Non-reentrant checkpointing
+    stays in the one autograd graph: each weight's gradient is summed, then accumulated once.
+    """
+    for layer in layers:
+        def forward(*args, _forward=layer.forward, **kwargs):
+            if not torch.is_grad_enabled():
+                return _forward(*args, **kwargs)
+            return torch.utils.checkpoint.checkpoint(_forward, *args, use_reentrant=False,
+                                                     **kwargs)
+
+        layer.forward = forward
+
+
 class Backbone(nn.Module):
     """GPTModel trunk + final RMSNorm: [s, b, h] continuous tokens -> [s, b, h] normed states."""
 
     def __init__(self, cfg: ModelConfig, max_sequence_length: int, precision: str = "fp32"):
         super().__init__()
         ensure_model_parallel()
-        if cfg.recompute:
-            make_recompute_cpu_safe()
         self.config = cfg.to_transformer_config(
             bf16=precision == "bf16", fp16=precision == "fp16"
         )
@@ -110,6 +128,8 @@ class Backbone(nn.Module):
         make_rope_cpu_safe(self.gpt.rotary_pos_emb)
         impl = "transformer_engine" if self.spec_name == "transformer_engine" else "local"
         self.final_norm = build_final_norm(self.config, impl)
+        if cfg.recompute:
+            checkpoint_layers(self.gpt.decoder.layers)
 
     def forward(self, tokens: torch.Tensor, attention_mask: torch.Tensor | None) -> torch.Tensor:
         """tokens [s, b, h]; attention_mask bool [1 or b, 1, s, s] (True = masked) -> [s, b, h].

@@ -44,21 +44,3 @@ def seed_everything(seed: int) -> None:
 
         model_parallel_cuda_manual_seed(seed)
 
-
-def make_recompute_cpu_safe() -> None:
-    """megatron's activation checkpointing (tensor_parallel.CheckpointFunction) saves and restores
-    the CUDA RNG state and the CUDA RNG tracker around the recomputation, which raises without a
-    GPU. On CPU only torch's CPU RNG state matters; swap in functions that save just that.
-    Process-wide, and only when CUDA is unavailable."""
-    if cuda_available():
-        return
-    from megatron.core.tensor_parallel import random as megatron_random
-
-    def get_states():
-        return torch.get_rng_state(), None, None
-
-    def set_states(cpu_state, _cuda_state, _tracker_states):
-        torch.set_rng_state(cpu_state)
-
-    megatron_random._get_all_rng_states = get_states
-    megatron_random._set_all_rng_states = set_states

@@ -162,7 +162,7 @@ class Trainer:
             return torch.autocast("cuda", dtype=self.dtype)
         return contextlib.nullcontext()
 
-    def _micro_step(self, batch: dict, teacher_temp: float) -> dict[str, float] | None:
+    def _micro_step(self, batch: dict, teacher_temp: float) -> dict[str, torch.Tensor] | None:
         """Forward + backward of one micro-batch; None when its loss was non-finite (skipped)."""
         batch = _to_device(batch, self.dist.device)
         inputs = _cast(self.objective.student_inputs(batch), self.dtype)
@@ -174,14 +174,14 @@ class Trainer:
             return None  # fp16 overflows are DeepSpeed's: its loss scaler skips the step
         self.engine.backward(loss)
         self.engine.step()
-        return {k: float(v) for k, v in terms.items()}
+        return terms  # detached 0-dim tensors; read once per step (one device sync)
 
     def train_step(self, loader) -> dict[str, float]:
         """One optimizer step = grad_accum micro-batches (plus any skipped non-finite ones)."""
         values = self.schedules.at(self.state.step)
         apply_schedules(self.optimizer, values["lr"], values["weight_decay"],
                         self.state.step < self.cfg.optim.freeze_last_layer_iters)
-        sums: dict[str, float] = {}
+        sums: dict[str, torch.Tensor] = {}
         counts: dict[str, int] = {}
         done, consecutive_bad = 0, 0
         sources = {"egoexo4d": 0, "walking_tours": 0}
@@ -206,7 +206,9 @@ class Trainer:
                 counts[k] = counts.get(k, 0) + 1
         self.ema.update(values["ema_momentum"])
         self.state.step += 1
-        terms = _mean_over_ranks({k: sums[k] / counts[k] for k in sums}, self.dist.device)
+        keys = sorted(sums)
+        means = torch.stack([sums[k] / counts[k] for k in keys]).tolist() if keys else []
+        terms = _mean_over_ranks(dict(zip(keys, means)), self.dist.device)
         return {**terms, **values, "_sources": sources}
 
     # ---------------------------------------------------------------------------------- the loop
