@@ -1,0 +1,178 @@
+"""launch/evaluate.py on the tiny trained model (fixture from test_export_inference.py)."""
+
+from __future__ import annotations
+
+import json
+import math
+import re
+import shutil
+
+import numpy as np
+import pytest
+import torch
+
+from launch import evaluate
+from megatron_ego.eval.export_format import read_export, write_export
+
+from .test_export_inference import shared_tiny_run
+
+METRICS = {
+    "knn": {"egoagent": ("top1", "top5")},
+    "retrieval": {m: ("top1", "map") for m in ("egoagent", "representation_only")},
+    "motion": {m: ("mpjpe_30fps", "mpjve_30fps", "mpjpe_10fps", "mpjve_10fps")
+               for m in ("egoagent", "zero_velocity", "constant_velocity")},
+}
+
+
+@pytest.fixture(scope="session")
+def tiny_run(tmp_path_factory) -> dict:
+    return shared_tiny_run(tmp_path_factory)
+
+
+@pytest.fixture(scope="module")
+def agent(tiny_run):
+    from megatron_ego.inference import EgoAgent
+
+    return EgoAgent.from_pretrained(tiny_run["export"], device="cpu")
+
+
+def _args(run, out, *extra: str) -> list[str]:
+    return ["--model", str(run["export"]), "--out", str(out), "--workers", "0",
+            "--batch-size", "8", *extra]
+
+
+@pytest.fixture(scope="module")
+def evaluated(tiny_run, tmp_path_factory):
+    out = tmp_path_factory.mktemp("eval")
+    knn = ["--knn-train", str(tiny_run["raw"] / "imagefolder" / "train"),
+           "--knn-val", str(tiny_run["raw"] / "imagefolder" / "val")]
+    # --data left out: the val split beside the config's training data is found on its own
+    assert evaluate.main(_args(tiny_run, out, "--task", "all", *knn)) == 0
+    return out, knn
+
+
+def test_all_tasks_write_every_method_and_metric(evaluated):
+    out, _ = evaluated
+    results = json.loads((out / "results.json").read_text())
+    assert results.keys() == METRICS.keys()
+    for task, methods in METRICS.items():
+        assert results[task].keys() == methods.keys(), task
+        for method, metrics in methods.items():
+            for metric in metrics:
+                value = results[task][method][metric]
+                assert isinstance(value, float) and math.isfinite(value), (task, method, metric)
+                if metric in ("top1", "top5", "map"):
+                    assert 0.0 <= value <= 100.0
+    assert results["retrieval"]["egoagent"]["num_queries"] == 8 * 3  # 8 val clips x (T - 1)
+    assert results["motion"]["egoagent"]["num_samples"] == 8
+    assert "| representation_only |" in (out / "results.md").read_text()
+    figures = sorted(p.name for p in (out / "figures").glob("*.png"))
+    assert sum(n.startswith("motion_") for n in figures) == 3
+    assert sum(n.startswith("retrieval_") for n in figures) == 3
+    assert all((out / "figures" / n).stat().st_size > 1000 for n in figures)
+
+
+def test_baselines_and_retrieval_indices_match_a_direct_computation(evaluated, tiny_run, agent):
+    from megatron_ego.data.clips import ClipDataset
+    from megatron_ego.data.decode import load_frame
+    from megatron_ego.eval.baselines import constant_velocity
+    from megatron_ego.eval.features import clip_table
+    from megatron_ego.eval.motion import motion_metrics
+    from megatron_ego.eval.retrieval import retrieval_metrics
+
+    results = json.loads((evaluated[0] / "results.json").read_text())
+    dataset = ClipDataset(str(tiny_run["val"]))
+    poses = torch.from_numpy(np.stack([dataset[i].poses for i in range(len(dataset))]))
+    want = motion_metrics(constant_velocity(poses[:, :5]), poses[:, 5:, :, :3],
+                          poses[:, 5:, :, 3] > 0.5)
+    assert results["motion"]["constant_velocity"]["mpjpe_30fps"] == pytest.approx(
+        want["mpjpe_30fps"], rel=1e-9)
+    # representation-only: query = frame t, target = frame t + 1, frame t left out
+    table = clip_table(str(tiny_run["val"]))[:, 2:]  # [clips, T] stored frame indices
+    frame_ids = np.unique(table)
+    images = {}
+    for i in range(len(dataset)):
+        for t, frame in enumerate(dataset[i].frames):
+            images[int(table[i, t])] = load_frame(frame, dataset.encoding, 64)
+    _, gallery = agent.represent(torch.stack([images[int(f)] for f in frame_ids]),
+                                 with_logits=True)
+    rows = torch.from_numpy(np.searchsorted(frame_ids, table))  # [clips, T]
+    exclude, target = rows[:, :-1].flatten(), rows[:, 1:].flatten()
+    want = retrieval_metrics(gallery[exclude], gallery, target, exclude)
+    got = results["retrieval"]["representation_only"]
+    assert got["top1"] == pytest.approx(want["top1"]) and got["map"] == pytest.approx(want["map"])
+
+
+def test_knn_features_are_cached_and_reused(evaluated, tiny_run):
+    out, knn = evaluated
+    cache = sorted((out / "features").glob("knn_*.pt"))
+    assert [p.name for p in cache] == ["knn_train.rank00000-of-00001.pt",
+                                       "knn_val.rank00000-of-00001.pt"]
+    stamps = [p.stat().st_mtime_ns for p in cache]
+    before = json.loads((out / "results.json").read_text())
+    assert evaluate.main(_args(tiny_run, out, "--task", "knn", *knn)) == 0
+    assert [p.stat().st_mtime_ns for p in cache] == stamps  # read, not rewritten
+    after = json.loads((out / "results.json").read_text())
+    assert after == before  # knn identical, the other tasks kept (merged report)
+
+
+def test_motion_rollout_never_sees_the_true_future(tiny_run, agent, monkeypatch):
+    from megatron_ego.eval import features, run_motion
+
+    ids = np.arange(3)
+    honest = run_motion.rollout(agent, str(tiny_run["val"]), ids, batch_size=4, workers=0)
+    original = features.ValClips.__getitem__
+
+    def corrupted(self, i):
+        frames, poses, clip = original(self, i)
+        poses[5:] = float("nan")  # any read of the true future would poison the predictions
+        return frames, poses, clip
+
+    monkeypatch.setattr(features.ValClips, "__getitem__", corrupted)
+    blind = run_motion.rollout(agent, str(tiny_run["val"]), ids, batch_size=4, workers=0)
+    assert torch.equal(blind["pred"], honest["pred"]) and torch.isfinite(blind["pred"]).all()
+
+
+def _export_with(tiny_run, tmp_path, **model):
+    cfg, weights, meta = read_export(tiny_run["export"])
+    for key, value in model.items():
+        setattr(cfg.model, key, value)
+    write_export(weights, cfg, tmp_path / "model", meta)
+    return tmp_path / "model"
+
+
+@pytest.mark.parametrize(("case", "message"), [
+    ("missing_data", "--data .*does not exist: preprocess the val split"),
+    ("missing_knn", "--knn-val .*does not exist"),
+    ("knn_without_folders", "--task knn needs --knn-train and --knn-val"),
+    ("missing_model", "does not exist: export a checkpoint first"),
+    ("other_shape", "does not fit the model its config.yaml describes"),
+    ("image_size", "stores 64x64 frames, smaller than the model's image_size=128"),
+    ("knn_classes", "different class folders"),
+])
+def test_errors_are_one_clear_line(tiny_run, tmp_path, capsys, case, message):
+    model, extra = tiny_run["export"], ["--task", "motion", "--data", str(tiny_run["val"])]
+    folders = tiny_run["raw"] / "imagefolder"
+    if case == "missing_data":
+        extra = ["--task", "retrieval", "--data", str(tmp_path / "val")]
+    elif case == "missing_knn":
+        extra = ["--knn-train", str(folders / "train"), "--knn-val", str(tmp_path / "v")]
+    elif case == "knn_without_folders":
+        extra = ["--task", "knn"]
+    elif case == "missing_model":
+        model = tmp_path / "nothing"
+    elif case == "other_shape":
+        model = _export_with(tiny_run, tmp_path, ffn_hidden_size=256)
+    elif case == "image_size":
+        model = _export_with(tiny_run, tmp_path, image_size=128)
+    elif case == "knn_classes":
+        shutil.copytree(folders / "val", tmp_path / "val")
+        shutil.rmtree(next((tmp_path / "val").iterdir()))
+        extra = ["--task", "knn", "--knn-train", str(folders / "train"),
+                 "--knn-val", str(tmp_path / "val")]
+    args = ["--model", str(model), "--out", str(tmp_path / "out"), "--workers", "0", *extra]
+    assert evaluate.main(args) == 2
+    err = capsys.readouterr().err.strip()
+    assert err.startswith("error: ") and "\n" not in err
+    assert re.search(message, err), err
+    assert not (tmp_path / "out" / "results.json").exists()
