@@ -104,8 +104,15 @@ class ModelConfig:
         """Image tokens of one global frame (224 / 16)^2 = 196."""
         return (self.image_size // self.patch_size) ** 2
 
-    def to_transformer_config(self, *, bf16: bool = False, fp16: bool = False):
-        """megatron-core TransformerConfig for the trunk, every field set explicitly."""
+    def to_transformer_config(self, *, bf16: bool = False, fp16: bool = False,
+                              transformer_engine: bool = False):
+        """megatron-core TransformerConfig for the trunk, every field set explicitly.
+
+        `transformer_engine`: the TE layer spec is used, so megatron's fused kernels are
+        available: fused RoPE (TE's) and the fused SwiGLU. Without them, RoPE and SwiGLU run as
+        separate element-wise kernels, which took ~45% of the GPU time of a 300M step on an
+        H100 (docs/benchmarks.md).
+        """
         import torch
         import torch.nn.functional as F
         from megatron.core.transformer.transformer_config import TransformerConfig
@@ -135,8 +142,8 @@ class ModelConfig:
             fp16=fp16,
             params_dtype=params_dtype,
             # CPU-unsafe fusions stay off; they are CUDA kernels (ENVIRONMENT.md).
-            apply_rope_fusion=False,
-            bias_activation_fusion=False,  # TorchScript kernels; no biases to fuse here anyway
+            apply_rope_fusion=transformer_engine,
+            bias_activation_fusion=transformer_engine,  # fused SwiGLU (no bias to add)
             bias_dropout_fusion=False,
             masked_softmax_fusion=False,
             gradient_accumulation_fusion=False,

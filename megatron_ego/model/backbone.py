@@ -109,10 +109,11 @@ class Backbone(nn.Module):
     def __init__(self, cfg: ModelConfig, max_sequence_length: int, precision: str = "fp32"):
         super().__init__()
         ensure_model_parallel()
-        self.config = cfg.to_transformer_config(
-            bf16=precision == "bf16", fp16=precision == "fp16"
-        )
         spec, self.spec_name = build_layer_spec(cfg)
+        self.config = cfg.to_transformer_config(
+            bf16=precision == "bf16", fp16=precision == "fp16",
+            transformer_engine=self.spec_name == "transformer_engine",
+        )
         self.gpt = GPTModel(
             config=self.config,
             transformer_layer_spec=spec,
