@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import argparse
 import logging
+import os
 import sys
 
 from megatron_ego.config import ConfigError, load_config
@@ -48,9 +49,12 @@ def main(argv: list[str] | None = None) -> int:
     try:
         cfg = load_config(args.config, overrides)
         from megatron_ego.training.distributed import init_distributed
+        from megatron_ego.training.ds_config import load_ds_config
         from megatron_ego.training.trainer import Trainer, check_data_paths
 
-        check_data_paths(cfg)  # before any process group or model exists
+        # Before any process group or model exists: missing data, JSON/YAML disagreements.
+        check_data_paths(cfg)
+        load_ds_config(args.ds_config, cfg, int(os.environ.get("WORLD_SIZE", "1")))
         dist_info = init_distributed()
         trainer = Trainer(cfg, args.ds_config, dist_info, resume=args.resume)
     except ConfigError as e:
