@@ -52,7 +52,13 @@ def main(argv: list[str] | None = None) -> int:
         from megatron_ego.training.ds_config import load_ds_config
         from megatron_ego.training.trainer import Trainer, check_data_paths
 
-        # Before any process group or model exists: missing data, JSON/YAML disagreements.
+        from megatron_ego.versions import VersionError, check_versions
+
+        # Before any process group or model exists: versions, missing data, JSON/YAML mismatch.
+        try:
+            check_versions(["torch", "megatron-core", "deepspeed"])
+        except VersionError as e:
+            raise ConfigError(str(e).replace("\n", "; ")) from e
         check_data_paths(cfg)
         load_ds_config(args.ds_config, cfg, int(os.environ.get("WORLD_SIZE", "1")))
         dist_info = init_distributed()

@@ -76,7 +76,18 @@ class EgoAgent(nn.Module):
         action_out = hidden[self.layout.action_query_positions.to(seq.device)]  # [T, b, h]
         future = hidden[self.layout.future_query_positions.to(seq.device)]  # [T, b, h]
         actions = self.action_head(action_out.transpose(0, 1))  # [b, T, 4, P, J]
-        return actions, future.transpose(0, 1)  # [b, T, 4, P, J], [b, T, h]
+        return self._anchor_actions(actions, poses), future.transpose(0, 1)
+
+    @staticmethod
+    def _anchor_actions(actions: torch.Tensor, poses: torch.Tensor) -> torch.Tensor:
+        """Action head output as offsets (ours): for t >= 1, A_t's x, y, z are predicted relative
+        to the last pose of A_{t-1} (an input the action query of step t already sees), so an
+        untrained head starts at the zero-velocity prediction instead of at the origin; step 0
+        has no earlier pose and predicts absolute positions. Visibility stays a logit.
+        actions [b, T, 4, P, J], poses [b, T, 4, P, J] -> [b, T, 4, P, J]."""
+        anchor = torch.zeros_like(actions[:, :, :3])  # [b, T, 3, P, J]
+        anchor[:, 1:] = poses[:, :-1, :3, -1:, :].to(actions.dtype)  # [b, T-1, 3, 1, J]
+        return torch.cat([actions[:, :, :3] + anchor, actions[:, :, 3:]], dim=2)
 
     # ------------------------------------------------------------------- feature branch: represent
     def represent(self, images: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:

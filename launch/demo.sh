@@ -1,0 +1,54 @@
+#!/usr/bin/env bash
+# The whole job on the embedded demo world, on CPU: demo world -> preprocessing -> pretraining
+# (2 processes, DeepSpeed ZeRO-2 over gloo) -> export -> evaluation -> summary table.
+# Everything goes under runs/demo/. A second run resumes where the first stopped (each stage
+# skips finished work); if the demo's settings changed, it starts clean instead of mixing.
+#   make demo            (runs `make setup` first)
+#   bash launch/demo.sh  (with .venv already set up)
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+py=.venv/bin/python
+demo=runs/demo
+config=configs/tiny_cpu.yaml
+world=(--takes 8 --seconds 20 --resolution 160 --seed 0)
+size=128
+
+# Start clean when the settings that produced runs/demo changed (never mix two demos).
+stamp="$(printf '%s\n' "${world[*]}" "$size" | cat - "$config" configs/zero2.json | sha256sum | cut -c1-16)"
+if [ -d "$demo" ] && [ "$(cat "$demo/DEMO_STAMP" 2>/dev/null)" != "$stamp" ]; then
+  echo "== runs/demo was made with other settings: starting clean"
+  rm -rf "$demo"
+fi
+mkdir -p "$demo"
+echo "$stamp" > "$demo/DEMO_STAMP"
+
+echo "== 1/5 demo world (Ego-Exo4D layout, WalkingTours-like videos, k-NN ImageFolder)"
+if [ ! -f "$demo/raw/takes.json" ]; then
+  rm -rf "$demo/raw"
+  "$py" -m preprocess.demo_world --out "$demo/raw.tmp" "${world[@]}"
+  mv "$demo/raw.tmp" "$demo/raw"
+fi
+
+echo "== 2/5 preprocessing into Megatron indexed datasets"
+for split in train val; do
+  "$py" -m preprocess.egoexo4d --root "$demo/raw" --out "$demo/data/egoexo4d/$split" \
+    --split "$split" --size "$size"
+done
+"$py" -m preprocess.walking_tours --videos "$demo/raw/walking_tours" \
+  --out "$demo/data/walking_tours" --size "$size"
+
+echo "== 3/5 pretraining $config (2 processes, ZeRO-2, CPU)"
+port="$("$py" -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1])')"
+.venv/bin/deepspeed --num_gpus 2 --master_port "$port" launch/pretrain.py \
+  --ds_config configs/zero2.json --config "$config" --resume auto
+
+echo "== 4/5 export (teacher weights -> safetensors)"
+"$py" launch/export.py --checkpoint "$demo" --out "$demo/export"
+
+echo "== 5/5 evaluation: represent (k-NN), predict (retrieval), act (motion)"
+"$py" launch/evaluate.py --model "$demo/export" --task all --out "$demo/eval" \
+  --data "$demo/data/egoexo4d/val" --knn-train "$demo/raw/imagefolder/train" \
+  --knn-val "$demo/raw/imagefolder/val" --workers 0 --batch-size 32
+
+"$py" -m megatron_ego.eval.demo_summary --run "$demo"

@@ -1,0 +1,77 @@
+"""The table `make demo` ends with: what the run measured, and its own checks.
+
+    python -m megatron_ego.eval.demo_summary --run runs/demo
+
+Training: each loss term's mean over the first and the last 20 optimizer steps (a term counts
+only on the steps that trained it: WalkingTours micro-batches train the representation only);
+the check is that every term went down. Evaluation: results.json of launch/evaluate.py, with the
+comparisons the project claims (EgoAgent vs zero-velocity MPJPE, vs representation-only
+retrieval Top-1). Exit status 1 when a loss term did not go down.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from pathlib import Path
+
+TERMS = ("loss_represent", "loss_predict", "loss_act")
+WINDOW = 20
+
+
+def loss_trend(metrics_path: Path, window: int = WINDOW) -> dict[str, tuple[float, float]]:
+    """{term: (mean of its first `window` values, mean of its last `window`)}."""
+    rows = [json.loads(line) for line in metrics_path.read_text().splitlines() if line.strip()]
+    trend = {}
+    for term in TERMS:
+        values = [r[term] for r in sorted(rows, key=lambda r: r["step"]) if term in r]
+        if len(values) >= 2 * window:
+            trend[term] = (sum(values[:window]) / window, sum(values[-window:]) / window)
+    return trend
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--run", default="runs/demo", help="the demo's run folder")
+    args = parser.parse_args(argv)
+    run = Path(args.run)
+    trend = loss_trend(run / "metrics.jsonl")
+    ok = bool(trend) and all(last < first for first, last in trend.values())
+    print(f"\n== demo summary ({run})")
+    print(f"{'training loss':<28}{'first 20 steps':>16}{'last 20 steps':>16}")
+    for term, (first, last) in trend.items():
+        print(f"{term:<28}{first:>16.4f}{last:>16.4f}   {'down' if last < first else 'NOT DOWN'}")
+    results_path = run / "eval" / "results.json"
+    if results_path.is_file():
+        res = json.loads(results_path.read_text())
+        print(f"\n{'evaluation':<44}{'value':>10}")
+        rows = [
+            ("k-NN top-1 % (demo ImageFolder)", res.get("knn", {}).get("egoagent", {}).get("top1")),
+            ("retrieval top-1 %, EgoAgent", res.get("retrieval", {}).get("egoagent", {}).get("top1")),
+            ("retrieval top-1 %, representation only",
+             res.get("retrieval", {}).get("representation_only", {}).get("top1")),
+            ("retrieval mAP %, EgoAgent", res.get("retrieval", {}).get("egoagent", {}).get("map")),
+            ("MPJPE cm @30fps, EgoAgent",
+             res.get("motion", {}).get("egoagent", {}).get("mpjpe_30fps")),
+            ("MPJPE cm @30fps, zero velocity",
+             res.get("motion", {}).get("zero_velocity", {}).get("mpjpe_30fps")),
+            ("MPJPE cm @30fps, constant velocity",
+             res.get("motion", {}).get("constant_velocity", {}).get("mpjpe_30fps")),
+        ]
+        for name, value in rows:
+            print(f"{name:<44}{'n/a' if value is None else f'{value:.2f}':>10}")
+        ego, zero = rows[4][1], rows[5][1]
+        if ego is not None and zero is not None:
+            print(f"act: EgoAgent {'beats' if ego < zero else 'does NOT beat'} zero velocity")
+        ego, rep = rows[1][1], rows[2][1]
+        if ego is not None and rep is not None:
+            print(f"predict: EgoAgent {'beats' if ego > rep else 'does NOT beat'} "
+                  "representation-only retrieval")
+    if not ok:
+        print("check failed: a loss term did not go down over the run", file=sys.stderr)
+    return 0 if ok else 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,34 @@
+"""The demo's own check: every loss term must go down between the first and last 20 steps."""
+
+from __future__ import annotations
+
+import json
+
+from megatron_ego.eval.demo_summary import loss_trend, main
+
+
+def _write(path, rows):
+    path.write_text("".join(json.dumps(r) + "\n" for r in rows))
+
+
+def test_trend_uses_only_the_steps_that_trained_a_term(tmp_path):
+    rows = []
+    for step in range(1, 81):
+        row = {"step": step, "loss_represent": 10.0 - step / 10}
+        if step % 2:  # Ego-Exo4D steps carry the other terms; WalkingTours steps do not
+            row.update(loss_act=1.0, loss_predict=5.0 + step / 100)
+        rows.append(row)
+    _write(tmp_path / "metrics.jsonl", rows)
+    trend = loss_trend(tmp_path / "metrics.jsonl")
+    assert trend["loss_represent"][0] > trend["loss_represent"][1]
+    first, last = trend["loss_predict"]
+    assert first < last  # rising: must be reported as not down
+    assert trend["loss_act"] == (1.0, 1.0)
+    assert main(["--run", str(tmp_path)]) == 1
+
+
+def test_all_terms_down_passes(tmp_path):
+    rows = [{"step": s, "loss_represent": 9 - s / 50, "loss_predict": 8 - s / 50,
+             "loss_act": 1 - s / 100} for s in range(1, 61)]
+    _write(tmp_path / "metrics.jsonl", rows)
+    assert main(["--run", str(tmp_path)]) == 0
