@@ -51,7 +51,6 @@ def main(argv: list[str] | None = None) -> int:
         from megatron_ego.training.distributed import init_distributed
         from megatron_ego.training.ds_config import load_ds_config
         from megatron_ego.training.trainer import Trainer, check_data_paths
-
         from megatron_ego.versions import VersionError, check_versions
 
         # Before any process group or model exists: versions, missing data, JSON/YAML mismatch.
