@@ -24,6 +24,7 @@ ARG DEEPSPEED_VERSION=0.19.8
 ARG AV_VERSION=18.1.0
 ARG MPI4PY_VERSION=4.1.2
 ARG PROJECTARIA_TOOLS_VERSION=2.3.0
+ARG NUMBA_VERSION=0.68.1
 # The user the container runs as. Docker/Kubernetes clusters that forbid root: keep a non-root uid
 # (pass your own with --build-arg USER_UID=$(id -u)). enroot/pyxis run as the calling user anyway.
 ARG USER_UID=1000
@@ -42,7 +43,8 @@ ENV PIP_DISABLE_PIP_VERSION_CHECK=1 \
 # storage to compile once per cluster, see docs/cluster.md).
 RUN python -m pip install --no-build-isolation "deepspeed==${DEEPSPEED_VERSION}" \
  && python -m pip install "megatron-core==${MEGATRON_CORE_VERSION}" "av==${AV_VERSION}" \
- && python -m pip install einops safetensors scikit-image tensorboard tqdm PyYAML pillow matplotlib
+ && python -m pip install einops safetensors scikit-image tensorboard tqdm PyYAML pillow matplotlib \
+      "numba==${NUMBA_VERSION}"
 
 # projectaria-tools for the Aria fisheye undistortion in preprocess/ (calibration, data_provider).
 # --no-deps: its requirements (jupyter, rerun-sdk, plotly, ...) serve its viewers, not those two
