@@ -211,6 +211,9 @@ class LossConfig:
     """Iterations of the linear teacher-temperature warm-up."""
     center_momentum: float = 0.9
     """Momentum of the teacher centering buffer."""
+    centering: Literal["ema", "sinkhorn_knopp"] = "ema"
+    """Teacher centering: DINO's EMA center (the paper's setting) or Sinkhorn-Knopp
+    normalisation over the batch (DINOv2's option; steadier for small batches and short runs)."""
 
     def __post_init__(self) -> None:
         for name in ("represent_weight", "predict_weight", "act_weight", "visibility_weight"):

@@ -33,9 +33,10 @@ def test_dino_loss_equals_hand_computed_cross_entropy():
     st, tt = 0.1, 0.04
     t = [[0.2, 0.1, -0.3], [0.0, 0.05, 0.02]]  # 2 teacher views, n = 1
     s = [[0.3, -0.2, 0.1], [0.0, 0.4, -0.1], [0.2, 0.2, 0.25]]  # 3 student views
+    center = [(t[0][k] + t[1][k]) / 2 for k in range(3)]  # the first batch sets the center
     expected, pairs = 0.0, 0
     for i, tv in enumerate(t):
-        p = _softmax([x / tt for x in tv])  # center is 0 at the first call
+        p = _softmax([(x - c) / tt for x, c in zip(tv, center)])
         for v, sv in enumerate(s):
             if v == i:
                 continue
@@ -53,17 +54,19 @@ def test_center_moves_by_the_stated_momentum_and_is_used():
     loss = DINOLoss(out_dim=2, student_temp=0.1, center_momentum=0.9)
     t1 = torch.tensor([[[1.0, 3.0], [3.0, 5.0]]])  # batch mean [2, 4]
     loss(torch.zeros(1, 2, 2), t1, 0.04, skip_same_view=False)
-    torch.testing.assert_close(loss.center, torch.tensor([[0.2, 0.4]]))
+    torch.testing.assert_close(loss.center, torch.tensor([[2.0, 4.0]]))  # first batch: its mean
     t2 = torch.tensor([[[0.0, 0.0], [0.0, 0.0]]])
     loss(torch.zeros(1, 2, 2), t2, 0.04, skip_same_view=False)
-    torch.testing.assert_close(loss.center, torch.tensor([[0.18, 0.36]]))
+    torch.testing.assert_close(loss.center, torch.tensor([[1.8, 3.6]]))  # 0.9 c + 0.1 mean
+    loss(torch.zeros(1, 2, 2), t2, 0.04, skip_same_view=False)
+    torch.testing.assert_close(loss.center, torch.tensor([[1.62, 3.24]]))
     # the center is subtracted from the teacher before the softmax:
     student = torch.tensor([[[0.0, 1.0]]])
-    teacher = torch.tensor([[[0.18, 0.36]]])  # equal to the center -> uniform teacher target
+    teacher = torch.tensor([[[1.62, 3.24]]])  # equal to the center -> uniform teacher target
     value = loss(student, teacher, 0.04, skip_same_view=False)
     q = _softmax([0.0, 10.0])
     assert value.item() == pytest.approx(-0.5 * (math.log(q[0]) + math.log(q[1])), rel=1e-5)
-    assert "center" in loss.state_dict()
+    assert {"center", "center_updates"} <= set(loss.state_dict())
 
 
 def test_action_loss_ignores_invisible_joints():
@@ -119,3 +122,27 @@ def test_zero_weight_skips_the_term(tiny_cfg, tiny_model):
     assert "next_frames" not in targets
     _, terms = objective(tiny_model(**objective.student_inputs(batch)), targets, batch, 0.04)
     assert "loss_predict" not in terms and "loss_act" in terms
+
+
+def test_sinkhorn_knopp_targets_are_distributions_sharing_the_prototypes():
+    from megatron_ego.losses.dino import sinkhorn_knopp
+
+    g = torch.Generator().manual_seed(0)
+    logits = torch.randn(64, 16, generator=g) * 0.2 + torch.linspace(0, 0.2, 16)  # a biased head
+    q = sinkhorn_knopp(logits, temp=0.04, iterations=30)
+    torch.testing.assert_close(q.sum(1), torch.ones(64))
+    torch.testing.assert_close(q.sum(0), torch.full((16,), 64 / 16), rtol=0.01, atol=0.0)
+    plain = torch.softmax(logits / 0.04, dim=1).sum(0)
+    assert plain.max() / plain.min() > 10  # without it, the bias would take most of the mass
+
+
+def test_sinkhorn_centering_in_the_loss_and_config(tiny_cfg):
+    from megatron_ego.config import ConfigError, load_config
+
+    loss = DINOLoss(out_dim=8, centering="sinkhorn_knopp")
+    value = loss(torch.randn(3, 4, 8), torch.randn(2, 4, 8), teacher_temp=0.04)
+    assert torch.isfinite(value) and value > 0
+    assert load_config("configs/tiny_cpu.yaml",
+                       ["--loss.centering=sinkhorn_knopp"]).loss.centering == "sinkhorn_knopp"
+    with pytest.raises(ConfigError, match="loss.centering"):
+        load_config("configs/tiny_cpu.yaml", ["--loss.centering=batch"])

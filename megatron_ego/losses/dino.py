@@ -3,7 +3,14 @@
     H(t, s) = - sum_k softmax((t - c) / tau_t)_k * log_softmax(s / tau_s)_k
 
 The center c is a buffer (state_dict-able) updated after each call from the teacher's batch mean,
-all-reduced over data-parallel ranks: c <- m c + (1 - m) mean(t).
+all-reduced over data-parallel ranks: c <- m c + (1 - m) mean(t). The first update sets c to the
+first batch mean (ours; DINO starts from c = 0, which makes the first steps' targets and losses
+an artefact of the zero start: the loss climbs towards ln K while c catches up).
+
+`centering="sinkhorn_knopp"` replaces the centred softmax by Sinkhorn-Knopp normalisation of
+exp(t / tau_t) over the (all-ranks) batch, as DINOv2 offers: every prototype gets an equal share
+of the batch and every view a distribution, so targets are spread from the first step; it does
+not depend on a running center, which helps small batches and short runs.
 """
 
 from __future__ import annotations
@@ -17,11 +24,17 @@ from torch import nn
 class DINOLoss(nn.Module):
     """Multi-view DINO loss with teacher centering (facebookresearch/dino's DINOLoss semantics)."""
 
-    def __init__(self, out_dim: int, student_temp: float = 0.1, center_momentum: float = 0.9):
+    def __init__(self, out_dim: int, student_temp: float = 0.1, center_momentum: float = 0.9,
+                 centering: str = "ema", sinkhorn_iterations: int = 3):
         super().__init__()
+        if centering not in ("ema", "sinkhorn_knopp"):
+            raise ValueError(f"centering={centering!r}: expected 'ema' or 'sinkhorn_knopp'")
+        self.centering = centering
+        self.sinkhorn_iterations = sinkhorn_iterations
         self.student_temp = student_temp
         self.center_momentum = center_momentum
         self.register_buffer("center", torch.zeros(1, out_dim))  # [1, K]
+        self.register_buffer("center_updates", torch.zeros((), dtype=torch.long))
 
     def forward(
         self,
@@ -41,7 +54,13 @@ class DINOLoss(nn.Module):
                 f"{tuple(teacher.shape)} must agree in [n, K]"
             )
         teacher = teacher.detach().float()
-        t_prob = F.softmax((teacher - self.center) / teacher_temp, dim=-1)  # [Vt, n, K]
+        if self.centering == "ema" and self.center_updates == 0:
+            self.update_center(teacher)  # the first batch defines the starting center
+        if self.centering == "sinkhorn_knopp":
+            t_prob = sinkhorn_knopp(teacher.flatten(0, 1), teacher_temp,
+                                    self.sinkhorn_iterations).view_as(teacher)  # [Vt, n, K]
+        else:
+            t_prob = F.softmax((teacher - self.center) / teacher_temp, dim=-1)  # [Vt, n, K]
         s_logp = F.log_softmax(student.float() / self.student_temp, dim=-1)  # [Vs, n, K]
         if skip_same_view:
             vt, vs = t_prob.shape[0], s_logp.shape[0]
@@ -67,4 +86,31 @@ class DINOLoss(nn.Module):
             dist.all_reduce(batch_sum)
             dist.all_reduce(count)
         batch_center = batch_sum / count
-        self.center.mul_(self.center_momentum).add_(batch_center * (1 - self.center_momentum))
+        if self.center_updates == 0:
+            self.center.copy_(batch_center)
+        else:
+            self.center.mul_(self.center_momentum).add_(batch_center * (1 - self.center_momentum))
+        self.center_updates += 1
+
+
+def _all_reduce(x: torch.Tensor) -> torch.Tensor:
+    if dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1:
+        dist.all_reduce(x)
+    return x
+
+
+@torch.no_grad()
+def sinkhorn_knopp(logits: torch.Tensor, temp: float, iterations: int = 3) -> torch.Tensor:
+    """[n, K] teacher logits -> [n, K] targets: rows sum to 1, columns (prototypes) share the
+    global batch equally. Sums run over every data-parallel rank."""
+    q = torch.exp((logits - logits.max()) / temp).t()  # [K, n]
+    k = q.shape[0]
+    n = torch.tensor(float(q.shape[1]), device=q.device)
+    n = _all_reduce(n)
+    q /= _all_reduce(q.sum())
+    for _ in range(iterations):
+        q /= _all_reduce(q.sum(dim=1, keepdim=True)).clamp_min(1e-30)  # prototypes
+        q /= k
+        q /= q.sum(dim=0, keepdim=True)  # each view (local to its rank)
+        q /= n
+    return (q * n).t()  # [n, K], rows sum to 1

@@ -27,8 +27,10 @@ class EgoAgentObjective(nn.Module):
         super().__init__()
         self.cfg = loss_cfg
         k = model_cfg.head_out_dim
-        self.represent_loss = DINOLoss(k, loss_cfg.student_temp, loss_cfg.center_momentum)
-        self.predict_loss = DINOLoss(k, loss_cfg.student_temp, loss_cfg.center_momentum)
+        dino = dict(student_temp=loss_cfg.student_temp, center_momentum=loss_cfg.center_momentum,
+                    centering=loss_cfg.centering)
+        self.represent_loss = DINOLoss(k, **dino)
+        self.predict_loss = DINOLoss(k, **dino)
         self.action_loss = ActionLoss(loss_cfg.visibility_weight)
 
     def _wants_sequence(self, batch: dict) -> bool:
