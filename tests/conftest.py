@@ -43,3 +43,6 @@ def random_clip_batch(cfg: Config, b: int = 2, seed: int = 0) -> dict[str, torch
         "local_crops": torch.randn(b, d.num_local_crops, 3, c.local_crop_size,
                                    c.local_crop_size, generator=g),
     }
+
+
+from .slurm_fakes import fake_bin  # noqa: E402, F401  (fixture of the SLURM script tests)

@@ -1,17 +1,8 @@
-"""The SLURM launch scripts, run on this machine with simulated SLURM variables.
-
-DRY_RUN=1 makes each sbatch script print the commands it would run (one per line, %q-quoted), with a
-fake `scontrol` first on PATH. The preemption path (SIGUSR1 -> checkpoint -> requeue) runs for real
-against a fake `srun`, and torchrun_node.sh against a fake torchrun whose worker checkpoints on
-SIGUSR1.
-"""
+"""pretrain.sbatch and torchrun_node.sh with simulated SLURM variables (dry run and for real)."""
 
 from __future__ import annotations
 
-import json
 import os
-import shlex
-import shutil
 import signal
 import subprocess
 import sys
@@ -20,71 +11,17 @@ from pathlib import Path
 
 import pytest
 
-REPO = Path(__file__).resolve().parents[1]
-SLURM_DIR = REPO / "launch" / "slurm"
-# Deliberately not in sorted order: the rendezvous host must be the FIRST one scontrol prints.
-HOSTS = ["nodeC17", "nodeA02", "nodeB09", "nodeA01", "nodeD00", "nodeE05"]
-JOB_ID = "4242"
-
-
-def _write_exe(path: Path, text: str) -> Path:
-    path.write_text(text)
-    path.chmod(0o755)
-    return path
-
-
-@pytest.fixture()
-def fake_bin(tmp_path: Path) -> Path:
-    """A bin/ with a fake scontrol: `show hostnames` prints HOSTS[:SLURM_NNODES], else it logs."""
-    bin_dir = tmp_path / "bin"
-    bin_dir.mkdir()
-    hosts = "\n".join(HOSTS)
-    _write_exe(bin_dir / "scontrol", f"""#!/bin/bash
-if [[ "$1 $2" == "show hostnames" ]]; then
-    printf '%s\\n' {hosts.replace(chr(10), ' ')} | head -n "${{SLURM_NNODES:-1}}"
-else
-    echo "$*" >> "{tmp_path}/scontrol.log"
-fi
-""")
-    return bin_dir
-
-
-def _env(fake_bin: Path, nnodes: int = 4, **extra: str) -> dict[str, str]:
-    env = {
-        "PATH": f"{fake_bin}:{os.environ['PATH']}",
-        "HOME": os.environ.get("HOME", "/tmp"),
-        "SLURM_JOB_ID": JOB_ID,
-        "SLURM_JOB_NODELIST": "node[...]",
-        "SLURM_NNODES": str(nnodes),
-        "SLURM_SUBMIT_DIR": str(REPO),
-    }
-    env.update(extra)
-    return env
-
-
-def _dry_run(script: str, env: dict[str, str], *args: str) -> list[list[str]]:
-    """Run an sbatch script with DRY_RUN=1; return its printed commands, each split like a shell."""
-    proc = subprocess.run(
-        ["bash", str(SLURM_DIR / script), *args], env={**env, "DRY_RUN": "1"},
-        capture_output=True, text=True, timeout=60)
-    assert proc.returncode == 0, proc.stderr
-    return [shlex.split(line) for line in proc.stdout.splitlines() if line.strip()]
-
-
-def _flag(cmd: list[str], name: str) -> str:
-    """Value of `name=value` or `name value` in cmd."""
-    for i, arg in enumerate(cmd):
-        if arg.startswith(name + "="):
-            return arg.split("=", 1)[1]
-        if arg == name:
-            return cmd[i + 1]
-    raise AssertionError(f"{name} not in {cmd}")
-
-
-def _split_at(cmd: list[str], marker: str) -> tuple[list[str], list[str]]:
-    i = cmd.index(marker)
-    return cmd[:i], cmd[i + 1:]
-
+from .slurm_fakes import (
+    HOSTS,
+    JOB_ID,
+    REPO,
+    SLURM_DIR,
+    _dry_run,
+    _env,
+    _flag,
+    _split_at,
+    _write_exe,
+)
 
 # ---------------------------------------------------------------- pretrain.sbatch (dry run)
 
@@ -339,110 +276,3 @@ def test_torchrun_node_with_the_real_torchrun(tmp_path):
     assert (tmp_path / "done0").exists() and (tmp_path / "done1").exists()
 
 
-# ---------------------------------------------------------------- preprocess.sbatch (dry run)
-
-def test_preprocess_egoexo4d_mpi_ranks_across_all_nodes(fake_bin, tmp_path):
-    env = _env(fake_bin, 4, SLURM_NTASKS="64", RAW_DIR=str(tmp_path), SPLIT="val")
-    (cmd,) = _dry_run("preprocess.sbatch", env, "--workers", "2")
-    srun, program = _split_at(cmd, "python")
-    assert _flag(srun, "--nodes") == "4"
-    assert _flag(srun, "--ntasks") == "64"
-    assert _flag(srun, "--mpi") == "pmix"
-    assert program[:2] == ["-m", "preprocess.egoexo4d"]
-    assert _flag(program, "--root") == str(tmp_path)
-    assert _flag(program, "--out") == "data/egoexo4d/val"
-    assert _flag(program, "--split") == "val"
-    assert program[-2:] == ["--workers", "2"]
-
-
-def test_preprocess_walking_tours_over_mpi_in_a_container(fake_bin, tmp_path):
-    env = _env(fake_bin, 1, SLURM_NTASKS="10", RAW_DIR=str(tmp_path), SOURCE="walking_tours",
-               CONTAINER_IMAGE="/shared/ego.sqsh")
-    (cmd,) = _dry_run("preprocess.sbatch", env)
-    srun, program = _split_at(cmd, "python")
-    assert _flag(srun, "--nodes") == "1"
-    assert _flag(srun, "--ntasks") == "10"
-    assert _flag(srun, "--mpi") == "pmix"
-    assert _flag(srun, "--container-image") == "/shared/ego.sqsh"
-    assert program == ["-m", "preprocess.walking_tours", "--videos", str(tmp_path),
-                       "--out", "data/walking_tours"]
-
-
-FAKE_SRUN_MPI = """#!/bin/bash
-# Stands in for `srun --mpi=pmix`: the same ranks through Open MPI's mpirun on this machine.
-ntasks=1
-while [[ $# -gt 0 && $1 == --* ]]; do
-    case $1 in --ntasks=*) ntasks=${1#--ntasks=} ;; esac
-    shift
-done
-exec mpirun -n "$ntasks" --allow-run-as-root --oversubscribe "$@"
-"""
-
-
-@pytest.mark.skipif(shutil.which("mpirun", path=str(Path(sys.executable).parent)) is None
-                    and shutil.which("mpirun") is None, reason="no mpirun")
-def test_preprocess_for_real_on_two_mpi_ranks(fake_bin, tmp_path):
-    """preprocess.sbatch -> (fake srun) mpirun -n 2 -> preprocess.egoexo4d on the demo world."""
-    raw, out = tmp_path / "raw", tmp_path / "out"
-    subprocess.run([sys.executable, "-m", "preprocess.demo_world", "--out", str(raw), "--takes", "2",
-                    "--seconds", "2", "--resolution", "64", "--walking-tours", "0",
-                    "--knn-train", "1", "--knn-val", "1"],
-                   cwd=REPO, check=True, capture_output=True, timeout=120)
-    _write_exe(fake_bin / "srun", FAKE_SRUN_MPI)
-    env = _env(fake_bin, 1, SLURM_NTASKS="2", RAW_DIR=str(raw), OUT_DIR=str(out))
-    env["PATH"] = f"{env['PATH']}:{Path(sys.executable).parent}"
-    proc = subprocess.run(["bash", str(SLURM_DIR / "preprocess.sbatch"), "--undistort", "off",
-                           "--takes-per-shard", "1"],
-                          env=env, capture_output=True, text=True, timeout=300)
-    assert proc.returncode == 0, proc.stderr[-3000:]
-    manifest = json.loads((out / "manifest.json").read_text())
-    assert manifest["source"] == "egoexo4d" and manifest["split"] == "train"
-    assert manifest["num_clips"] > 0
-    for name in ("frames", "poses", "clips"):
-        assert (out / f"{name}.bin").stat().st_size > 0 and (out / f"{name}.idx").exists()
-
-
-@pytest.mark.parametrize(("extra", "message"), [
-    ({}, "RAW_DIR"),
-    ({"RAW_DIR": "/tmp", "SOURCE": "ego4d"}, "SOURCE=ego4d"),
-])
-def test_preprocess_rejects_bad_input_with_a_message(fake_bin, extra, message):
-    proc = subprocess.run(["bash", str(SLURM_DIR / "preprocess.sbatch")],
-                          env={**_env(fake_bin), **extra, "DRY_RUN": "1"},
-                          capture_output=True, text=True, timeout=60)
-    assert proc.returncode == 2
-    assert message in proc.stderr
-
-
-# ------------------------------------------------------------------ evaluate.sbatch (dry run)
-
-def test_evaluate_exports_the_run_then_evaluates_on_8_gpus(fake_bin):
-    env = _env(fake_bin, 1, RUN_DIR="runs/egoagent_300m")
-    export, evaluate = _dry_run("evaluate.sbatch", env, "--batch_size", "64")
-    assert export[export.index("python"):] == [
-        "python", "launch/export.py", "--checkpoint", "runs/egoagent_300m",
-        "--out", "runs/egoagent_300m/export"]
-    _, torchrun = _split_at(evaluate, "torchrun")
-    assert _flag(torchrun, "--nproc_per_node") == "8"
-    assert _flag(torchrun, "--model") == "runs/egoagent_300m/export"
-    assert _flag(torchrun, "--task") == "all"
-    assert _flag(torchrun, "--out") == "runs/egoagent_300m/eval"
-    assert torchrun[-2:] == ["--batch_size", "64"]
-
-
-def test_evaluate_an_existing_export_skips_the_export(fake_bin):
-    env = _env(fake_bin, 1, MODEL_DIR="/models/ego", TASK="act")
-    (cmd,) = _dry_run("evaluate.sbatch", env)
-    assert "launch/evaluate.py" in cmd and "launch/export.py" not in cmd
-    assert _flag(cmd, "--task") == "act"
-    assert _flag(cmd, "--out") == "/models/ego/eval"
-
-
-# ------------------------------------------------------------------------------- shellcheck
-
-@pytest.mark.skipif(shutil.which("shellcheck") is None, reason="shellcheck not installed")
-def test_shellcheck_passes_on_every_launch_script():
-    scripts = sorted(str(p) for p in SLURM_DIR.iterdir() if p.suffix in (".sh", ".sbatch"))
-    proc = subprocess.run(["shellcheck", "-x", *scripts], cwd=REPO,
-                          capture_output=True, text=True, timeout=120)
-    assert proc.returncode == 0, proc.stdout
