@@ -211,12 +211,17 @@ class LossConfig:
     """Iterations of the linear teacher-temperature warm-up."""
     center_momentum: float = 0.9
     """Momentum of the teacher centering buffer."""
+    koleo_weight: float = 0.0
+    """DINOv2's KoLeo regulariser on the student's state features of the first global crop
+    (pushes each feature away from its nearest neighbour in the batch, against feature collapse);
+    0 = off, as in the paper. The tiny CPU demo uses it: its short runs otherwise collapse."""
     centering: Literal["ema", "sinkhorn_knopp"] = "ema"
     """Teacher centering: DINO's EMA center (the paper's setting) or Sinkhorn-Knopp
     normalisation over the batch (DINOv2's option; steadier for small batches and short runs)."""
 
     def __post_init__(self) -> None:
-        for name in ("represent_weight", "predict_weight", "act_weight", "visibility_weight"):
+        for name in ("represent_weight", "predict_weight", "act_weight", "visibility_weight",
+                     "koleo_weight"):
             if getattr(self, name) < 0:
                 raise ConfigError(f"loss.{name}={getattr(self, name)} must be >= 0")
         if self.represent_weight == self.predict_weight == self.act_weight == 0:

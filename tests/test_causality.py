@@ -29,6 +29,13 @@ def test_frame_bidirectional_opens_only_patch_blocks():
     assert not mask[7, 0]
 
 
+def _randomize_action_head(model) -> None:
+    """The action head starts at zero (zero-velocity start), which would hide what the action
+    query sees; give it weights so that its outputs depend on its inputs."""
+    with torch.no_grad():
+        torch.nn.init.normal_(model.action_head.proj.weight, std=0.02)
+
+
 def _step_outputs(model, frames, poses):
     with torch.no_grad():
         actions, future = model.act_and_predict(frames, poses)
@@ -40,6 +47,7 @@ def test_changing_the_future_leaves_step_t_bit_identical(tiny_cfg, bidirectional
     tiny_cfg.model.frame_bidirectional = bidirectional
     torch.manual_seed(0)
     model = EgoAgent(tiny_cfg.model).eval()
+    _randomize_action_head(model)
     batch = random_clip_batch(tiny_cfg, b=2, seed=1)
     frames, poses = batch["frames"], batch["poses"]
     actions, future = _step_outputs(model, frames, poses)
@@ -80,6 +88,7 @@ def test_action_t_reaches_the_future_state_of_step_t(tiny_cfg, tiny_model):
 
 
 def test_batch_items_do_not_mix(tiny_cfg, tiny_model):
+    _randomize_action_head(tiny_model)
     batch = random_clip_batch(tiny_cfg, b=2, seed=3)
     a, f = _step_outputs(tiny_model, batch["frames"], batch["poses"])
     f2 = batch["frames"].clone()

@@ -111,7 +111,16 @@ def test_walking_tours_batches_train_representation_only(tiny_cfg, tiny_model):
     assert set(inputs) == {"global_crops", "local_crops"}
     out = tiny_model(**inputs)
     total, terms = objective(out, objective.teacher_targets(tiny_model, wt), wt, 0.04)
-    assert set(terms) == {"loss_represent", "loss"}
+    assert set(terms) == {"loss_represent", "loss_koleo", "loss"}  # tiny_cpu.yaml: KoLeo on
+
+
+def test_koleo_grows_as_features_crowd_together():
+    from megatron_ego.losses.objective import koleo
+
+    spread = torch.eye(4, 8)  # orthonormal: nearest neighbour at distance sqrt(2)
+    crowded = spread * 0.01 + torch.ones(4, 8)  # nearly one direction
+    assert koleo(spread).item() == pytest.approx(-math.log(math.sqrt(2)), rel=1e-5)
+    assert koleo(crowded) > koleo(spread) + 3
 
 
 def test_zero_weight_skips_the_term(tiny_cfg, tiny_model):

@@ -12,12 +12,22 @@ computed at all (the paper's leave-one-out ablations).
 from __future__ import annotations
 
 import torch
+import torch.nn.functional as F
 from torch import nn
 
 from megatron_ego.config import LossConfig, ModelConfig
 from megatron_ego.losses.action import ActionLoss
 from megatron_ego.losses.dino import DINOLoss
 from megatron_ego.model.egoagent import EgoAgent, StudentOutput
+
+
+def koleo(features: torch.Tensor) -> torch.Tensor:
+    """KoLeo (Kozachenko-Leonenko entropy estimate, DINOv2): -mean log distance of each
+    L2-normalised feature [n, h] to its nearest neighbour in the batch (this rank's)."""
+    x = F.normalize(features.float(), dim=-1)  # [n, h]
+    dist = torch.cdist(x, x)  # [n, n]
+    dist = dist + torch.eye(len(x), device=x.device, dtype=x.dtype) * 4.0  # > any distance (<= 2)
+    return -torch.log(dist.min(dim=1).values + 1e-8).mean()
 
 
 class EgoAgentObjective(nn.Module):
@@ -102,6 +112,8 @@ class EgoAgentObjective(nn.Module):
             s = torch.cat(views, dim=1).transpose(0, 1)  # [G+L, b, K]
             add(c.represent_weight, "loss_represent",
                 self.represent_loss(s, targets["global"], teacher_temp, skip_same_view=True))
+            if c.koleo_weight > 0:
+                add(c.koleo_weight, "loss_koleo", koleo(student.global_features[:, 0]))
         if "next_frames" in targets:
             s = student.future_logits.flatten(0, 1)[None]  # [1, b*(T-1), K]
             t = targets["next_frames"].flatten(0, 1)[None]  # [1, b*(T-1), K]

@@ -34,6 +34,8 @@ class StudentOutput:
     """[b, T-1, K]: state-prediction head on steps 0..T-2 (targets: I_1 .. I_{T-1})."""
     global_logits: torch.Tensor | None = None
     """[b, G, K]: representation head on the global crops."""
+    global_features: torch.Tensor | None = None
+    """[b, G, h]: state features of the global crops (before the head)."""
     local_logits: torch.Tensor | None = None
     """[b, L, K]: representation head on the local crops."""
 
@@ -57,6 +59,10 @@ class EgoAgent(nn.Module):
         self.represent_head = DINOHead(h, **head)
         self.predict_head = DINOHead(h, **head)
         self.action_head = ActionHead(h, cfg.pose_channels, cfg.poses_per_step, cfg.num_joints)
+        # Zero-initialised: with the offsets of `_anchor_actions`, the untrained agent predicts
+        # zero velocity (and visibility 0.5), and training starts from that baseline.
+        torch.nn.init.zeros_(self.action_head.proj.weight)
+        torch.nn.init.zeros_(self.action_head.proj.bias)
 
     # ----------------------------------------------------------------- student: predict and act
     def act_and_predict(self, frames: torch.Tensor, poses: torch.Tensor
@@ -117,12 +123,14 @@ class EgoAgent(nn.Module):
         if frames is not None and poses is not None:
             out.actions, out.future_state = self.act_and_predict(frames, poses)
             out.future_logits = self.predict_head(out.future_state[:, :-1])  # [b, T-1, K]
-        for name, crops in (("global_logits", global_crops), ("local_logits", local_crops)):
+        for name, crops in (("global", global_crops), ("local", local_crops)):
             if crops is None or crops.shape[1] == 0:
                 continue
             b, v = crops.shape[:2]
-            _, logits = self.represent(crops.flatten(0, 1))  # [b*V, K]
-            setattr(out, name, logits.unflatten(0, (b, v)))  # [b, V, K]
+            feature, logits = self.represent(crops.flatten(0, 1))  # [b*V, h], [b*V, K]
+            setattr(out, f"{name}_logits", logits.unflatten(0, (b, v)))  # [b, V, K]
+            if name == "global":
+                out.global_features = feature.unflatten(0, (b, v))  # [b, G, h]
         return out
 
     # ------------------------------------------------------------------------------------- checks
