@@ -4,7 +4,7 @@
 # losses and printing clips/s, TFLOP/s, MFU and peak memory as JSON lines.
 #
 #   bench/gpu_smoke.sh [--out DIR]     # one H100/A100; under 8 minutes
-#   bench/gpu_smoke.sh --dry-run       # CPU: the same objects, shrunk (2 layers, small heads)
+#   bench/gpu_smoke.sh --dry-run       # CPU: the same objects, shrunk (1 layer, small heads)
 #
 # Needs torch, deepspeed and megatron-core; where the last two are missing and wheels lie in
 # .whl/ (see docs/benchmarks.md), they are installed into a temporary folder first. No network.
@@ -65,9 +65,9 @@ run() {  # run CONFIG MICRO_BATCH [overrides...]: retry at half the batch on OOM
 }
 
 if [ "$dry_run" -eq 1 ]; then
-  precision=fp32 steps=1 warmup=1
-  shrink=(--model.num_layers=2 --model.head_out_dim=1024 --model.head_hidden_dim=256
-          --model.recompute=false)
+  precision=fp32 steps=1 warmup=0
+  shrink=(--model.num_layers=1 --model.head_out_dim=256 --model.head_hidden_dim=128
+          --data.num_local_crops=1 --model.recompute=true)
   run configs/egoagent_300m.yaml 1 "${shrink[@]}"
   run configs/egoagent_1b.yaml 1 "${shrink[@]}"
 else

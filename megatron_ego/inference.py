@@ -284,8 +284,10 @@ class EgoAgent:
             predicted = actions[:, step]  # [n, 4, P, J]
             probability = predicted[:, 3].sigmoid()  # [n, P, J]
             visible = (probability > VISIBLE).float()  # [n, P, J]
-            tokens[:, step] = torch.cat([predicted[:, :3] * visible.unsqueeze(1),
-                                         visible.unsqueeze(1)], dim=1)
+            # Positions are fed back for every joint, also those predicted invisible: the next
+            # step's action offsets are anchored on them (model/egoagent.py _anchor_actions), and
+            # a zeroed joint would send its next prediction to the camera centre.
+            tokens[:, step] = torch.cat([predicted[:, :3], visible.unsqueeze(1)], dim=1)
             positions.append(predicted[:, :3].permute(0, 2, 3, 1))  # [n, P, J, 3]
             probabilities.append(probability)
         future = torch.cat(positions, dim=1)  # [n, (t-1)*P, J, 3]

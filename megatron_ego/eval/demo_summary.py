@@ -6,7 +6,8 @@ Training: each loss term's mean over the first and the last 20 optimizer steps (
 only on the steps that trained it: WalkingTours micro-batches train the representation only);
 the check is that every term went down. Evaluation: results.json of launch/evaluate.py, with the
 comparisons the project claims (EgoAgent vs zero-velocity MPJPE, vs representation-only
-retrieval Top-1). Exit status 1 when a loss term did not go down.
+retrieval Top-1). A failed check is printed as such; with --strict it also makes the exit
+status 1 (the demo itself reports and goes on).
 """
 
 from __future__ import annotations
@@ -34,6 +35,8 @@ def loss_trend(metrics_path: Path, window: int = WINDOW) -> dict[str, tuple[floa
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--run", default="runs/demo", help="the demo's run folder")
+    parser.add_argument("--strict", action="store_true",
+                        help="exit 1 when a loss term did not go down")
     args = parser.parse_args(argv)
     run = Path(args.run)
     trend = loss_trend(run / "metrics.jsonl")
@@ -68,9 +71,11 @@ def main(argv: list[str] | None = None) -> int:
         if ego is not None and rep is not None:
             print(f"predict: EgoAgent {'beats' if ego > rep else 'does NOT beat'} "
                   "representation-only retrieval")
-    if not ok:
-        print("check failed: a loss term did not go down over the run", file=sys.stderr)
-    return 0 if ok else 1
+    if ok:
+        print("check passed: every loss term went down over the run")
+    else:
+        print("CHECK FAILED: a loss term did not go down over the run (see above)")
+    return 0 if ok or not args.strict else 1
 
 
 if __name__ == "__main__":

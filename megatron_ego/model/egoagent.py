@@ -63,6 +63,9 @@ class EgoAgent(nn.Module):
         # zero velocity (and visibility 0.5), and training starts from that baseline.
         torch.nn.init.zeros_(self.action_head.proj.weight)
         torch.nn.init.zeros_(self.action_head.proj.bias)
+        # The anchor of step 0, which has no earlier pose: a learned mean pose [3, J] (metres,
+        # camera frame), so that every step's head output is an offset of the same scale.
+        self.mean_pose = nn.Parameter(torch.zeros(3, cfg.num_joints))
 
     # ----------------------------------------------------------------- student: predict and act
     def act_and_predict(self, frames: torch.Tensor, poses: torch.Tensor
@@ -84,14 +87,14 @@ class EgoAgent(nn.Module):
         actions = self.action_head(action_out.transpose(0, 1))  # [b, T, 4, P, J]
         return self._anchor_actions(actions, poses), future.transpose(0, 1)
 
-    @staticmethod
-    def _anchor_actions(actions: torch.Tensor, poses: torch.Tensor) -> torch.Tensor:
+    def _anchor_actions(self, actions: torch.Tensor, poses: torch.Tensor) -> torch.Tensor:
         """Action head output as offsets (ours): for t >= 1, A_t's x, y, z are predicted relative
         to the last pose of A_{t-1} (an input the action query of step t already sees), so an
         untrained head starts at the zero-velocity prediction instead of at the origin; step 0
-        has no earlier pose and predicts absolute positions. Visibility stays a logit.
+        has no earlier pose and is anchored on the learned mean pose. Visibility stays a logit.
         actions [b, T, 4, P, J], poses [b, T, 4, P, J] -> [b, T, 4, P, J]."""
-        anchor = torch.zeros_like(actions[:, :, :3])  # [b, T, 3, P, J]
+        anchor = torch.empty_like(actions[:, :, :3])  # [b, T, 3, P, J]
+        anchor[:, 0] = self.mean_pose[:, None, :].to(actions.dtype)  # [3, 1, J]
         anchor[:, 1:] = poses[:, :-1, :3, -1:, :].to(actions.dtype)  # [b, T-1, 3, 1, J]
         return torch.cat([actions[:, :, :3] + anchor, actions[:, :, 3:]], dim=2)
 
