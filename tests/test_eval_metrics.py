@@ -104,17 +104,18 @@ def test_knn_distributed_gathers_uneven_shards(tmp_path):
         probe.bind(("127.0.0.1", 0))
         port = probe.getsockname()[1]
     out = str(tmp_path / "acc.json")
-    # rank 1 in a spawned child, rank 0 in this process: one torch start-up instead of two
-    # (fork is not an option: a forked child of a process that ran OpenMP matmuls can hang)
-    child = mp.get_context("spawn").Process(target=_knn_rank, args=(1, 2, port, out))
-    child.start()
-    try:
-        _knn_rank(0, 2, port, out)
-    finally:
-        child.join(timeout=120)
+    # Both ranks in spawned children: this pytest process may already hold a default process
+    # group (megatron's one-process world from the model tests), and fork is not an option (a
+    # forked child of a process that ran OpenMP matmuls can hang).
+    ctx = mp.get_context("spawn")
+    children = [ctx.Process(target=_knn_rank, args=(r, 2, port, out)) for r in range(2)]
+    for child in children:
+        child.start()
+    for child in children:
+        child.join(timeout=180)
         if child.is_alive():
             child.kill()
-    assert child.exitcode == 0
+    assert [c.exitcode for c in children] == [0, 0]
     expected = knn_accuracy(*_noisy_split(), num_classes=4, k=3)
     assert 0 < expected["top1"] < 100
     for rank in range(2):  # every rank returns the global value

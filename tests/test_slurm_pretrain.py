@@ -225,6 +225,9 @@ while not requested and time.monotonic() < deadline:
 if not requested:
     sys.exit(99)
 Path({done!r} + rank).write_text(str(len(requested)))
+# A step-wide signal arrives twice (SLURM's, then the wrapper's copy); like the trainer, ignore
+# late copies while exiting (at interpreter shutdown the handler reverts to the default: die).
+signal.signal(signal.SIGUSR1, signal.SIG_IGN)
 sys.exit(0)
 """
 

@@ -30,5 +30,8 @@ class PreemptionHandler:
         return bool(flag.item() > 0)
 
     def restore(self) -> None:
+        """Put the previous handlers back; after a signal, ignore further copies instead (a
+        step-wide SIGUSR1 arrives twice under launch/slurm/torchrun_node.sh, and a late copy
+        must not kill a process that has checkpointed and is exiting)."""
         for s, handler in self._previous.items():
-            signal.signal(s, handler)
+            signal.signal(s, signal.SIG_IGN if self.received is not None else handler)
