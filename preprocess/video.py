@@ -25,6 +25,15 @@ class VideoError(RuntimeError):
     """A video could not be opened or decoded (missing, truncated or corrupt file)."""
 
 
+
+def _video_stream(container, path: str):
+    """The first video stream, decoded with PyAV's frame+slice threading; VideoError if none."""
+    if not container.streams.video:
+        raise VideoError(f"{path}: no video stream")
+    stream = container.streams.video[0]
+    stream.thread_type = "AUTO"
+    return stream
+
 def _to_rgb(frame: av.VideoFrame, size: tuple[int, int] | None,
             transform: Callable[[np.ndarray], np.ndarray] | None) -> np.ndarray:
     """One decoded frame as [h, w, 3] uint8 RGB at `size` = (h, w) (None: native size)."""
@@ -66,10 +75,7 @@ def decode_frames(
     count = 0
     try:
         with av.open(path) as container:
-            if not container.streams.video:
-                raise VideoError(f"{path}: no video stream")
-            stream = container.streams.video[0]
-            stream.thread_type = "AUTO"
+            stream = _video_stream(container, path)
             for count, frame in enumerate(container.decode(stream), start=1):
                 number = count - 1
                 if number in keep:
@@ -110,10 +116,7 @@ def frames_at_rate(
     step, next_time, size = 1.0 / fps, 0.0, None
     try:
         with av.open(path) as container:
-            if not container.streams.video:
-                raise VideoError(f"{path}: no video stream")
-            stream = container.streams.video[0]
-            stream.thread_type = "AUTO"
+            stream = _video_stream(container, path)
             rate = float(stream.average_rate or 30)
             for number, frame in enumerate(container.decode(stream)):
                 time = frame.time if frame.time is not None else number / rate
