@@ -62,6 +62,9 @@ class ModelConfig:
     """T: time steps per clip, each one image and the poses that follow it."""
     poses_per_step: int = 5
     """Poses (30 fps frames) per step: 5 poses per image sampled at 6 fps."""
+    pose_rate_hz: float = 30.0
+    """Pose frame rate: the unit of the action projector's velocity input and of the action
+    head's motion output (m/s)."""
     num_joints: int = 17
     """Body joints per pose (COCO order)."""
     pose_channels: int = 4
@@ -173,6 +176,9 @@ class DataConfig:
     """Area range of a global crop, as a fraction of the frame."""
     local_crop_scale: tuple[float, float] = (0.05, 0.4)
     """Area range of a local crop, as a fraction of the frame."""
+    photometric: bool = True
+    """DINO's photometric augmentations (colour jitter, grayscale, blur, solarize) on every
+    crop; False keeps crops and flips only (the tiny CPU demo, docs/results.md)."""
     num_workers: int = 2
     """DataLoader worker processes per rank."""
     prefetch_factor: int = 2
@@ -201,6 +207,12 @@ class LossConfig:
     """l_act: L1 on visible joints plus visibility BCE."""
     visibility_weight: float = 1.0
     """Weight of the visibility binary cross-entropy inside the action loss."""
+    act_position_loss: Literal["l1", "smooth_l1"] = "l1"
+    """Position term of the action loss: L1 (the paper's) or smooth L1 (Huber), quadratic
+    below `act_smooth_l1_beta`. With L1 a short run stays at the zero-motion median (every
+    residual pulls with the same force, whatever its size); the tiny CPU demo uses smooth L1."""
+    act_smooth_l1_beta: float = 0.05
+    """Smooth L1's switch from quadratic to linear, in metres."""
     student_temp: float = 0.1
     """Student softmax temperature."""
     teacher_temp: float = 0.04
@@ -226,7 +238,8 @@ class LossConfig:
                 raise ConfigError(f"loss.{name}={getattr(self, name)} must be >= 0")
         if self.represent_weight == self.predict_weight == self.act_weight == 0:
             raise ConfigError("loss: all three weights are 0; nothing would be trained")
-        for name in ("student_temp", "teacher_temp", "warmup_teacher_temp"):
+        for name in ("student_temp", "teacher_temp", "warmup_teacher_temp",
+                     "act_smooth_l1_beta"):
             if getattr(self, name) <= 0:
                 raise ConfigError(f"loss.{name}={getattr(self, name)} must be > 0")
         if not 0.0 <= self.center_momentum < 1.0:

@@ -283,11 +283,12 @@ class EgoAgent:
             actions, _ = self._sequence(frames, tokens)  # [n, T, 4, P, J]
             predicted = actions[:, step]  # [n, 4, P, J]
             probability = predicted[:, 3].sigmoid()  # [n, P, J]
-            visible = (probability > VISIBLE).float()  # [n, P, J]
-            # Positions are fed back for every joint, also those predicted invisible: the next
-            # step's action offsets are anchored on them (model/egoagent.py _anchor_actions), and
-            # a zeroed joint would send its next prediction to the camera centre.
-            tokens[:, step] = torch.cat([predicted[:, :3], visible.unsqueeze(1)], dim=1)
+            # Every joint's predicted position is fed back as a visible one: it is the agent's
+            # estimate of where the joint is, and the next step's offsets are anchored on it
+            # (model/egoagent.py last_visible_anchor). In the data an invisible joint carries no
+            # position (x, y, z = 0), which would throw that estimate away.
+            tokens[:, step] = torch.cat([predicted[:, :3], torch.ones_like(probability)[:, None]],
+                                        dim=1)
             positions.append(predicted[:, :3].permute(0, 2, 3, 1))  # [n, P, J, 3]
             probabilities.append(probability)
         future = torch.cat(positions, dim=1)  # [n, (t-1)*P, J, 3]

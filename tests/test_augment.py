@@ -56,6 +56,25 @@ def test_draws_are_reproducible_from_the_generator_and_differ_between_seeds():
     assert len(views_g) == SPEC.num_global and len(views_l) == SPEC.num_local
 
 
+def test_photometric_off_keeps_the_same_crops_and_drops_every_colour_op():
+    plain = dataclasses.replace(SPEC, photometric=False)
+    for seed in range(20):
+        with_ops = draw_multicrop(np.random.default_rng(seed), (60, 80), SPEC)
+        without = draw_multicrop(np.random.default_rng(seed), (60, 80), plain)
+        for a, b in zip(with_ops[0] + with_ops[1], without[0] + without[1]):
+            assert (a.box, a.flip) == (b.box, b.flip)  # same geometry, draw for draw
+            assert b.jitter_order is None and not b.gray and not b.solarize
+            assert b.blur_sigma == 0.0
+    image = torch.from_numpy(_smooth_image(8, 8)).permute(2, 0, 1)[None]  # uint8 [1, 3, 8, 8]
+    from megatron_ego.config import load_config
+
+    cfg = load_config("configs/egoagent_300m.yaml", ["--data.photometric=false"])
+    assert MultiCropSpec.from_config(cfg).photometric is False
+    assert MultiCropSpec.from_config(load_config("configs/egoagent_300m.yaml")).photometric
+    # geometry only: the output is the crop, normalised, and nothing else
+    torch.testing.assert_close(photometric(image, [PLAIN])[0], _normalize(image[0] / 255.0))
+
+
 def test_crop_boxes_follow_random_resized_crop():
     rng = np.random.default_rng(0)
     height, width = 90, 120

@@ -33,7 +33,8 @@ def _randomize_action_head(model) -> None:
     """The action head starts at zero (zero-velocity start), which would hide what the action
     query sees; give it weights so that its outputs depend on its inputs."""
     with torch.no_grad():
-        torch.nn.init.normal_(model.action_head.proj.weight, std=0.02)
+        for head in (model.action_head, model.initial_action_head):
+            torch.nn.init.normal_(head.proj.weight, std=0.02)
 
 
 def _step_outputs(model, frames, poses):

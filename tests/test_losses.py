@@ -84,6 +84,24 @@ def test_action_loss_ignores_invisible_joints():
     assert loss.item() == pytest.approx(0.1, rel=1e-4)
 
 
+def test_smooth_l1_action_loss_is_quadratic_below_beta_and_linear_above():
+    target = torch.zeros(1, 4, 5, 17)
+    target[:, 3] = 1.0
+    pred = target.clone()
+    pred[:, 3] = 20.0
+    pred[:, 0, :, :8] += 0.02  # 2 cm on x of joints 0-7: below beta = 5 cm
+    pred[:, 1, :, 8:] -= 0.30  # 30 cm on y of joints 8-16: above beta
+    _, parts = ActionLoss(1.0, "smooth_l1", beta=0.05)(pred, target)
+    quadratic = 0.02 ** 2 / (2 * 0.05)  # per coordinate
+    linear = 0.30 - 0.05 / 2
+    expected = (8 * quadratic + 9 * linear) / (17 * 3)  # mean over joints and x, y, z
+    assert parts["act_l1"].item() == pytest.approx(expected, rel=1e-5)
+    _, l1 = ActionLoss(1.0, "l1")(pred, target)
+    assert l1["act_l1"].item() == pytest.approx((8 * 0.02 + 9 * 0.30) / 51, rel=1e-5)
+    with pytest.raises(ValueError, match="position_loss"):
+        ActionLoss(1.0, "l2")
+
+
 def test_total_loss_reaches_every_student_parameter_and_no_teacher(tiny_cfg, tiny_model):
     student = tiny_model.train()
     teacher = make_teacher(student, tiny_cfg.model)

@@ -12,7 +12,7 @@ from megatron.core.models.gpt import GPTModel
 
 from megatron_ego.config import load_config
 from megatron_ego.model.backbone import transformer_engine_available
-from megatron_ego.model.egoagent import EgoAgent
+from megatron_ego.model.egoagent import EgoAgent, last_visible_anchor
 from megatron_ego.model.summary import build_on_meta, summarize
 
 from .conftest import random_clip_batch
@@ -122,3 +122,61 @@ def test_transformer_engine_spec_builds_the_same_trunk():
     poses = torch.randn(2, 4, 4, 5, 17, device="cuda")
     out = model(frames, poses)
     assert torch.isfinite(out.actions).all()
+
+
+def test_action_anchor_is_each_joints_last_visible_position():
+    # poses [b=1, T=3, 4, P=2, J=2]; joint 0 visible everywhere, joint 1 invisible (x, y, z = 0,
+    # as in the data) in the last pose of step 0 and in all of step 1.
+    poses = torch.zeros(1, 3, 4, 2, 2)
+    for t in range(3):
+        for p in range(2):
+            poses[0, t, :3, p, 0] = torch.tensor([t, p, 1.0])
+            poses[0, t, 3, p, 0] = 1.0
+    poses[0, 0, :3, 0, 1] = torch.tensor([5.0, 6.0, 7.0])
+    poses[0, 0, 3, 0, 1] = 1.0
+    poses[0, 2, :3, :, 1] = 9.0
+    poses[0, 2, 3, :, 1] = 1.0
+    fallback = torch.tensor([[-1.0, -2.0], [-1.0, -2.0], [-1.0, -2.0]])  # [3, J]
+    anchor = last_visible_anchor(poses, fallback)  # [1, T, 3, J]
+    assert anchor.shape == (1, 3, 3, 2)
+    assert torch.equal(anchor[0, 0], fallback)  # step 0: nothing seen yet
+    assert torch.equal(anchor[0, 1, :, 0], torch.tensor([0.0, 1.0, 1.0]))  # last pose of step 0
+    assert torch.equal(anchor[0, 2, :, 0], torch.tensor([1.0, 1.0, 1.0]))  # last pose of step 1
+    # joint 1: its first pose of step 0 is the last visible one for both later steps
+    assert torch.equal(anchor[0, 1, :, 1], torch.tensor([5.0, 6.0, 7.0]))
+    assert torch.equal(anchor[0, 2, :, 1], torch.tensor([5.0, 6.0, 7.0]))
+    never = poses.clone()
+    never[..., 1] = 0.0  # joint 1 never visible: the fallback at every step
+    assert torch.equal(last_visible_anchor(never, fallback)[0, :, :, 1], fallback[:, 1].expand(3, 3))
+
+
+def test_untrained_agent_holds_every_joint_at_its_last_visible_position(tiny_cfg, tiny_model):
+    """Zero-initialised head + last-visible anchors = the zero-velocity baseline, also for joints
+    that are invisible (x, y, z = 0) in the previous step's last pose."""
+    batch = random_clip_batch(tiny_cfg, b=2, seed=3)
+    poses = batch["poses"].clone()  # [b, T, 4, P, J]
+    poses[:, :, 3] = 1.0
+    poses[0, 0, :, -1, 4] = 0.0  # joint 4 missing from the last pose of step 0 (xyz and vis)
+    with torch.no_grad():
+        actions, _ = tiny_model.act_and_predict(batch["frames"], poses)
+    assert torch.equal(actions[0, 1, :3, :, 4],
+                       poses[0, 0, :3, -2, 4, None].expand(3, poses.shape[3]))
+    assert torch.equal(actions[1, 2, :3], poses[1, 1, :3, -1:].expand_as(actions[1, 2, :3]))
+
+
+def test_action_projector_reads_velocity_in_metres_per_second():
+    from megatron_ego.model.embeddings import ActionProjector
+
+    proj = ActionProjector(hidden_size=8, pose_rate=30.0)
+    poses = torch.zeros(1, 4, 5, 17)  # [n, x/y/z/visibility, P, J]
+    poses[0, 0, :, 0] = torch.arange(5) * 0.01  # joint 0 walks 1 cm per frame along x
+    poses[0, 3] = 1.0
+    poses[0, 3, 2, 1] = 0.0  # joint 1 invisible in pose 2: no velocity into or out of it
+    v = proj.velocity(poses)  # [1, 3, 5, 17]
+    torch.testing.assert_close(v[0, 0, 1:, 0], torch.full((4,), 0.3))  # 0.01 m x 30 /s
+    assert v[0, :, 0].abs().sum() == 0  # the first pose has no predecessor
+    assert v[0, :, 2, 1].abs().sum() == 0 and v[0, :, 3, 1].abs().sum() == 0
+    poses[0, 0, 2:, 1] = 0.5  # joint 1 jumps while invisible: still no velocity reported
+    assert proj.velocity(poses)[0, :, 2:4, 1].abs().sum() == 0
+    assert proj(poses).shape == (1, 8)
+    assert proj.proj.in_channels == 7  # x, y, z, visibility + velocity x, y, z

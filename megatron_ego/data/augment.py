@@ -21,6 +21,7 @@ resized, on uint8.
 
 from __future__ import annotations
 
+import dataclasses
 import math
 from dataclasses import dataclass
 
@@ -34,6 +35,7 @@ __all__ = [
     "crop_views",
     "draw_multicrop",
     "draw_view",
+    "geometry_only",
     "min_decode_size",
 ]
 
@@ -56,6 +58,9 @@ class MultiCropSpec:
     """Area range of a global view, as a fraction of the frame."""
     local_scale: tuple[float, float] = (0.05, 0.4)
     """Area range of a local view, as a fraction of the frame."""
+    photometric: bool = True
+    """DINO's colour jitter, grayscale, blur and solarize (cfg.data.photometric); False keeps
+    only the geometry (crop, flip) and the normalisation."""
 
     @classmethod
     def from_config(cls, cfg) -> MultiCropSpec:
@@ -67,6 +72,7 @@ class MultiCropSpec:
             num_local=cfg.data.num_local_crops,
             global_scale=tuple(cfg.data.global_crop_scale),
             local_scale=tuple(cfg.data.local_crop_scale),
+            photometric=cfg.data.photometric,
         )
 
 
@@ -152,13 +158,22 @@ def draw_multicrop(
     rng: np.random.Generator, frame_size: tuple[int, int], spec: MultiCropSpec
 ) -> tuple[list[ViewParams], list[ViewParams]]:
     """The global and local views of one frame (DINO: global 1 always blurred; the other globals
-    blurred with p=0.1 and solarized with p=0.2; locals blurred with p=0.5)."""
+    blurred with p=0.1 and solarized with p=0.2; locals blurred with p=0.5), without the
+    photometric ops when `spec.photometric` is False."""
     views_g = [
         draw_view(rng, frame_size, spec.global_scale, 1.0 if i == 0 else 0.1, 0.0 if i == 0 else 0.2)
         for i in range(spec.num_global)
     ]
     views_l = [draw_view(rng, frame_size, spec.local_scale, 0.5, 0.0) for _ in range(spec.num_local)]
+    if not spec.photometric:  # the same draws are made, so the crops do not depend on the switch
+        views_g, views_l = ([geometry_only(v) for v in views] for views in (views_g, views_l))
     return views_g, views_l
+
+
+def geometry_only(view: ViewParams) -> ViewParams:
+    """`view` without its photometric ops: no jitter, grayscale, blur or solarize."""
+    return dataclasses.replace(view, jitter_order=None, gray=False, blur_sigma=0.0,
+                               solarize=False)
 
 
 def min_decode_size(

@@ -40,6 +40,28 @@ class StudentOutput:
     """[b, L, K]: representation head on the local crops."""
 
 
+def last_visible_anchor(poses: torch.Tensor, fallback: torch.Tensor,
+                        threshold: float = 0.5) -> torch.Tensor:
+    """Per step t and joint: the joint's last visible position among the poses of steps < t.
+
+    Invisible joints carry x, y, z = 0 in the data, so anchoring on the previous pose itself
+    would put their offsets at the camera centre; the zero-velocity baseline likewise holds a
+    joint at its last visible position. poses [b, T, 4, P, J] (visibility > threshold = visible),
+    fallback [3, J] for joints not visible before step t (all of step 0) -> [b, T, 3, J].
+    """
+    b, t, _, p, j = poses.shape
+    xyz = poses[:, :, :3].permute(0, 1, 3, 2, 4).reshape(b, t * p, 3, j)  # [b, T*P, 3, J]
+    visible = (poses[:, :, 3] > threshold).reshape(b, t * p, j)  # [b, T*P, J]
+    frame = torch.arange(t * p, device=poses.device).view(1, -1, 1)  # [1, T*P, 1]
+    last = torch.where(visible, frame, -1).cummax(dim=1).values  # [b, T*P, J]
+    last = last[:, p - 1:: p][:, : t - 1]  # [b, T-1, J]: last visible frame before step 1..T-1
+    index = last.clamp(min=0).unsqueeze(2).expand(-1, -1, 3, -1)  # [b, T-1, 3, J]
+    found = xyz.gather(1, index)  # [b, T-1, 3, J]
+    fallback = fallback.to(poses.dtype).expand(b, 1, 3, j)  # [b, 1, 3, J]
+    later = torch.where((last >= 0).unsqueeze(2), found, fallback)  # [b, T-1, 3, J]
+    return torch.cat([fallback, later], dim=1)  # [b, T, 3, J]
+
+
 class EgoAgent(nn.Module):
     """Projectors + query tokens + megatron-core GPTModel trunk + heads."""
 
@@ -50,7 +72,7 @@ class EgoAgent(nn.Module):
         self.layout = StudentLayout(cfg.num_steps, cfg.patches_per_image, cfg.frame_bidirectional)
         self.image_projector = ImageProjector(h, cfg.patch_size)
         self.action_projector = ActionProjector(
-            h, cfg.pose_channels, cfg.poses_per_step, cfg.num_joints
+            h, cfg.pose_channels, cfg.poses_per_step, cfg.num_joints, cfg.pose_rate_hz
         )
         self.queries = QueryTokens(h)
         self.backbone = Backbone(cfg, max_sequence_length=self.layout.seq_len, precision=precision)
@@ -59,10 +81,17 @@ class EgoAgent(nn.Module):
         self.represent_head = DINOHead(h, **head)
         self.predict_head = DINOHead(h, **head)
         self.action_head = ActionHead(h, cfg.pose_channels, cfg.poses_per_step, cfg.num_joints)
+        # A_0 has no pose history: its action is a posture estimated from I_0 alone, with errors
+        # of decimetres, where the later steps' motion offsets are centimetres. Its own output
+        # layer keeps those errors' gradients off the motion layer (ours; one layer for both
+        # made the rollout worse than zero velocity on the demo world, docs/results.md).
+        self.initial_action_head = ActionHead(h, cfg.pose_channels, cfg.poses_per_step,
+                                              cfg.num_joints)
         # Zero-initialised: with the offsets of `_anchor_actions`, the untrained agent predicts
         # zero velocity (and visibility 0.5), and training starts from that baseline.
-        torch.nn.init.zeros_(self.action_head.proj.weight)
-        torch.nn.init.zeros_(self.action_head.proj.bias)
+        for head in (self.action_head, self.initial_action_head):
+            torch.nn.init.zeros_(head.proj.weight)
+            torch.nn.init.zeros_(head.proj.bias)
         # The anchor of step 0, which has no earlier pose: a learned mean pose [3, J] (metres,
         # camera frame), so that every step's head output is an offset of the same scale.
         self.mean_pose = nn.Parameter(torch.zeros(3, cfg.num_joints))
@@ -84,19 +113,30 @@ class EgoAgent(nn.Module):
         )  # [S, b, h]
         action_out = hidden[self.layout.action_query_positions.to(seq.device)]  # [T, b, h]
         future = hidden[self.layout.future_query_positions.to(seq.device)]  # [T, b, h]
-        actions = self.action_head(action_out.transpose(0, 1))  # [b, T, 4, P, J]
+        action_out = action_out.transpose(0, 1)  # [b, T, h]
+        actions = torch.cat([self.initial_action_head(action_out[:, :1]),
+                             self.action_head(action_out[:, 1:])], dim=1)  # [b, T, 4, P, J]
         return self._anchor_actions(actions, poses), future.transpose(0, 1)
 
     def _anchor_actions(self, actions: torch.Tensor, poses: torch.Tensor) -> torch.Tensor:
-        """Action head output as offsets (ours): for t >= 1, A_t's x, y, z are predicted relative
-        to the last pose of A_{t-1} (an input the action query of step t already sees), so an
-        untrained head starts at the zero-velocity prediction instead of at the origin; step 0
-        has no earlier pose and is anchored on the learned mean pose. Visibility stays a logit.
-        actions [b, T, 4, P, J], poses [b, T, 4, P, J] -> [b, T, 4, P, J]."""
-        anchor = torch.empty_like(actions[:, :, :3])  # [b, T, 3, P, J]
-        anchor[:, 0] = self.mean_pose[:, None, :].to(actions.dtype)  # [3, 1, J]
-        anchor[:, 1:] = poses[:, :-1, :3, -1:, :].to(actions.dtype)  # [b, T-1, 3, 1, J]
-        return torch.cat([actions[:, :, :3] + anchor, actions[:, :, 3:]], dim=2)
+        """Action head outputs -> poses (ours). An anchor the action query of step t already
+        sees: each joint's last visible position in A_<t (`last_visible_anchor`), the learned
+        mean pose where there is none (every joint at step 0).
+
+        - step 0 (`initial_action_head`): x, y, z are a posture, metres from the mean pose;
+        - steps t >= 1 (`action_head`): x, y, z of pose k = 1..P are a mean velocity (m/s)
+          since the anchor, i.e. pose_k = anchor + v_k * k / pose_rate. Motion is ~1 cm per
+          frame: in metres it is a hundredth of the head's output scale and an Adam step moves
+          it by more than the motion itself; in m/s it is on the scale of the outputs.
+        A zero output is the zero-velocity prediction (the untrained agent's). Visibility stays
+        a logit. actions [b, T, 4, P, J], poses [b, T, 4, P, J] -> [b, T, 4, P, J]."""
+        p = actions.shape[3]
+        anchor = last_visible_anchor(poses, self.mean_pose.to(actions.dtype))  # [b, T, 3, J]
+        frames = torch.arange(1, p + 1, device=actions.device, dtype=actions.dtype)  # [P]
+        scale = torch.ones(actions.shape[1], p, device=actions.device, dtype=actions.dtype)
+        scale[1:] = frames / self.cfg.pose_rate_hz  # [T, P]: seconds since the anchor
+        xyz = actions[:, :, :3] * scale[None, :, None, :, None] + anchor.unsqueeze(3)
+        return torch.cat([xyz, actions[:, :, 3:]], dim=2)  # [b, T, 4, P, J]
 
     # ------------------------------------------------------------------- feature branch: represent
     def represent(self, images: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:

@@ -40,6 +40,7 @@ def summarize(model: EgoAgent, cfg: Config) -> dict:
             "represent_head": count(model.represent_head),
             "predict_head": count(model.predict_head),
             "action_head": count(model.action_head),
+            "initial_action_head": count(model.initial_action_head),
         },
         "trainable_parameters": count(model, trainable_only=True),
         "sequence_length": {

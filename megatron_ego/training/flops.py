@@ -60,7 +60,8 @@ def clip_flops(cfg: Config, with_poses: bool = True) -> dict[str, float]:
     if with_poses:
         t = m.num_steps
         seq = t * (n_global + 3)
-        pose_proj = 2 * m.pose_channels * m.poses_per_step * m.num_joints * m.hidden_size
+        # the action projector reads x, y, z, visibility and 3 velocity channels per pose
+        pose_proj = 2 * (m.pose_channels + 3) * m.poses_per_step * m.num_joints * m.hidden_size
         student += (trunk_forward_flops(cfg, seq) + t * (n_global * patch + pose_proj)
                     + (t - 1) * dino + t * action)
         teacher += (t - 1) * (trunk_forward_flops(cfg, n_global + 1) + n_global * patch + dino)
