@@ -207,12 +207,11 @@ class LossConfig:
     """l_act: L1 on visible joints plus visibility BCE."""
     visibility_weight: float = 1.0
     """Weight of the visibility binary cross-entropy inside the action loss."""
-    act_position_loss: Literal["l1", "smooth_l1"] = "l1"
-    """Position term of the action loss: L1 (the paper's) or smooth L1 (Huber), quadratic
-    below `act_smooth_l1_beta`. With L1 a short run stays at the zero-motion median (every
-    residual pulls with the same force, whatever its size); the tiny CPU demo uses smooth L1."""
-    act_smooth_l1_beta: float = 0.05
-    """Smooth L1's switch from quadratic to linear, in metres."""
+    act_motion_loss: Literal["l1", "mse"] = "l1"
+    """Position term of the steps t >= 1 (motion): L1 in metres as the paper, or the squared
+    error in cm^2. Step 0 (a posture from one image, no pose history) is L1 either way. With L1
+    a short run stays at the zero-motion median, drowned by step 0's decimetre errors and the
+    visibility term; the tiny CPU demo uses "mse" (docs/results.md)."""
     student_temp: float = 0.1
     """Student softmax temperature."""
     teacher_temp: float = 0.04
@@ -238,8 +237,7 @@ class LossConfig:
                 raise ConfigError(f"loss.{name}={getattr(self, name)} must be >= 0")
         if self.represent_weight == self.predict_weight == self.act_weight == 0:
             raise ConfigError("loss: all three weights are 0; nothing would be trained")
-        for name in ("student_temp", "teacher_temp", "warmup_teacher_temp",
-                     "act_smooth_l1_beta"):
+        for name in ("student_temp", "teacher_temp", "warmup_teacher_temp"):
             if getattr(self, name) <= 0:
                 raise ConfigError(f"loss.{name}={getattr(self, name)} must be > 0")
         if not 0.0 <= self.center_momentum < 1.0:

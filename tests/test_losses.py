@@ -84,22 +84,27 @@ def test_action_loss_ignores_invisible_joints():
     assert loss.item() == pytest.approx(0.1, rel=1e-4)
 
 
-def test_smooth_l1_action_loss_is_quadratic_below_beta_and_linear_above():
-    target = torch.zeros(1, 4, 5, 17)
-    target[:, 3] = 1.0
+def test_motion_mse_squares_centimetres_after_step_0_and_keeps_l1_for_the_posture():
+    target = torch.zeros(1, 3, 4, 5, 17)  # [b, T, 4, P, J]
+    target[:, :, 3] = 1.0
     pred = target.clone()
-    pred[:, 3] = 20.0
-    pred[:, 0, :, :8] += 0.02  # 2 cm on x of joints 0-7: below beta = 5 cm
-    pred[:, 1, :, 8:] -= 0.30  # 30 cm on y of joints 8-16: above beta
-    _, parts = ActionLoss(1.0, "smooth_l1", beta=0.05)(pred, target)
-    quadratic = 0.02 ** 2 / (2 * 0.05)  # per coordinate
-    linear = 0.30 - 0.05 / 2
-    expected = (8 * quadratic + 9 * linear) / (17 * 3)  # mean over joints and x, y, z
-    assert parts["act_l1"].item() == pytest.approx(expected, rel=1e-5)
+    pred[:, :, 3] = 20.0
+    pred[:, 0, 0] += 0.10  # step 0: 10 cm on x of every joint
+    pred[:, 1:, 1, :, :8] += 0.02  # steps 1-2: 2 cm on y of joints 0-7
+    pred[:, 1:, 2, :, 8:] -= 0.03  # steps 1-2: 3 cm on z of joints 8-16
+    pred[:, 1, 3, :, 0] = -20.0  # visibility wrong once: only the BCE notices
+    loss, parts = ActionLoss(1.0, "mse")(pred, target)
+    assert parts["act_l1"].item() == pytest.approx(0.10 / 3, rel=1e-5)  # mean over x, y, z
+    expected_motion = (8 * 2.0 ** 2 + 9 * 3.0 ** 2) / (17 * 3)  # cm^2, mean over joints, xyz
+    assert parts["act_motion"].item() == pytest.approx(expected_motion, rel=1e-4)
+    assert loss.item() == pytest.approx(
+        parts["act_l1"].item() + expected_motion + parts["act_visibility"].item(), rel=1e-4)
     _, l1 = ActionLoss(1.0, "l1")(pred, target)
-    assert l1["act_l1"].item() == pytest.approx((8 * 0.02 + 9 * 0.30) / 51, rel=1e-5)
-    with pytest.raises(ValueError, match="position_loss"):
-        ActionLoss(1.0, "l2")
+    assert "act_motion" not in l1
+    with pytest.raises(ValueError, match="motion_loss"):
+        ActionLoss(1.0, "huber")
+    with pytest.raises(ValueError, match="T >= 2"):
+        ActionLoss(1.0, "mse")(pred[:, 0], target[:, 0])
 
 
 def test_total_loss_reaches_every_student_parameter_and_no_teacher(tiny_cfg, tiny_model):

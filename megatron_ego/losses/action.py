@@ -1,5 +1,5 @@
-"""Action loss: L1 (or smooth L1) on x, y, z of visible joints plus visibility binary
-cross-entropy."""
+"""Action loss: L1 on x, y, z of visible joints plus visibility binary cross-entropy; optionally
+the squared error (cm^2) for the motion steps t >= 1."""
 
 from __future__ import annotations
 
@@ -11,21 +11,19 @@ from torch import nn
 class ActionLoss(nn.Module):
     """pred, target [..., 4, P, J] (channels x, y, z in metres, visibility) -> (loss, terms).
 
-    L1 is the mean absolute error over the x, y, z of joints visible in the target (with
-    `position_loss="smooth_l1"`, the Huber loss with threshold `beta` metres: |e| - beta/2
-    above it, e^2 / (2 beta) below); the prediction's 4th channel is a logit trained with BCE
-    against the target's visibility (0/1). The position term is reported as `act_l1` either way.
+    L1 is the mean absolute error over the x, y, z of joints visible in the target; the
+    prediction's 4th channel is a logit trained with BCE against the target's visibility (0/1).
+    With `motion_loss="mse"` and inputs [b, T, 4, P, J], the steps t >= 1 use the mean squared
+    error in cm^2 instead (step 0 keeps L1 in metres), and the two position terms are added:
+    `act_l1` reports step 0's and `act_motion` the motion steps'.
     """
 
-    def __init__(self, visibility_weight: float = 1.0, position_loss: str = "l1",
-                 beta: float = 0.05):
+    def __init__(self, visibility_weight: float = 1.0, motion_loss: str = "l1"):
         super().__init__()
-        if position_loss not in ("l1", "smooth_l1"):
-            raise ValueError(f"position_loss={position_loss!r}: expected 'l1' or 'smooth_l1'")
-        if beta <= 0:
-            raise ValueError(f"smooth L1 beta must be > 0 metres; got {beta}")
+        if motion_loss not in ("l1", "mse"):
+            raise ValueError(f"motion_loss={motion_loss!r}: expected 'l1' or 'mse'")
         self.visibility_weight = visibility_weight
-        self.position_loss, self.beta = position_loss, beta
+        self.motion_loss = motion_loss
 
     def forward(self, pred: torch.Tensor, target: torch.Tensor
                 ) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
@@ -35,15 +33,24 @@ class ActionLoss(nn.Module):
                 "match and have 4 channels (x, y, z, visibility) at dim -3"
             )
         pred, target = pred.float(), target.float()
-        visible = target[..., 3, :, :] > 0.5  # [..., P, J]
-        diff = pred[..., :3, :, :] - target[..., :3, :, :]  # [..., 3, P, J]
-        if self.position_loss == "l1":
-            err = diff.abs().sum(-3)  # [..., P, J], sum over x, y, z
-        else:
-            err = F.smooth_l1_loss(diff, torch.zeros_like(diff), reduction="none",
-                                   beta=self.beta).sum(-3)  # [..., P, J]
-        num = visible.sum().clamp(min=1) * 3
-        l1 = (err * visible).sum() / num
         bce = F.binary_cross_entropy_with_logits(pred[..., 3, :, :], target[..., 3, :, :])
-        loss = l1 + self.visibility_weight * bce
-        return loss, {"act_l1": l1.detach(), "act_visibility": bce.detach()}
+        terms = {"act_visibility": bce.detach()}
+        if self.motion_loss == "mse":
+            if pred.dim() != 5 or pred.shape[1] < 2:
+                raise ValueError("motion_loss='mse' needs [b, T >= 2, 4, P, J] actions")
+            l1 = _position_error(pred[:, :1], target[:, :1], squared=False)
+            motion = _position_error(pred[:, 1:], target[:, 1:], squared=True) * 1e4  # cm^2
+            terms.update(act_l1=l1.detach(), act_motion=motion.detach())
+            position = l1 + motion
+        else:
+            position = _position_error(pred, target, squared=False)
+            terms["act_l1"] = position.detach()
+        return position + self.visibility_weight * bce, terms
+
+
+def _position_error(pred: torch.Tensor, target: torch.Tensor, squared: bool) -> torch.Tensor:
+    """Mean |error| (or error^2) over the x, y, z of the joints visible in the target."""
+    visible = target[..., 3, :, :] > 0.5  # [..., P, J]
+    diff = pred[..., :3, :, :] - target[..., :3, :, :]  # [..., 3, P, J]
+    err = (diff.square() if squared else diff.abs()).sum(-3)  # [..., P, J], sum over x, y, z
+    return (err * visible).sum() / (visible.sum().clamp(min=1) * 3)

@@ -3,7 +3,8 @@
 - L_rep: DINO loss, student = all crops, teacher = global crops, representation heads.
 - L_pred: DINO loss, student = state-prediction head on the future-state outputs of steps
   0..T-2, teacher = sg[representation head on the real frames I_1..I_{T-1}].
-- L_act: L1 (or smooth L1) on visible joints + visibility BCE, for every step's action query.
+- L_act: L1 on visible joints (or, loss.act_motion_loss, squared cm on steps >= 1) + visibility
+  BCE, for every step's action query.
 
 A micro-batch without poses (WalkingTours) trains L_rep only. A term whose weight is 0 is not
 computed at all (the paper's leave-one-out ablations).
@@ -41,8 +42,7 @@ class EgoAgentObjective(nn.Module):
                     centering=loss_cfg.centering)
         self.represent_loss = DINOLoss(k, **dino)
         self.predict_loss = DINOLoss(k, **dino)
-        self.action_loss = ActionLoss(loss_cfg.visibility_weight, loss_cfg.act_position_loss,
-                                      loss_cfg.act_smooth_l1_beta)
+        self.action_loss = ActionLoss(loss_cfg.visibility_weight, loss_cfg.act_motion_loss)
 
     def _wants_sequence(self, batch: dict) -> bool:
         has_poses = batch.get("poses") is not None and batch.get("frames") is not None
