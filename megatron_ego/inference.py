@@ -25,8 +25,8 @@ The raw future-state outputs [n, t, h] come with ``with_state=True``; they were 
 sit in the state feature space and are not used for retrieval.
 
 ``act`` rolls the model out autoregressively: step 0's action token is the given first 5 poses;
-the action query of step t (t >= 1) predicts A_t from I_<=t and A_<t; the predicted A_t (x, y, z,
-visibility = sigmoid(logit) > 0.5, invisible joints zeroed as in the data) becomes the action
+the action query of step t (t >= 1) predicts A_t from I_<=t and A_<t; the predicted A_t (x, y, z
+of every joint, fed as visible: the agent's estimate of where each joint is) becomes the action
 token of step t for the next pass. Later action tokens hold zeros: the causal layout makes them
 invisible to earlier outputs (tests/test_causality.py). True poses after the first 5 are never
 read, even when a caller passes all 20.
@@ -44,8 +44,8 @@ from megatron_ego.config import Config
 from megatron_ego.data.decode import normalize, resize_frames
 from megatron_ego.eval.export_format import ExportError, module_weights, read_export, to_module_names
 from megatron_ego.model.egoagent import EgoAgent as EgoAgentModule
+from megatron_ego.pose_format import VISIBLE
 
-VISIBLE = 0.5
 MAX_ABS_METRES = 50.0  # egocentric joints lie within a few metres; larger values are cm or mm
 
 

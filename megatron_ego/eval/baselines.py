@@ -21,7 +21,7 @@ from __future__ import annotations
 
 import torch
 
-VISIBLE_THRESHOLD = 0.5
+from megatron_ego.pose_format import VISIBLE
 
 
 def _split(observed: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
@@ -32,7 +32,7 @@ def _split(observed: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
             "observed poses must be [n, P>=2, J, 4] (x, y, z, visibility); got "
             f"{tuple(observed.shape)}"
         )
-    return observed[..., :3], observed[..., 3] > VISIBLE_THRESHOLD
+    return observed[..., :3], observed[..., 3] > VISIBLE
 
 
 def last_visible_position(observed: torch.Tensor) -> torch.Tensor:

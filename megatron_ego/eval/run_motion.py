@@ -22,8 +22,7 @@ from megatron_ego.eval.baselines import constant_velocity, zero_velocity
 from megatron_ego.eval.features import ValClips, make_loader, open_val_clips, select_clips
 from megatron_ego.eval.motion import motion_metrics
 from megatron_ego.eval.ranks import EvalRanks
-
-VISIBLE = 0.5
+from megatron_ego.pose_format import VISIBLE
 
 
 def observed_and_future(poses: torch.Tensor, observed: int

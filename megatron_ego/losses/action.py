@@ -7,6 +7,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from megatron_ego.pose_format import VISIBLE
+
 
 class ActionLoss(nn.Module):
     """pred, target [..., 4, P, J] (channels x, y, z in metres, visibility) -> (loss, terms).
@@ -50,7 +52,7 @@ class ActionLoss(nn.Module):
 
 def _position_error(pred: torch.Tensor, target: torch.Tensor, squared: bool) -> torch.Tensor:
     """Mean |error| (or error^2) over the x, y, z of the joints visible in the target."""
-    visible = target[..., 3, :, :] > 0.5  # [..., P, J]
+    visible = target[..., 3, :, :] > VISIBLE  # [..., P, J]
     diff = pred[..., :3, :, :] - target[..., :3, :, :]  # [..., 3, P, J]
     err = (diff.square() if squared else diff.abs()).sum(-3)  # [..., P, J], sum over x, y, z
     return (err * visible).sum() / (visible.sum().clamp(min=1) * 3)

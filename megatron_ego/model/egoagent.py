@@ -20,6 +20,7 @@ from megatron_ego.model.backbone import Backbone
 from megatron_ego.model.embeddings import ActionProjector, ImageProjector, QueryTokens
 from megatron_ego.model.heads import ActionHead, DINOHead
 from megatron_ego.model.layout import FeatureLayout, StudentLayout
+from megatron_ego.pose_format import VISIBLE
 
 
 @dataclass
@@ -41,7 +42,7 @@ class StudentOutput:
 
 
 def last_visible_anchor(poses: torch.Tensor, fallback: torch.Tensor,
-                        threshold: float = 0.5) -> torch.Tensor:
+                        threshold: float = VISIBLE) -> torch.Tensor:
     """Per step t and joint: the joint's last visible position among the poses of steps < t.
 
     Invisible joints carry x, y, z = 0 in the data, so anchoring on the previous pose itself

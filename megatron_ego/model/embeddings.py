@@ -5,6 +5,8 @@ from __future__ import annotations
 import torch
 from torch import nn
 
+from megatron_ego.pose_format import VISIBLE
+
 
 class ImageProjector(nn.Module):
     """Conv2d 3 -> h, kernel = stride = patch: [n, 3, H, W] -> [n, (H/p)(W/p), h] patch tokens."""
@@ -47,7 +49,7 @@ class ActionProjector(nn.Module):
 
     def velocity(self, poses: torch.Tensor) -> torch.Tensor:
         """[n, 4, P, J] (x, y, z, visibility) -> [n, 3, P, J] m/s, 0 without a visible pair."""
-        xyz, visible = poses[:, :3], poses[:, 3:4] > 0.5  # [n, 3, P, J], [n, 1, P, J]
+        xyz, visible = poses[:, :3], poses[:, 3:4] > VISIBLE  # [n, 3, P, J], [n, 1, P, J]
         step = (xyz[:, :, 1:] - xyz[:, :, :-1]) * self.pose_rate  # [n, 3, P-1, J]
         step = step * (visible[:, :, 1:] & visible[:, :, :-1])
         return torch.cat([torch.zeros_like(step[:, :, :1]), step], dim=2)  # [n, 3, P, J]
