@@ -77,6 +77,10 @@ class ModelConfig:
     """Prototypes (K) of the representation and state-prediction heads."""
     frame_bidirectional: bool = False
     """Full attention inside one frame's patches, causal elsewhere (default: causal everywhere)."""
+    predict_head_init: Literal["random", "represent"] = "random"
+    """Initial weights of the state-prediction head: its own random draw, or a copy of the
+    representation head's (ours; separate weights either way), so that its K prototypes start
+    where the teacher's targets are. The tiny CPU demo uses "represent" (docs/results.md)."""
     transformer_impl: Literal["auto", "transformer_engine", "local"] = "auto"
     """Layer spec: Transformer Engine where it imports ('auto'), or megatron-core local modules."""
     recompute: bool = False

@@ -180,3 +180,20 @@ def test_action_projector_reads_velocity_in_metres_per_second():
     assert proj.velocity(poses)[0, :, 2:4, 1].abs().sum() == 0
     assert proj(poses).shape == (1, 8)
     assert proj.proj.in_channels == 7  # x, y, z, visibility + velocity x, y, z
+
+
+def test_predict_head_can_start_as_a_copy_of_the_representation_head(tiny_cfg):
+    import dataclasses
+
+    torch.manual_seed(0)
+    cfg = dataclasses.replace(tiny_cfg.model, predict_head_init="represent")
+    model = EgoAgent(cfg)
+    rep, pred = model.represent_head.state_dict(), model.predict_head.state_dict()
+    assert all(torch.equal(rep[k], pred[k]) for k in rep)
+    with torch.no_grad():
+        model.predict_head.prototypes.add_(1.0)  # separate weights: the copy does not follow
+    assert not torch.equal(model.represent_head.prototypes, model.predict_head.prototypes)
+    torch.manual_seed(0)
+    default = EgoAgent(dataclasses.replace(tiny_cfg.model, predict_head_init="random"))
+    assert not torch.equal(default.represent_head.prototypes, default.predict_head.prototypes)
+    assert load_config("configs/egoagent_300m.yaml").model.predict_head_init == "random"

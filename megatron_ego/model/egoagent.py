@@ -81,6 +81,8 @@ class EgoAgent(nn.Module):
                     out_dim=cfg.head_out_dim)
         self.represent_head = DINOHead(h, **head)
         self.predict_head = DINOHead(h, **head)
+        if cfg.predict_head_init == "represent":
+            self.predict_head.load_state_dict(self.represent_head.state_dict())
         self.action_head = ActionHead(h, cfg.pose_channels, cfg.poses_per_step, cfg.num_joints)
         # A_0 has no pose history: its action is a posture estimated from I_0 alone, with errors
         # of decimetres, where the later steps' motion offsets are centimetres. Its own output
