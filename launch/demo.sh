@@ -43,7 +43,7 @@ port="$("$py" -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1", 0)); pr
 .venv/bin/deepspeed --num_gpus 2 --master_port "$port" launch/pretrain.py \
   --ds_config configs/zero2.json --config "$config" --resume auto
 
-echo "== 4/5 export (teacher weights -> safetensors)"
+echo "== 4/5 export (teacher: represent; student: predict and act -> safetensors)"
 "$py" launch/export.py --checkpoint "$demo" --out "$demo/export"
 
 echo "== 5/5 evaluation: represent (k-NN), predict (retrieval), act (motion)"

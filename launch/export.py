@@ -4,9 +4,14 @@
     python launch/export.py --checkpoint runs/x/checkpoints/step_0072000 --out exp --weights student
 
 --checkpoint takes a run directory (its newest complete checkpoint), its checkpoints/ folder, or
-one step_* folder. --weights teacher (default: the fp32 EMA teacher, what the benchmarks use) or
-student (fp32 master weights consolidated from the ZeRO-2 partitions). Load the result with
-`megatron_ego.inference.EgoAgent.from_pretrained(DIR)`; loading never unpickles anything.
+one step_* folder. --weights:
+- agent (default): the fp32 EMA teacher in model.safetensors (the feature branch: represent,
+  k-NN, the retrieval gallery) and the student in student.safetensors (predict and act), as the
+  paper splits the two networks;
+- teacher: the EMA teacher only, for all three abilities;
+- student: the student only (fp32 master weights consolidated from the ZeRO-2 partitions).
+Load the result with `megatron_ego.inference.EgoAgent.from_pretrained(DIR)`; loading never
+unpickles anything.
 """
 
 from __future__ import annotations
@@ -21,8 +26,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--checkpoint", required=True,
                         help="run directory, its checkpoints/ folder, or a checkpoints/step_* folder")
     parser.add_argument("--out", required=True, help="export folder (created; files replaced)")
-    parser.add_argument("--weights", choices=("teacher", "student"), default="teacher",
-                        help="teacher: fp32 EMA teacher (default); student: consolidated ZeRO fp32")
+    parser.add_argument("--weights", choices=("agent", "teacher", "student"), default="agent",
+                        help="agent (default): teacher represents, student predicts and acts; "
+                             "teacher: fp32 EMA teacher only; student: consolidated ZeRO fp32 only")
     return parser.parse_args(argv)
 
 
@@ -34,18 +40,27 @@ def main(argv: list[str] | None = None) -> int:
 
     try:
         folder = resolve_checkpoint(args.checkpoint)
-        cfg, weights, source = checkpoint_weights(folder, args.weights)
+        main = "teacher" if args.weights == "agent" else args.weights
+        cfg, weights, source = checkpoint_weights(folder, main)
         step = folder.name.removeprefix("step_").lstrip("0") or "0"
+        meta = {"step": step, "checkpoint": str(folder)}
+        student = student_meta = None
+        if args.weights == "agent":
+            _, student, student_source = checkpoint_weights(folder, "student")
+            student_meta = {**meta, "weights": "student", "source": student_source}
         weights_path, config_path = write_export(
-            weights, cfg, args.out,
-            {"weights": args.weights, "step": step, "source": source, "checkpoint": str(folder)},
+            weights, cfg, args.out, {**meta, "weights": main, "source": source},
+            student, student_meta,
         )
     except ExportError as err:
         print(f"error: {err}", file=sys.stderr)
         return 2
     count = sum(t.numel() for t in weights.values())
-    print(f"exported {args.weights} of {folder} (step {step}; {count:,} values; from {source}) "
+    print(f"exported {main} of {folder} (step {step}; {count:,} values; from {source}) "
           f"-> {weights_path}, {config_path}")
+    if student is not None:
+        print(f"exported student (predict, act) from {student_meta['source']} "
+              f"-> {weights_path.with_name('student.safetensors')}")
     return 0
 
 

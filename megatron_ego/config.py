@@ -230,18 +230,26 @@ class LossConfig:
     """DINOv2's KoLeo regulariser on the student's state features of the first global crop
     (pushes each feature away from its nearest neighbour in the batch, against feature collapse);
     0 = off, as in the paper. The tiny CPU demo uses it: its short runs otherwise collapse."""
+    predict_contrastive_weight: float = 0.0
+    """Weight of the contrastive future-state term (ours, losses/contrastive.py): InfoNCE of each
+    predicted state against the teacher logits of the micro-batch's real next frames. 0 = off,
+    as in the paper. The tiny CPU demo uses it: with the DINO term alone its predictions do not
+    tell the next frame from its neighbours (docs/results.md)."""
+    predict_contrastive_temp: float = 0.02
+    """Temperature of that InfoNCE (cosine similarities / temperature)."""
     centering: Literal["ema", "sinkhorn_knopp"] = "ema"
     """Teacher centering: DINO's EMA center (the paper's setting) or Sinkhorn-Knopp
     normalisation over the batch (DINOv2's option; steadier for small batches and short runs)."""
 
     def __post_init__(self) -> None:
         for name in ("represent_weight", "predict_weight", "act_weight", "visibility_weight",
-                     "koleo_weight"):
+                     "koleo_weight", "predict_contrastive_weight"):
             if getattr(self, name) < 0:
                 raise ConfigError(f"loss.{name}={getattr(self, name)} must be >= 0")
         if self.represent_weight == self.predict_weight == self.act_weight == 0:
             raise ConfigError("loss: all three weights are 0; nothing would be trained")
-        for name in ("student_temp", "teacher_temp", "warmup_teacher_temp"):
+        for name in ("student_temp", "teacher_temp", "warmup_teacher_temp",
+                     "predict_contrastive_temp"):
             if getattr(self, name) <= 0:
                 raise ConfigError(f"loss.{name}={getattr(self, name)} must be > 0")
         if not 0.0 <= self.center_momentum < 1.0:

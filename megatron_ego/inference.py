@@ -24,6 +24,12 @@ retrieval: query = ``predict`` logits, gallery = ``represent(..., with_logits=Tr
 The raw future-state outputs [n, t, h] come with ``with_state=True``; they were never trained to
 sit in the state feature space and are not used for retrieval.
 
+Which weights (documented choice, as the paper: the teacher is the feature branch, the student
+the network that predicts and acts). An export of ``--weights agent`` (the default) holds both:
+``represent`` runs the EMA teacher (``model.safetensors``), ``predict`` and ``act`` run the
+student (``student.safetensors``), whose predictions were trained against that teacher's
+features. A teacher-only or student-only export runs its one network for all three.
+
 ``act`` rolls the model out autoregressively: step 0's action token is the given first 5 poses;
 the action query of step t (t >= 1) predicts A_t from I_<=t and A_<t; the predicted A_t (x, y, z
 of every joint, fed as visible: the agent's estimate of where each joint is) becomes the action
@@ -42,7 +48,13 @@ import torch
 
 from megatron_ego.config import Config
 from megatron_ego.data.decode import normalize, resize_frames
-from megatron_ego.eval.export_format import ExportError, module_weights, read_export, to_module_names
+from megatron_ego.eval.export_format import (
+    ExportError,
+    module_weights,
+    read_export,
+    read_student,
+    to_module_names,
+)
 from megatron_ego.model.egoagent import EgoAgent as EgoAgentModule
 from megatron_ego.pose_format import VISIBLE
 
@@ -58,13 +70,18 @@ def _tensor(x, name: str) -> torch.Tensor:
 
 
 class EgoAgent:
-    """An exported EgoAgent ready for inference (one nn.Module in eval mode, no gradients)."""
+    """An exported EgoAgent ready for inference (nn.Modules in eval mode, no gradients).
+
+    ``module`` represents (the feature branch); ``main`` predicts and acts (``module`` itself
+    unless the export holds a student)."""
 
     def __init__(self, module: EgoAgentModule, cfg: Config, device: torch.device,
-                 precision: str = "fp32", metadata: dict[str, str] | None = None):
+                 precision: str = "fp32", metadata: dict[str, str] | None = None,
+                 main: EgoAgentModule | None = None):
         if precision not in ("fp32", "bf16"):
             raise ValueError(f"precision must be 'fp32' or 'bf16'; got {precision!r}")
         self.module, self.cfg, self.device = module, cfg, torch.device(device)
+        self.main = module if main is None else main
         self.precision, self.metadata = precision, dict(metadata or {})
         m = cfg.model
         self.image_size, self.num_steps = m.image_size, m.num_steps
@@ -74,7 +91,8 @@ class EgoAgent:
     @classmethod
     def from_pretrained(cls, path: str | Path, device: str | torch.device | None = None,
                         precision: str = "fp32") -> EgoAgent:
-        """Build the module from ``path/config.yaml`` and load ``path/model.safetensors``.
+        """Build the module from ``path/config.yaml`` and load ``path/model.safetensors`` (and
+        ``path/student.safetensors``, when there, as the network that predicts and acts).
 
         Args:
             path: a folder written by ``launch/export.py``.
@@ -97,13 +115,14 @@ class EgoAgent:
             m.transformer_impl = "local"  # same weights (export_format maps the norm names)
         ensure_model_parallel()
         seed_everything(cfg.run.seed)  # megatron's CUDA RNG tracker must exist to build on GPU
-        module = EgoAgentModule(m, precision="fp32").to(device)
-        expected = module_weights(module.state_dict())
-        weights = to_module_names(weights, expected)
-        _check_weights(weights, expected, Path(path))
-        module.load_state_dict(weights, strict=False)  # only `_extra_state` entries are absent
-        module.requires_grad_(False).eval()
-        return cls(module, cfg, device, precision, metadata)
+        module = _load_module(m, weights, device, Path(path) / "model.safetensors")
+        student = read_student(path, cfg, device="cpu")
+        main = None
+        if student is not None:
+            main = _load_module(m, student[0], device, Path(path) / "student.safetensors")
+        metadata["predict_act_weights"] = "student" if main is not None else metadata.get(
+            "weights", "")
+        return cls(module, cfg, device, precision, metadata, main)
 
     def _autocast(self):
         if self.precision == "bf16" and self.device.type == "cuda":
@@ -197,7 +216,7 @@ class EgoAgent:
             frames = torch.cat([frames, frames.new_zeros(n, T - t, *frames.shape[2:])], dim=1)
             tokens = torch.cat([tokens, tokens.new_zeros(n, T - t, *tokens.shape[2:])], dim=1)
         with torch.no_grad(), self._autocast():
-            actions, future = self.module.act_and_predict(frames, tokens)
+            actions, future = self.main.act_and_predict(frames, tokens)
         return actions.float(), future.float()  # [n, T, 4, P, J], [n, T, h]
 
     def _steps(self, images, what: str) -> int:
@@ -247,7 +266,7 @@ class EgoAgent:
         _, future = self._sequence(frames, self._tokens(poses))
         future = future[:, :t]  # [n, t, h]
         with torch.no_grad(), self._autocast():
-            logits = self.module.predict_head(future).float()  # [n, t, K]
+            logits = self.main.predict_head(future).float()  # [n, t, K]
         return (future, logits) if with_state else logits
 
     def act(self, images, poses, visibility=None, return_visibility: bool = False):
@@ -295,12 +314,23 @@ class EgoAgent:
         return (future, torch.cat(probabilities, dim=1)) if return_visibility else future
 
 
+def _load_module(m, weights: dict[str, torch.Tensor], device: torch.device,
+                 path: Path) -> EgoAgentModule:
+    """A fresh module of model config ``m`` holding ``weights`` (checked), in eval mode."""
+    module = EgoAgentModule(m, precision="fp32").to(device)
+    expected = module_weights(module.state_dict())
+    weights = to_module_names(weights, expected)
+    _check_weights(weights, expected, path)
+    module.load_state_dict(weights, strict=False)  # only `_extra_state` entries are absent
+    return module.requires_grad_(False).eval()
+
+
 def _check_weights(weights: dict[str, torch.Tensor], expected: dict[str, torch.Tensor],
                    path: Path) -> None:
     """Every tensor of the module is in the file with its shape, and nothing else is."""
     missing = sorted(set(expected) - set(weights))
     extra = sorted(set(weights) - set(expected))
-    hint = f"model.safetensors in {path} does not fit the model its config.yaml describes"
+    hint = f"{path.name} in {path.parent} does not fit the model its config.yaml describes"
     if missing:
         raise ExportError(f"{hint}: {missing[0]} (and {len(missing) - 1} more) missing; "
                           "re-export the checkpoint with launch/export.py")

@@ -98,6 +98,18 @@ def _training_teacher(checkpoint: Path):
     return teacher.eval(), cfg
 
 
+def _training_student(checkpoint: Path, cfg):
+    """The student's fp32 weights consolidated from the ZeRO-2 partitions, as a module."""
+    from deepspeed.utils.zero_to_fp32 import get_fp32_state_dict_from_zero_checkpoint
+
+    from megatron_ego.model.egoagent import EgoAgent as Module
+
+    student = Module(cfg.model)
+    weights = get_fp32_state_dict_from_zero_checkpoint(str(checkpoint.parent), checkpoint.name)
+    student.load_state_dict(module_weights(weights), strict=False)
+    return student.eval()
+
+
 def _clip_inputs(seed: int = 0, n: int = 2, size: int = 64):
     g = torch.Generator().manual_seed(seed)
     images = torch.randint(0, 256, (n, 4, size + 16, size, 3), generator=g, dtype=torch.uint8)
@@ -107,23 +119,41 @@ def _clip_inputs(seed: int = 0, n: int = 2, size: int = 64):
 
 
 # ------------------------------------------------------------------------------------ export
-def test_teacher_export_reproduces_training_teacher(tiny_run, agent):
+def test_agent_export_represents_with_the_teacher_and_predicts_with_the_student(tiny_run, agent,
+                                                                               tmp_path):
+    from launch import export
+    from megatron_ego.inference import EgoAgent
+
     teacher, cfg = _training_teacher(tiny_run["checkpoint"])
+    student = _training_student(tiny_run["checkpoint"], cfg)
     assert agent.metadata["weights"] == "teacher" and agent.metadata["step"] == "4"
+    assert agent.metadata["predict_act_weights"] == "student"
     g = torch.Generator().manual_seed(1)
     x = torch.randn(5, 3, 64, 64, generator=g)
+    frames = torch.randn(2, 4, 3, 64, 64, generator=g)
+    tokens = torch.randn(2, 4, 4, 5, 17, generator=g) * 0.3
+    tokens[:, :, 3] = 1.0
     with torch.no_grad():
         want_feature, want_logits = teacher.represent(x)
-        frames = torch.randn(2, 4, 3, 64, 64, generator=g)
-        tokens = torch.randn(2, 4, 4, 5, 17, generator=g) * 0.3
-        tokens[:, :, 3] = 1.0
-        want_actions, want_future = teacher.act_and_predict(frames, tokens)
-        want_pred = teacher.predict_head(want_future)
+        want_pred = {name: m.predict_head(m.act_and_predict(frames, tokens)[1])
+                     for name, m in (("teacher", teacher), ("student", student))}
+    assert not torch.allclose(want_pred["teacher"], want_pred["student"], atol=1e-4)
     feature, logits = agent.represent(x, with_logits=True)
     torch.testing.assert_close(feature, want_feature, atol=1e-5, rtol=0)
     torch.testing.assert_close(logits, want_logits, atol=1e-5, rtol=0)
     poses = tokens.permute(0, 1, 3, 4, 2).reshape(2, 20, 17, 4)  # [n, T*P, J, 4]
-    torch.testing.assert_close(agent.predict(frames, poses), want_pred, atol=1e-5, rtol=0)
+    torch.testing.assert_close(agent.predict(frames, poses), want_pred["student"], atol=1e-5,
+                               rtol=0)
+    # a teacher-only export runs the teacher for everything, and drops a stale student file
+    out = tmp_path / "teacher_only"
+    shutil.copytree(tiny_run["export"], out)
+    assert (out / "student.safetensors").is_file()
+    assert export.main(["--checkpoint", str(tiny_run["checkpoint"]), "--out", str(out),
+                        "--weights", "teacher"]) == 0
+    assert not (out / "student.safetensors").exists()
+    only = EgoAgent.from_pretrained(out, device="cpu")
+    torch.testing.assert_close(only.predict(frames, poses), want_pred["teacher"], atol=1e-5,
+                               rtol=0)
     # uint8 frames are prepared as the training loader prepares whole frames (load_frame)
     pixels = torch.randint(0, 256, (3, 96, 80, 3), generator=g, dtype=torch.uint8)
     prepared = torch.stack([load_frame(p.numpy(), "raw", 64) for p in pixels])
@@ -225,12 +255,12 @@ def test_act_rolls_out_its_own_predictions_and_never_reads_the_true_future(agent
     tokens = torch.zeros(2, 4, 4, 5, 17)
     tokens[:, 0] = agent._tokens(agent.prepare_poses(poses[:, :5]))[:, 0]
     with torch.no_grad():
-        step1 = agent.module.act_and_predict(frames, tokens)[0][:, 1]  # [n, 4, P, J]
+        step1 = agent.main.act_and_predict(frames, tokens)[0][:, 1]  # [n, 4, P, J]
     torch.testing.assert_close(future[:, :5], step1[:, :3].permute(0, 2, 3, 1), atol=1e-6, rtol=0)
     visible = (step1[:, 3].sigmoid() > 0.5).float()
     tokens[:, 1] = torch.cat([step1[:, :3] * visible[:, None], visible[:, None]], dim=1)
     with torch.no_grad():
-        step2 = agent.module.act_and_predict(frames, tokens)[0][:, 2]
+        step2 = agent.main.act_and_predict(frames, tokens)[0][:, 2]
     torch.testing.assert_close(future[:, 5:10], step2[:, :3].permute(0, 2, 3, 1), atol=1e-6,
                                rtol=0)
 

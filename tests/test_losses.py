@@ -148,12 +148,13 @@ def test_koleo_grows_as_features_crowd_together():
 
 def test_zero_weight_skips_the_term(tiny_cfg, tiny_model):
     tiny_cfg.loss.predict_weight = 0.0
+    tiny_cfg.loss.predict_contrastive_weight = 0.0  # on in tiny_cpu.yaml; it needs the targets too
     objective = EgoAgentObjective(tiny_cfg.model, tiny_cfg.loss)
     batch = random_clip_batch(tiny_cfg, b=1)
     targets = objective.teacher_targets(tiny_model, batch)
     assert "next_frames" not in targets
     _, terms = objective(tiny_model(**objective.student_inputs(batch)), targets, batch, 0.04)
-    assert "loss_predict" not in terms and "loss_act" in terms
+    assert not {"loss_predict", "loss_predict_contrastive"} & set(terms) and "loss_act" in terms
 
 
 def test_sinkhorn_knopp_targets_are_distributions_sharing_the_prototypes():
@@ -178,3 +179,34 @@ def test_sinkhorn_centering_in_the_loss_and_config(tiny_cfg):
                        ["--loss.centering=sinkhorn_knopp"]).loss.centering == "sinkhorn_knopp"
     with pytest.raises(ConfigError, match="loss.centering"):
         load_config("configs/tiny_cpu.yaml", ["--loss.centering=batch"])
+
+
+def test_predict_infonce_equals_hand_computed_cross_entropy():
+    from megatron_ego.losses.contrastive import predict_infonce
+
+    predicted = torch.tensor([[1.0, 0.0], [1.0, 1.0]])
+    targets = torch.tensor([[2.0, 0.0], [0.0, 3.0]])  # cosines: row 0 (1, 0), row 1 (.7071, .7071)
+    want = (-math.log(math.exp(1 / 0.5) / (math.exp(1 / 0.5) + math.exp(0.0)))
+            - math.log(0.5)) / 2  # row 1: both columns tie -> log 2
+    assert predict_infonce(predicted, targets, 0.5).item() == pytest.approx(want, rel=1e-6)
+    # ranking the real next frame first lowers it; swapping the targets raises it
+    assert predict_infonce(targets, targets, 0.1) < predict_infonce(targets.flip(0), targets, 0.1)
+    with pytest.raises(ValueError, match=r"must both be \[n, K\]"):
+        predict_infonce(predicted, targets[:1], 0.5)
+
+
+def test_contrastive_term_trains_the_prediction_even_without_the_dino_term(tiny_cfg, tiny_model):
+    tiny_cfg.loss.predict_weight = 0.0
+    tiny_cfg.loss.predict_contrastive_weight = 2.0
+    objective = EgoAgentObjective(tiny_cfg.model, tiny_cfg.loss)
+    batch = random_clip_batch(tiny_cfg, b=2)
+    student = tiny_model.train()
+    targets = objective.teacher_targets(make_teacher(student, tiny_cfg.model), batch)
+    out = student(**objective.student_inputs(batch))
+    total, terms = objective(out, targets, batch, 0.04)
+    assert "loss_predict" not in terms and terms["loss_predict_contrastive"] > 0
+    total.backward()
+    assert student.predict_head.prototypes.grad.abs().sum() > 0
+    tiny_cfg.loss.predict_contrastive_weight = 0.0
+    off = EgoAgentObjective(tiny_cfg.model, tiny_cfg.loss)
+    assert "next_frames" not in off.teacher_targets(tiny_model, batch)

@@ -12,7 +12,13 @@
 - ``config.yaml``: the resolved run config (``megatron_ego.config.save_config``), read with the
   strict loader, so unknown keys or wrong types are errors.
 
-Both files are written to temporary names in ``DIR`` and renamed into place.
+- ``student.safetensors`` (optional, ``--weights agent``): the student's weights in the same
+  format. The paper's teacher is the feature branch, the student the network that predicts and
+  acts: with this file, ``EgoAgent.from_pretrained`` represents with ``model.safetensors`` (the
+  EMA teacher) and predicts and acts with the student (docs/results.md measures both).
+
+Every file is written to a temporary name in ``DIR`` and renamed into place; an export without a
+student removes a stale ``student.safetensors`` so two exports are never mixed.
 
     write_export(weights, cfg, "runs/x/export", {"weights": "teacher", "step": "1000"})
     cfg, weights, meta = read_export("runs/x/export")
@@ -32,6 +38,7 @@ from megatron_ego.config_io import to_dict
 
 FORMAT = "megatron-ego/1"
 WEIGHTS_FILE = "model.safetensors"
+STUDENT_FILE = "student.safetensors"
 CONFIG_FILE = "config.yaml"
 
 # (local spec suffix, Transformer Engine spec suffix) of the same trunk parameter
@@ -79,15 +86,28 @@ def _model_yaml(cfg: Config) -> str:
     return yaml.safe_dump(to_dict(cfg.model), sort_keys=True)
 
 
+def _tensors(weights: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    """Module weights -> the stored tensors (local-spec names, floats as fp32, on CPU)."""
+    tensors = {}
+    for name, value in to_local_names(module_weights(weights)).items():
+        value = value.detach().to("cpu")
+        tensors[name] = (value.float() if value.is_floating_point() else value).contiguous().clone()
+    return tensors
+
+
 def write_export(
-    weights: dict[str, torch.Tensor], cfg: Config, out_dir: str | Path, metadata: dict[str, str]
+    weights: dict[str, torch.Tensor], cfg: Config, out_dir: str | Path, metadata: dict[str, str],
+    student: dict[str, torch.Tensor] | None = None,
+    student_metadata: dict[str, str] | None = None,
 ) -> tuple[Path, Path]:
-    """Write ``out_dir/model.safetensors`` and ``out_dir/config.yaml`` (each atomically).
+    """Write ``out_dir/model.safetensors``, ``out_dir/config.yaml`` and, given ``student``,
+    ``out_dir/student.safetensors`` (each atomically; without ``student`` an old one is removed).
 
     Args:
         weights: name -> tensor (``_extra_state`` entries are dropped, floats stored as fp32).
         cfg: the resolved config the weights belong to.
         metadata: extra string fields for the safetensors header (weights, step, source).
+        student, student_metadata: the student's weights and header fields, same rules.
     Returns:
         (weights path, config path).
     """
@@ -95,27 +115,34 @@ def write_export(
 
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
-    tensors = {}
-    for name, value in to_local_names(module_weights(weights)).items():
-        value = value.detach().to("cpu")
-        tensors[name] = (value.float() if value.is_floating_point() else value).contiguous().clone()
-    header = {**{k: str(v) for k, v in metadata.items()}, "format": FORMAT,
-              "model_config": _model_yaml(cfg)}
+    model_yaml = _model_yaml(cfg)
+    files = [(WEIGHTS_FILE, _tensors(weights), metadata)]
+    if student is not None:
+        files.append((STUDENT_FILE, _tensors(student), student_metadata or {}))
     weights_path, config_path = out_dir / WEIGHTS_FILE, out_dir / CONFIG_FILE
-    handle, tmp_weights = tempfile.mkstemp(dir=out_dir, prefix=f".{WEIGHTS_FILE}.", suffix=".tmp")
+    handle, tmp_config = tempfile.mkstemp(dir=out_dir, prefix=f".{CONFIG_FILE}.", suffix=".tmp")
     os.close(handle)
-    tmp_config = f"{tmp_weights}.yaml"
+    written = {}  # final name -> temporary file
     try:
-        save_file(tensors, tmp_weights, metadata=header)
+        for name, tensors, fields in files:
+            handle, tmp = tempfile.mkstemp(dir=out_dir, prefix=f".{name}.", suffix=".tmp")
+            os.close(handle)
+            written[name] = tmp
+            header = {**{k: str(v) for k, v in fields.items()}, "format": FORMAT,
+                      "model_config": model_yaml}
+            save_file(tensors, tmp, metadata=header)
         save_config(cfg, tmp_config)  # itself writes a .tmp and renames
-        for tmp in (tmp_weights, tmp_config):
+        written[CONFIG_FILE] = tmp_config
+        for tmp in written.values():
             with open(tmp, "rb") as stream:
                 os.fsync(stream.fileno())
             os.chmod(tmp, 0o644)
-        os.replace(tmp_weights, weights_path)
-        os.replace(tmp_config, config_path)
+        if student is None:
+            (out_dir / STUDENT_FILE).unlink(missing_ok=True)
+        for name, tmp in written.items():
+            os.replace(tmp, out_dir / name)
     finally:
-        for tmp in (tmp_weights, tmp_config):
+        for tmp in [*written.values(), tmp_config]:
             Path(tmp).unlink(missing_ok=True)
     return weights_path, config_path
 
@@ -129,9 +156,6 @@ def read_export(
         ExportError: the folder or one of its files is missing, the file is not a megatron-ego
             export, or config.yaml's model section differs from the one the weights were saved with.
     """
-    from safetensors import SafetensorError
-    from safetensors.torch import load_file, safe_open
-
     model_dir = Path(model_dir)
     weights_path, config_path = model_dir / WEIGHTS_FILE, model_dir / CONFIG_FILE
     if not model_dir.is_dir():
@@ -149,6 +173,29 @@ def read_export(
         cfg = load_config(str(config_path))
     except ConfigError as err:
         raise ExportError(f"{config_path}: {err}") from err
+    weights, metadata = _read_weights(weights_path, cfg, config_path, device)
+    return cfg, weights, metadata
+
+
+def read_student(
+    model_dir: str | Path, cfg: Config, device: str | torch.device = "cpu"
+) -> tuple[dict[str, torch.Tensor], dict[str, str]] | None:
+    """``model_dir/student.safetensors`` as (weights, metadata), or None when the export has none.
+
+    Raises:
+        ExportError: the file is unreadable, not a megatron-ego export, or of another model.
+    """
+    path = Path(model_dir) / STUDENT_FILE
+    if not path.is_file():
+        return None
+    return _read_weights(path, cfg, Path(model_dir) / CONFIG_FILE, device)
+
+
+def _read_weights(weights_path: Path, cfg: Config, config_path: Path,
+                  device: str | torch.device) -> tuple[dict[str, torch.Tensor], dict[str, str]]:
+    from safetensors import SafetensorError
+    from safetensors.torch import load_file, safe_open
+
     try:
         with safe_open(str(weights_path), framework="pt") as handle:
             metadata = dict(handle.metadata() or {})
@@ -172,7 +219,7 @@ def read_export(
             f"{current.get(key)!r} in the YAML but the weights were exported with "
             f"{saved.get(key)!r}; use the config.yaml written with these weights"
         )
-    return cfg, weights, metadata
+    return weights, metadata
 
 
 # model fields that choose how the network runs, not what it is: free to differ at load time

@@ -3,6 +3,8 @@
 - L_rep: DINO loss, student = all crops, teacher = global crops, representation heads.
 - L_pred: DINO loss, student = state-prediction head on the future-state outputs of steps
   0..T-2, teacher = sg[representation head on the real frames I_1..I_{T-1}].
+- optional (ours, loss.predict_contrastive_weight): InfoNCE of the same predictions against the
+  teacher logits of every real next frame in the micro-batch (losses/contrastive.py).
 - L_act: L1 on visible joints (or, loss.act_motion_loss, squared cm on steps >= 1) + visibility
   BCE, for every step's action query.
 
@@ -18,6 +20,7 @@ from torch import nn
 
 from megatron_ego.config import LossConfig, ModelConfig
 from megatron_ego.losses.action import ActionLoss
+from megatron_ego.losses.contrastive import predict_infonce
 from megatron_ego.losses.dino import DINOLoss
 from megatron_ego.model.egoagent import EgoAgent, StudentOutput
 
@@ -46,7 +49,10 @@ class EgoAgentObjective(nn.Module):
 
     def _wants_sequence(self, batch: dict) -> bool:
         has_poses = batch.get("poses") is not None and batch.get("frames") is not None
-        return has_poses and (self.cfg.predict_weight > 0 or self.cfg.act_weight > 0)
+        return has_poses and (self._wants_next_frames() or self.cfg.act_weight > 0)
+
+    def _wants_next_frames(self) -> bool:
+        return self.cfg.predict_weight > 0 or self.cfg.predict_contrastive_weight > 0
 
     def _wants_crops(self, batch: dict) -> bool:
         return self.cfg.represent_weight > 0 and batch.get("global_crops") is not None
@@ -76,7 +82,7 @@ class EgoAgentObjective(nn.Module):
             crops = batch["global_crops"]  # [b, G, 3, S, S]
             images.append(crops.flatten(0, 1))
             splits.append(("global", crops.shape[:2]))
-        if self._wants_sequence(batch) and self.cfg.predict_weight > 0:
+        if self._wants_sequence(batch) and self._wants_next_frames():
             nxt = batch["frames"][:, 1:]  # [b, T-1, 3, S, S]
             images.append(nxt.flatten(0, 1))
             splits.append(("next_frames", nxt.shape[:2]))
@@ -118,8 +124,12 @@ class EgoAgentObjective(nn.Module):
         if "next_frames" in targets:
             s = student.future_logits.flatten(0, 1)[None]  # [1, b*(T-1), K]
             t = targets["next_frames"].flatten(0, 1)[None]  # [1, b*(T-1), K]
-            add(c.predict_weight, "loss_predict",
-                self.predict_loss(s, t, teacher_temp, skip_same_view=False))
+            if c.predict_weight > 0:
+                add(c.predict_weight, "loss_predict",
+                    self.predict_loss(s, t, teacher_temp, skip_same_view=False))
+            if c.predict_contrastive_weight > 0:
+                add(c.predict_contrastive_weight, "loss_predict_contrastive",
+                    predict_infonce(s[0], t[0], c.predict_contrastive_temp))
         if student.actions is not None and c.act_weight > 0:
             act, parts = self.action_loss(student.actions, batch["poses"])
             add(c.act_weight, "loss_act", act)
