@@ -35,18 +35,20 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(message)s")
-    from megatron_ego.eval.export_checkpoint import checkpoint_weights, resolve_checkpoint
-    from megatron_ego.eval.export_format import ExportError, write_export
+    from megatron_ego.eval.export_checkpoint import checkpoint_networks, resolve_checkpoint
+    from megatron_ego.eval.export_format import STUDENT_FILE, ExportError, write_export
 
     try:
         folder = resolve_checkpoint(args.checkpoint)
         main = "teacher" if args.weights == "agent" else args.weights
-        cfg, weights, source = checkpoint_weights(folder, main)
+        wanted = (main, "student") if args.weights == "agent" else (main,)
+        cfg, networks = checkpoint_networks(folder, wanted)
+        weights, source = networks[main]
         step = folder.name.removeprefix("step_").lstrip("0") or "0"
         meta = {"step": step, "checkpoint": str(folder)}
         student = student_meta = None
         if args.weights == "agent":
-            _, student, student_source = checkpoint_weights(folder, "student")
+            student, student_source = networks["student"]
             student_meta = {**meta, "weights": "student", "source": student_source}
         weights_path, config_path = write_export(
             weights, cfg, args.out, {**meta, "weights": main, "source": source},
@@ -60,7 +62,7 @@ def main(argv: list[str] | None = None) -> int:
           f"-> {weights_path}, {config_path}")
     if student is not None:
         print(f"exported student (predict, act) from {student_meta['source']} "
-              f"-> {weights_path.with_name('student.safetensors')}")
+              f"-> {weights_path.with_name(STUDENT_FILE)}")
     return 0
 
 

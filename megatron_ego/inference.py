@@ -49,6 +49,8 @@ import torch
 from megatron_ego.config import Config
 from megatron_ego.data.decode import normalize, resize_frames
 from megatron_ego.eval.export_format import (
+    STUDENT_FILE,
+    WEIGHTS_FILE,
     ExportError,
     module_weights,
     read_export,
@@ -115,11 +117,11 @@ class EgoAgent:
             m.transformer_impl = "local"  # same weights (export_format maps the norm names)
         ensure_model_parallel()
         seed_everything(cfg.run.seed)  # megatron's CUDA RNG tracker must exist to build on GPU
-        module = _load_module(m, weights, device, Path(path) / "model.safetensors")
+        module = _load_module(m, weights, device, Path(path) / WEIGHTS_FILE)
         student = read_student(path, cfg, device="cpu")
         main = None
         if student is not None:
-            main = _load_module(m, student[0], device, Path(path) / "student.safetensors")
+            main = _load_module(m, student[0], device, Path(path) / STUDENT_FILE)
         metadata["predict_act_weights"] = "student" if main is not None else metadata.get(
             "weights", "")
         return cls(module, cfg, device, precision, metadata, main)

@@ -11,7 +11,8 @@ student as DeepSpeed files and ``trainer_state.pt`` (teacher state dict, resolve
   bf16 on GPUs) and the returned source says so.
 
     folder = resolve_checkpoint("runs/egoagent_300m")      # newest complete checkpoint
-    cfg, weights, source = checkpoint_weights(folder, "teacher")
+    cfg, networks = checkpoint_networks(folder, ("teacher", "student"))  # one read of the state
+    weights, source = networks["teacher"]
 """
 
 from __future__ import annotations
@@ -97,14 +98,20 @@ def student_weights(folder: Path) -> tuple[dict[str, torch.Tensor], str]:
         return module_weights(module), f"{MODEL_STATES} (fallback: zero_to_fp32 failed: {err})"
 
 
-def checkpoint_weights(folder: Path, which: str = "teacher"
-                       ) -> tuple[Config, dict[str, torch.Tensor], str]:
-    """(resolved config, weights of ``which`` = teacher | student, source description)."""
-    if which not in ("teacher", "student"):
-        raise ExportError(f"--weights must be 'teacher' or 'student'; got {which!r}")
+def checkpoint_networks(folder: Path, which: tuple[str, ...]
+                        ) -> tuple[Config, dict[str, tuple[dict[str, torch.Tensor], str]]]:
+    """(resolved config, {name: (weights, source description)}) for each name in ``which``
+    (teacher, student), reading ``trainer_state.pt`` once."""
+    unknown = [name for name in which if name not in ("teacher", "student")]
+    if unknown:
+        raise ExportError(f"--weights must be 'teacher' or 'student'; got {unknown[0]!r}")
     state = _trainer_state(folder)
     cfg = _config(state, folder)
-    if which == "teacher":
-        return cfg, module_weights(state["teacher"]), f"{TRAINER_STATE}['teacher'] (fp32 EMA)"
-    weights, source = student_weights(folder)
-    return cfg, weights, source
+    networks = {}
+    if "teacher" in which:
+        networks["teacher"] = (module_weights(state["teacher"]),
+                               f"{TRAINER_STATE}['teacher'] (fp32 EMA)")
+    del state  # free it before consolidating the student (the teacher's tensors are kept)
+    if "student" in which:
+        networks["student"] = student_weights(folder)
+    return cfg, networks
