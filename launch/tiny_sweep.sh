@@ -1,0 +1,116 @@
+#!/usr/bin/env bash
+# What-if sweep of the demo's tiny config through the real pipeline: every variant is pretrained
+# (launch/pretrain.py, one process, DeepSpeed ZeRO-2), exported (launch/export.py) and evaluated
+# (launch/evaluate.py --task all) on the demo world; variants run in parallel (on one GPU they
+# share it); a table of the variants' results.json closes the run.
+#
+#   launch/tiny_sweep.sh [--demo runs/demo] [--out runs/sweep] [--jobs 8] \
+#       NAME="--section.key=value ..." [NAME=...]
+#   launch/tiny_sweep.sh base= t01="--loss.predict_contrastive_temp=0.01" \
+#       long="--schedule.train_iters=2400"
+#
+# --demo is a finished `make demo` folder (its data/ and raw/imagefolder/ are read, nothing is
+# written there; without data/walking_tours the variants train on Ego-Exo4D clips alone). Each
+# variant is one process of its own (launcher and SLURM rank variables are dropped for it). Each variant writes --out/NAME/{train.log,export,eval}; a variant whose
+# eval/results.json exists is not run again. Needs torch, deepspeed and megatron-core; where the
+# last two are missing and wheels lie in .whl/, they are installed into a temporary folder first.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+demo=runs/demo
+out=runs/sweep
+jobs=8
+variants=()
+while [ $# -gt 0 ]; do
+  case "$1" in
+    --demo) demo="$2"; shift ;;
+    --out) out="$2"; shift ;;
+    --jobs) jobs="$2"; shift ;;
+    -*) echo "usage: $0 [--demo DIR] [--out DIR] [--jobs N] NAME=\"OVERRIDES\" ..." >&2; exit 2 ;;
+    *=*)
+      if [[ ! "${1%%=*}" =~ ^[A-Za-z0-9_.-]+$ ]]; then
+        echo "variant name '${1%%=*}' must be letters, digits, '.', '_' or '-' (a folder name)" >&2
+        exit 2
+      fi
+      variants+=("$1") ;;
+    *) echo "variant '$1' is not NAME=\"--section.key=value ...\"" >&2; exit 2 ;;
+  esac
+  shift
+done
+if [ "${#variants[@]}" -eq 0 ]; then
+  echo "no variants given: name at least one, e.g. base=" >&2
+  exit 2
+fi
+for need in "$demo/data/egoexo4d/train" "$demo/data/egoexo4d/val" \
+            "$demo/raw/imagefolder/train" "$demo/raw/imagefolder/val"; do
+  if [ ! -d "$need" ]; then
+    echo "$need is missing: run 'make demo' first (or pass --demo DIR of a finished demo)" >&2
+    exit 2
+  fi
+done
+
+py="${PYTHON:-}"
+if [ -z "$py" ]; then
+  if [ -x .venv/bin/python ]; then py=.venv/bin/python; else py=python3; fi
+fi
+if ! "$py" -c "import deepspeed, megatron.core" 2>/dev/null; then
+  if ! ls .whl/*.whl >/dev/null 2>&1; then
+    echo "deepspeed / megatron-core missing and no wheels in .whl/" >&2
+    exit 2
+  fi
+  site="$(mktemp -d)"
+  "$py" -m pip install -q --no-index --no-deps --no-compile --target "$site" .whl/*.whl
+  export PYTHONPATH="$site${PYTHONPATH:+:$PYTHONPATH}"
+fi
+export PYTHONPATH="$PWD${PYTHONPATH:+:$PYTHONPATH}" PYTHONUNBUFFERED=1 OMP_NUM_THREADS=1
+# one process per variant, whatever launcher or allocation this shell sits in
+unset RANK WORLD_SIZE LOCAL_RANK MASTER_ADDR MASTER_PORT SLURM_PROCID SLURM_NTASKS SLURM_LOCALID
+walking=("--data.walking_tours_path=$demo/data/walking_tours")
+[ -d "$demo/data/walking_tours" ] || walking=("--data.walking_tours_ratio=0")
+
+variant() {  # variant NAME OVERRIDES: pretrain, export, evaluate; log under $out/NAME
+  local name="$1" dir="$out/$1"
+  local -a overrides
+  read -r -a overrides <<< "$2"
+  [ -f "$dir/eval/results.json" ] && return 0
+  mkdir -p "$dir"
+  {
+    "$py" launch/pretrain.py --ds_config configs/zero2.json --config configs/tiny_cpu.yaml \
+      --resume auto "--run.name=$name" "--run.output_dir=$dir" \
+      "--data.egoexo4d_path=$demo/data/egoexo4d/train" "${walking[@]}" "${overrides[@]}" &&
+    "$py" launch/export.py --checkpoint "$dir" --out "$dir/export" &&
+    "$py" launch/evaluate.py --model "$dir/export" --task all --out "$dir/eval" \
+      --data "$demo/data/egoexo4d/val" --knn-train "$demo/raw/imagefolder/train" \
+      --knn-val "$demo/raw/imagefolder/val" --workers 0 --batch-size 64
+  } > "$dir/train.log" 2>&1 || echo "variant $name failed: see $dir/train.log" >&2
+}
+
+mkdir -p "$out"
+running=0
+for v in "${variants[@]}"; do
+  variant "${v%%=*}" "${v#*=}" &
+  running=$((running + 1))
+  if [ "$running" -ge "$jobs" ]; then wait -n || true; running=$((running - 1)); fi
+done
+wait
+
+"$py" - "$out" "${variants[@]}" <<'PY'
+import json, os, sys
+out, names = sys.argv[1], [v.split("=", 1)[0] for v in sys.argv[2:]]
+missing = 0
+print(f"{'variant':12} {'top1':>6} {'repr':>6} {'mAP':>6} {'repr':>6} {'MPJPE':>6} {'zero-v':>6} "
+      f"{'k-NN':>6}")
+for name in names:
+    path = os.path.join(out, name, "eval", "results.json")
+    if not os.path.exists(path):
+        print(f"{name:12} (no results: see {os.path.join(out, name, 'train.log')})")
+        missing += 1
+        continue
+    r = json.load(open(path))
+    ret, mot, knn = r["retrieval"], r["motion"], r["knn"]
+    print(f"{name:12} {ret['egoagent']['top1']:6.2f} {ret['representation_only']['top1']:6.2f} "
+          f"{ret['egoagent']['map']:6.2f} {ret['representation_only']['map']:6.2f} "
+          f"{mot['egoagent']['mpjpe_30fps']:6.2f} {mot['zero_velocity']['mpjpe_30fps']:6.2f} "
+          f"{knn['egoagent']['top1']:6.2f}")
+sys.exit(1 if missing else 0)
+PY
