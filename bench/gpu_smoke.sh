@@ -23,20 +23,8 @@ while [ $# -gt 0 ]; do
   shift
 done
 
-py="${PYTHON:-}"
-if [ -z "$py" ]; then
-  if [ -x .venv/bin/python ]; then py=.venv/bin/python; else py=python3; fi
-fi
-if ! "$py" -c "import deepspeed, megatron.core" 2>/dev/null; then
-  if ! ls .whl/*.whl >/dev/null 2>&1; then
-    echo "deepspeed / megatron-core missing and no wheels in .whl/" >&2
-    exit 2
-  fi
-  site="$(mktemp -d)"
-  "$py" -m pip install -q --no-index --no-deps --no-compile --target "$site" .whl/*.whl
-  export PYTHONPATH="$site${PYTHONPATH:+:$PYTHONPATH}"
-fi
-export PYTHONPATH="$PWD${PYTHONPATH:+:$PYTHONPATH}"
+# shellcheck source=launch/python_env.sh
+source launch/python_env.sh  # sets $py; deepspeed + megatron-core importable
 export PYTHONUNBUFFERED=1
 mkdir -p "$out_dir"
 results="$out_dir/results.jsonl"

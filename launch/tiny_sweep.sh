@@ -49,20 +49,9 @@ for need in "$demo/data/egoexo4d/train" "$demo/data/egoexo4d/val" \
   fi
 done
 
-py="${PYTHON:-}"
-if [ -z "$py" ]; then
-  if [ -x .venv/bin/python ]; then py=.venv/bin/python; else py=python3; fi
-fi
-if ! "$py" -c "import deepspeed, megatron.core" 2>/dev/null; then
-  if ! ls .whl/*.whl >/dev/null 2>&1; then
-    echo "deepspeed / megatron-core missing and no wheels in .whl/" >&2
-    exit 2
-  fi
-  site="$(mktemp -d)"
-  "$py" -m pip install -q --no-index --no-deps --no-compile --target "$site" .whl/*.whl
-  export PYTHONPATH="$site${PYTHONPATH:+:$PYTHONPATH}"
-fi
-export PYTHONPATH="$PWD${PYTHONPATH:+:$PYTHONPATH}" PYTHONUNBUFFERED=1 OMP_NUM_THREADS=1
+# shellcheck source=launch/python_env.sh
+source launch/python_env.sh  # sets $py; deepspeed + megatron-core importable
+export PYTHONUNBUFFERED=1 OMP_NUM_THREADS=1
 # one process per variant, whatever launcher or allocation this shell sits in
 unset RANK WORLD_SIZE LOCAL_RANK MASTER_ADDR MASTER_PORT SLURM_PROCID SLURM_NTASKS SLURM_LOCALID
 walking=("--data.walking_tours_path=$demo/data/walking_tours")
