@@ -11,9 +11,11 @@
 #
 # --demo is a finished `make demo` folder (its data/ and raw/imagefolder/ are read, nothing is
 # written there; without data/walking_tours the variants train on Ego-Exo4D clips alone). Each
-# variant is one process of its own (launcher and SLURM rank variables are dropped for it). Each variant writes --out/NAME/{train.log,export,eval}; a variant whose
-# eval/results.json exists is not run again. Needs torch, deepspeed and megatron-core; where the
-# last two are missing and wheels lie in .whl/, they are installed into a temporary folder first.
+# variant is one process of its own (launcher and SLURM rank variables are dropped for it) and
+# writes --out/NAME/{overrides.txt,train.log,export,eval}; a variant whose eval/results.json
+# exists is not run again, and a NAME already used with other overrides stops that variant
+# (never two configs in one folder). Needs torch, deepspeed and megatron-core; where the last two
+# are missing and wheels lie in .whl/, they are installed into a temporary folder first.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -61,8 +63,14 @@ variant() {  # variant NAME OVERRIDES: pretrain, export, evaluate; log under $ou
   local name="$1" dir="$out/$1"
   local -a overrides
   read -r -a overrides <<< "$2"
+  if [ -f "$dir/overrides.txt" ] && [ "$(cat "$dir/overrides.txt")" != "$2" ]; then
+    echo "variant $name failed: $dir was made with other overrides ($(cat "$dir/overrides.txt"));" \
+      "choose another name or delete that folder" >&2
+    return 0
+  fi
   [ -f "$dir/eval/results.json" ] && return 0
   mkdir -p "$dir"
+  printf '%s\n' "$2" > "$dir/overrides.txt"
   {
     "$py" launch/pretrain.py --ds_config configs/zero2.json --config configs/tiny_cpu.yaml \
       --resume auto "--run.name=$name" "--run.output_dir=$dir" \
@@ -85,12 +93,18 @@ wait
 
 "$py" - "$out" "${variants[@]}" <<'PY'
 import json, os, sys
-out, names = sys.argv[1], [v.split("=", 1)[0] for v in sys.argv[2:]]
+out, variants = sys.argv[1], [v.split("=", 1) for v in sys.argv[2:]]
 missing = 0
 print(f"{'variant':12} {'top1':>6} {'repr':>6} {'mAP':>6} {'repr':>6} {'MPJPE':>6} {'zero-v':>6} "
       f"{'k-NN':>6}")
-for name in names:
+for name, overrides in variants:
     path = os.path.join(out, name, "eval", "results.json")
+    with open(os.path.join(out, name, "overrides.txt")) as f:
+        made_with = f.read().rstrip("\n")
+    if made_with != overrides:
+        print(f"{name:12} (made with other overrides: {made_with})")
+        missing += 1
+        continue
     if not os.path.exists(path):
         print(f"{name:12} (no results: see {os.path.join(out, name, 'train.log')})")
         missing += 1

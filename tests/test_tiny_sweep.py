@@ -57,6 +57,13 @@ def test_each_variant_trains_with_its_overrides_and_reports(tiny_run, tmp_path):
     assert again.returncode == 0, again.stderr[-3000:]
     assert (out / "plain" / "eval" / "results.json").stat().st_mtime_ns == stamp
 
+    # the same name with other overrides is refused, not mixed into the finished folder
+    other = _sweep("--demo", str(tiny_run["root"]), "--out", str(out),
+                   f"plain={SHORT} --run.seed=3")
+    assert other.returncode == 1
+    assert "made with other overrides" in other.stderr
+    assert (out / "plain" / "eval" / "results.json").stat().st_mtime_ns == stamp
+
 
 @pytest.mark.parametrize("args, message", [
     (["--demo", "/nonexistent/demo", "a="], "run 'make demo' first"),
