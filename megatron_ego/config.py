@@ -9,6 +9,7 @@ The parsing machinery lives in `megatron_ego.config_io`; this module only declar
 from __future__ import annotations
 
 import math
+import re
 from dataclasses import dataclass, field
 from typing import Literal
 
@@ -27,6 +28,32 @@ __all__ = [
     "load_config",
     "save_config",
 ]
+
+
+def _check(ok: bool, message: str) -> None:
+    """Raise ConfigError(message) unless `ok` (the message names the key, value and the rule)."""
+    if not ok:
+        raise ConfigError(message)
+
+
+def _at_least(obj: object, section: str, minimum: float, *names: str) -> None:
+    """Every field in `names` of `obj` must be >= minimum."""
+    for name in names:
+        value = getattr(obj, name)
+        _check(value >= minimum, f"{section}.{name}={value} must be >= {minimum}")
+
+
+def _positive(obj: object, section: str, *names: str) -> None:
+    """Every field in `names` of `obj` must be > 0."""
+    for name in names:
+        value = getattr(obj, name)
+        _check(value > 0, f"{section}.{name}={value} must be > 0")
+
+
+_RUN_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]*")
+MAX_LR = 1.0
+"""Largest accepted optim.lr: AdamW moves each weight by about lr per step, so anything near 1
+destroys a network of weights of magnitude 0.02; larger values are typos (a missing `e-4`)."""
 
 
 def _swiglu_hidden(hidden_size: int) -> int:
@@ -90,8 +117,16 @@ class ModelConfig:
     """FP8 (delayed scaling) through Transformer Engine; H100 only, ignored without TE."""
 
     def __post_init__(self) -> None:
+        _at_least(self, "model", 1, "num_layers", "hidden_size", "num_attention_heads",
+                  "patch_size", "image_size", "local_crop_size", "poses_per_step", "num_joints",
+                  "head_hidden_dim", "head_bottleneck_dim", "head_out_dim", "rotary_base")
+        _positive(self, "model", "norm_epsilon", "init_method_std", "pose_rate_hz")
+        _check(self.pose_channels == 4,
+               f"model.pose_channels={self.pose_channels}: poses are stored as (x, y, z, "
+               "visibility), so it must be 4")
         if self.ffn_hidden_size is None:
             self.ffn_hidden_size = _swiglu_hidden(self.hidden_size)
+        _at_least(self, "model", 1, "ffn_hidden_size")
         if self.hidden_size % self.num_attention_heads:
             raise ConfigError(
                 f"model.hidden_size={self.hidden_size} must be divisible by "
@@ -187,8 +222,17 @@ class DataConfig:
     """DataLoader worker processes per rank."""
     prefetch_factor: int = 2
     """Micro-batches each DataLoader worker prepares ahead (each item is a whole micro-batch)."""
+    max_bad_record_share: float = 0.001
+    """Records that fail to decode during training (a corrupt JPEG, non-finite poses) are
+    replaced by the next sample, counted and logged with their file and index; the run stops
+    once the skipped records exceed this share of the records drawn (counted over all ranks, and
+    never before they exceed this share of the dataset). 0 = stop at the first bad record."""
 
     def __post_init__(self) -> None:
+        _at_least(self, "data", 1, "num_global_crops", "prefetch_factor")
+        _at_least(self, "data", 0, "num_local_crops", "num_workers")
+        _check(0.0 <= self.max_bad_record_share <= 1.0,
+               f"data.max_bad_record_share={self.max_bad_record_share} must lie in [0, 1]")
         if not 0.0 <= self.walking_tours_ratio <= 1.0:
             raise ConfigError(
                 f"data.walking_tours_ratio={self.walking_tours_ratio} must lie in [0, 1]"
@@ -242,6 +286,7 @@ class LossConfig:
     normalisation over the batch (DINOv2's option; steadier for small batches and short runs)."""
 
     def __post_init__(self) -> None:
+        _at_least(self, "loss", 0, "warmup_teacher_temp_iters")
         for name in ("represent_weight", "predict_weight", "act_weight", "visibility_weight",
                      "koleo_weight", "predict_contrastive_weight"):
             if getattr(self, name) < 0:
@@ -273,15 +318,26 @@ class OptimConfig:
     weight_decay_end: float = 0.4
     """Weight decay at the last step."""
     grad_clip: float = 1.0
-    """Global gradient-norm clip (must equal zero2.json's gradient_clipping)."""
+    """Global gradient-norm clip (must equal zero2.json's gradient_clipping); 0 disables it."""
     freeze_last_layer_iters: int = 0
     """Iterations during which the DINO heads' prototype layers get no update (DINO's trick)."""
+    max_skipped_steps: int = 25
+    """Optimizer steps skipped in a row (DeepSpeed's loss scaler found inf/nan gradients, or no
+    micro-batch had a finite loss) before the run stops as diverged. fp16's dynamic loss scale
+    skips up to ~17 steps in a row while it falls from 2^16 to 1, hence 25."""
 
     def __post_init__(self) -> None:
-        if self.lr <= 0:
-            raise ConfigError(f"optim.lr={self.lr} must be > 0")
+        _check(0.0 < self.lr <= MAX_LR,
+               f"optim.lr={self.lr} must lie in (0, {MAX_LR}] (the paper's is 6e-4 at 300M)")
         if not 0.0 <= self.min_lr_ratio <= 1.0:
             raise ConfigError(f"optim.min_lr_ratio={self.min_lr_ratio} must lie in [0, 1]")
+        for beta in self.betas:
+            _check(0.0 <= beta < 1.0, f"optim.betas={list(self.betas)}: each must lie in [0, 1)")
+        _positive(self, "optim", "eps")
+        _at_least(self, "optim", 0, "weight_decay", "weight_decay_end", "freeze_last_layer_iters")
+        _check(self.grad_clip >= 0,
+               f"optim.grad_clip={self.grad_clip} must be > 0, or 0 to disable clipping")
+        _at_least(self, "optim", 1, "max_skipped_steps")
 
 
 @dataclass
@@ -342,9 +398,16 @@ class RunConfig:
     keep_last: int = 3
     """Complete checkpoints kept; older ones are deleted."""
     max_nonfinite_retries: int = 3
-    """Under bf16/fp32: consecutive non-finite losses tolerated (step skipped) before stopping."""
+    """Under bf16/fp32: consecutive non-finite losses tolerated (the micro-batch is skipped,
+    counted and logged, and the next one drawn instead) before the step counts as skipped."""
 
     def __post_init__(self) -> None:
+        _check(bool(_RUN_NAME.fullmatch(self.name)),
+               f"run.name={self.name!r} must be a plain folder name (letters, digits, '.', '_', "
+               "'-'; no path separators, no leading '.' or '-'); put the parent in run.output_dir")
+        _check(self.output_dir.strip() != "", "run.output_dir must not be empty")
+        _at_least(self, "run", 0, "seed", "max_nonfinite_retries")
+        _at_least(self, "run", 1, "log_interval", "save_interval", "keep_last")
         if self.micro_batch_size <= 0 or self.global_batch_size <= 0:
             raise ConfigError("run.micro_batch_size and run.global_batch_size must be > 0")
         if self.global_batch_size % self.micro_batch_size:
@@ -365,6 +428,16 @@ class Config:
     schedule: ScheduleConfig = field(default_factory=ScheduleConfig)
     ema: EMAConfig = field(default_factory=EMAConfig)
     run: RunConfig = field(default_factory=RunConfig)
+
+    def __post_init__(self) -> None:
+        iters = self.schedule.train_iters
+        for key, value in (("loss.warmup_teacher_temp_iters", self.loss.warmup_teacher_temp_iters),
+                           ("optim.freeze_last_layer_iters", self.optim.freeze_last_layer_iters)):
+            _check(value <= iters, f"{key}={value} must be <= schedule.train_iters={iters}")
+        views = self.data.num_global_crops + self.data.num_local_crops
+        _check(self.loss.represent_weight == 0 or views >= 2,
+               f"data.num_global_crops + data.num_local_crops = {views}: the DINO loss compares "
+               "views in pairs, so it needs 2 or more (or loss.represent_weight=0)")
 
 
 def load_config(path: str | None = None, overrides: list[str] | tuple[str, ...] = ()) -> Config:

@@ -1,13 +1,16 @@
 """Strict conversion between YAML/CLI text and nested config dataclasses.
 
 Rules: every key must be a field (unknown keys are errors naming the key and the valid ones);
-values are checked against the field's type (int, float, bool, str, Literal, tuple, Optional);
+values are checked against the field's type (int, float, bool, str, Literal, tuple, Optional;
+floats must be finite: nan and inf are refused); malformed YAML is a one-line ConfigError;
 `--section.key=value` overrides are parsed with YAML's scalar rules (`3e-4`, `true`, `[0.4, 1.0]`).
 """
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
+import math
 import os
 import types
 import typing
@@ -21,16 +24,29 @@ class ConfigError(ValueError):
 
 
 def read_yaml(path: str) -> dict[str, Any]:
-    """Load a YAML mapping; missing files and non-mapping documents are ConfigErrors."""
+    """Load a YAML mapping; missing, malformed and non-mapping documents are ConfigErrors."""
     if not os.path.isfile(path):
         raise ConfigError(f"config file {path!r} does not exist (see configs/ for examples)")
     with open(path) as f:
-        raw = yaml.safe_load(f)
+        try:
+            raw = yaml.safe_load(f)
+        except yaml.YAMLError as e:
+            raise ConfigError(f"config file {path!r} is not valid YAML ({_yaml_problem(e)}): "
+                              "fix the file (compare with configs/tiny_cpu.yaml)") from e
     if raw is None:
         return {}
     if not isinstance(raw, dict):
         raise ConfigError(f"config file {path!r} must hold a mapping of sections, got {type(raw)}")
     return raw
+
+
+def _yaml_problem(error: yaml.YAMLError) -> str:
+    """A YAML parse error in one line: what is wrong and where (line, column; 1-based)."""
+    mark = getattr(error, "problem_mark", None)
+    problem = getattr(error, "problem", None) or str(error).splitlines()[0]
+    if mark is None:
+        return problem
+    return f"{problem} at line {mark.line + 1}, column {mark.column + 1}"
 
 
 def parse_overrides(overrides: typing.Iterable[str], raw: dict[str, Any]) -> dict[str, Any]:
@@ -53,7 +69,12 @@ def parse_overrides(overrides: typing.Iterable[str], raw: dict[str, Any]) -> dic
                     raise ConfigError(f"override {item!r}: {key!r} is not a section")
                 node[key] = child
             node = child
-        node[keys[-1]] = yaml.safe_load(value_text) if value_text != "" else ""
+        try:
+            node[keys[-1]] = yaml.safe_load(value_text) if value_text != "" else ""
+        except yaml.YAMLError as e:
+            raise ConfigError(f"override {item!r}: the value is not valid YAML "
+                              f"({_yaml_problem(e)}), e.g. --data.global_crop_scale=[0.4,1.0]"
+                              ) from e
     return out
 
 
@@ -122,12 +143,12 @@ def _coerce(tp: Any, value: Any, key: str) -> Any:
         return value
     if tp is float:
         if isinstance(value, str):  # YAML 1.1 reads "3e-4" (no dot) as a string
-            try:
-                return float(value)
-            except ValueError:
-                pass
+            with contextlib.suppress(ValueError):
+                value = float(value)
         if isinstance(value, bool) or not isinstance(value, int | float):
             raise ConfigError(f"{key}={value!r} must be a number")
+        if not math.isfinite(value):  # no field has a use for nan or inf
+            raise ConfigError(f"{key}={value!r} must be a finite number")
         return float(value)
     if tp is str:
         if not isinstance(value, str):

@@ -61,8 +61,10 @@ def _dataset(seed=0, rank=0, world_size=1, ratio=0.0, b=3, spec=SPEC, ego=None):
 def _assert_same(a: dict, b: dict) -> None:
     assert a.keys() == b.keys() and a["source"] == b["source"]
     for key in a:
-        if key != "source":
+        if torch.is_tensor(a[key]):
             assert torch.equal(a[key], b[key]), key
+        else:
+            assert a[key] == b[key], key
 
 
 def _normalised_range() -> tuple[torch.Tensor, torch.Tensor]:
@@ -75,7 +77,8 @@ def test_egoexo4d_micro_batch_follows_the_contract():
     clips = dataset.sources[EGOEXO4D]
     batch = dataset[2]
     assert set(batch) == {"source", "frames", "poses", "global_crops", "local_crops",
-                          "anchor_step", "index"}
+                          "anchor_step", "index", "bad_records", "drawn"}
+    assert batch["bad_records"] == [] and batch["drawn"] == 3
     assert batch["source"] == "egoexo4d"
     assert batch["frames"].shape == (3, T, 3, 32, 32) and batch["frames"].dtype == torch.float32
     assert batch["poses"].shape == (3, T, 4, P, J) and batch["poses"].dtype == torch.float32
@@ -130,7 +133,7 @@ def test_walking_tours_micro_batch_and_no_local_crops():
     spec = MultiCropSpec(global_size=32, local_size=16, num_global=2, num_local=0)
     dataset = _dataset(ratio=1.0, spec=spec)
     batch = dataset[0]
-    assert set(batch) == {"source", "global_crops", "local_crops", "index"}
+    assert set(batch) == {"source", "global_crops", "local_crops", "index", "bad_records", "drawn"}
     assert batch["source"] == "walking_tours"
     assert batch["global_crops"].shape == (3, 2, 3, 32, 32)
     assert batch["local_crops"].shape == (3, 0, 3, 16, 16)

@@ -44,12 +44,15 @@ class RawClip:
         take: name of the Ego-Exo4D take or WalkingTours video the sample comes from.
         start_frame: Ego-Exo4D: the 30 fps frame number of the clip's first image and pose.
             WalkingTours: the index of the frame among its video's stored 6 fps frames.
+        frame_ids: the record index of each frame in frames.bin (to name a frame that fails
+            to decode).
     """
 
     frames: list[np.ndarray]
     poses: np.ndarray | None
     take: str
     start_frame: int
+    frame_ids: tuple[int, ...] = ()
 
 
 def decode_frame(frame: np.ndarray) -> np.ndarray:
@@ -107,6 +110,36 @@ class ClipDataset:
         takes = self._manifest["takes"]
         self._take_names = [t["name"] for t in takes]
         self._take_first_frame = np.array([t["first_frame"] for t in takes], dtype=np.int64)
+        if self._clips is not None:
+            self._check_clip_table()
+
+    def _check_clip_table(self) -> None:
+        """Every clip row is [take, start frame, T frame ids] with ids that exist (vectorised:
+        one read of clips.bin, ~8 (2 + T) bytes per clip), and every poses record has T P
+        poses; a damaged clips.bin would otherwise fail hours in, or read another clip."""
+        T = int(self._manifest["num_steps"])
+        num_poses = T * int(self._manifest["poses_per_step"])
+        where = f"{os.path.join(self.path, 'clips.bin')}"
+        hint = f"re-run preprocessing (python -m preprocess.egoexo4d --out {self.path})"
+        lengths = self._clips.index.sequence_lengths  # [clips] int32
+        if len(lengths) and not (lengths == 2 + T).all():
+            bad = int(np.flatnonzero(lengths != 2 + T)[0])
+            raise IndexedDataError(f"{where}: clip {bad} has {int(lengths[bad])} values, "
+                                   f"expected 2 + num_steps = {2 + T}: {hint}")
+        pose_lengths = self._poses.index.sequence_lengths  # [clips] int32
+        if len(pose_lengths) and (pose_lengths % (num_poses * 4) != 0).any():
+            bad = int(np.flatnonzero(pose_lengths % (num_poses * 4))[0])
+            raise IndexedDataError(f"{os.path.join(self.path, 'poses.bin')}: clip {bad} holds "
+                                   f"{int(pose_lengths[bad])} values, not {num_poses} poses: {hint}")
+        table = np.fromfile(where, dtype=np.int64).reshape(-1, 2 + T)  # [clips, 2 + T]
+        takes_ok = (table[:, 0] >= 0) & (table[:, 0] < len(self._take_names))
+        frames_ok = ((table[:, 2:] >= 0) & (table[:, 2:] < len(self._frames))).all(axis=1)
+        if not (takes_ok & frames_ok).all():
+            bad = int(np.flatnonzero(~(takes_ok & frames_ok))[0])
+            raise IndexedDataError(
+                f"{where}: clip {bad} names take {int(table[bad, 0])} / frames "
+                f"{table[bad, 2:].tolist()}, outside the {len(self._take_names)} takes and "
+                f"{len(self._frames)} frames of this dataset: {hint}")
 
     @property
     def manifest(self) -> dict[str, Any]:
@@ -152,16 +185,19 @@ class ClipDataset:
                 poses=None,
                 take=self._take_names[take],
                 start_frame=i - int(self._take_first_frame[take]),
+                frame_ids=(i,),
             )
         row = self._clips[i]  # [2 + T] int64: take, start frame, f_0 .. f_{T-1}
         num_steps = int(self._manifest["num_steps"])
         num_poses = num_steps * int(self._manifest["poses_per_step"])
         poses = np.array(self._poses[i]).reshape(num_poses, -1, 4)  # [20, 17, 4]
+        frame_ids = tuple(int(f) for f in row[2 : 2 + num_steps])
         return RawClip(
-            frames=[self._frame(int(f)) for f in row[2 : 2 + num_steps]],
+            frames=[self._frame(f) for f in frame_ids],
             poses=poses,
             take=self._take_names[int(row[0])],
             start_frame=int(row[1]),
+            frame_ids=frame_ids,
         )
 
     def __repr__(self) -> str:

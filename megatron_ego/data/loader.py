@@ -17,12 +17,21 @@ Ego-Exo4D micro-batch (b clips, T steps, S = model.image_size, s = model.local_c
     local_crops   float32 [b, L, 3, s, s]   DINO local views of the anchor frame (L may be 0)
     anchor_step   int64 [b]                 t_a
     index         int64 [b]                 sample indices in the dataset
-WalkingTours micro-batch: "source" = "walking_tours", global_crops, local_crops, index.
+    bad_records   list[str]                 records that failed to decode (file, index, why)
+    drawn         int                       records read (b + the bad ones)
+WalkingTours micro-batch: "source" = "walking_tours", global_crops, local_crops, index,
+bad_records, drawn.
+
+A record that fails to decode (a corrupt JPEG, raw pixels or poses of the wrong size, non-finite
+poses) is replaced by the next sample of the dataset (index + 1, + 2, ...: deterministic, so
+resume stays exact) and named in `bad_records`; the trainer logs and counts them
+(data.max_bad_record_share).
 """
 
 from __future__ import annotations
 
 import ctypes
+import functools
 import itertools
 import math
 import os
@@ -46,13 +55,27 @@ from megatron_ego.data.mix import EGOEXO4D, WALKING_TOURS, EpochOrder, SourceSch
 from megatron_ego.data.photometric import normalize_into, photometric, warm_up
 
 __all__ = [
+    "BadRecord",
     "MicroBatchDataset",
     "SampleSource",
+    "TrainBatches",
     "build_train_loader",
     "keep_heap_memory",
     "make_loader",
     "sample_rng",
 ]
+
+
+DECODE_ERRORS = (OSError, RuntimeError, ValueError)
+"""What a damaged record raises: PIL (OSError: truncated, unidentified image), torchvision's
+decoder (RuntimeError), numpy reshapes of raw frames or poses of the wrong size (ValueError)."""
+MAX_FALLBACKS = 8
+"""Samples tried in place of one bad record; a slot whose tries all fail is zero-filled (and
+every try counted, so a broken dataset stops the run at the next step)."""
+
+
+class BadRecord(Exception):
+    """One record failed to decode; the message names the file, the record and the error."""
 
 
 class SampleSource(Protocol):
@@ -127,9 +150,29 @@ class MicroBatchDataset(Dataset):
         source, n = self.schedule.position(int(micro_step))
         indices = self.orders[source].indices(n, self.rank)  # int64 [b]
         rngs = [sample_rng(self.seed, int(micro_step), self.rank, j) for j in range(len(indices))]
+        bad: list[str] = []
         if source == EGOEXO4D:
-            return self._egoexo4d(indices, rngs)
-        return self._walking_tours(indices, rngs)
+            batch = self._egoexo4d(indices, rngs, bad)
+        else:
+            batch = self._walking_tours(indices, rngs, bad)
+        return {**batch, "bad_records": bad, "drawn": len(indices) + len(bad)}
+
+    @property
+    def num_records(self) -> int:
+        """Samples over all sources (the scale of data.max_bad_record_share early in a run)."""
+        return sum(len(ds) for ds in self.sources.values())
+
+    def _first_good(self, dataset: SampleSource, index: int, fill, bad: list[str]) -> int:
+        """Run `fill(i)` for i = index, index + 1, ... until one decodes; each failure is
+        appended to `bad`. Returns the index used, or -1 when MAX_FALLBACKS tries failed."""
+        for attempt in range(MAX_FALLBACKS):
+            i = (index + attempt) % len(dataset)
+            try:
+                fill(i)
+                return i
+            except BadRecord as err:
+                bad.append(str(err))
+        return -1
 
     def _crop_outputs(self, b: int) -> tuple[torch.Tensor, torch.Tensor]:
         spec = self.spec
@@ -161,7 +204,9 @@ class MicroBatchDataset(Dataset):
             crops = crop_views(image, views_l, spec.local_size, frame_size)  # [L, 3, s, s]
             photometric(crops, views_l, out=out_l)
 
-    def _egoexo4d(self, indices: np.ndarray, rngs: list[np.random.Generator]) -> dict[str, Any]:
+    def _egoexo4d(
+        self, indices: np.ndarray, rngs: list[np.random.Generator], bad: list[str]
+    ) -> dict[str, Any]:
         dataset, spec = self.sources[EGOEXO4D], self.spec
         b, T, S = len(indices), self.num_steps, spec.global_size
         P, J = self.poses_per_step, self.num_joints
@@ -170,16 +215,28 @@ class MicroBatchDataset(Dataset):
         poses = torch.empty(b, T, 4, P, J)  # [b, T, 4, P, J]
         global_crops, local_crops = self._crop_outputs(b)
         anchors = torch.empty(b, dtype=torch.int64)
-        for j, (index, rng) in enumerate(zip(indices, rngs)):
-            clip = dataset[int(index)]
-            self._check_clip(clip, int(index))
+        where = getattr(dataset, "path", EGOEXO4D)
+
+        def fill(j: int, rng: np.random.Generator, index: int) -> None:
+            try:
+                clip = dataset[index]
+            except DECODE_ERRORS as err:
+                raise BadRecord(f"{where} clip {index} (poses.bin / clips.bin): {err}") from err
+            self._check_clip(clip, index)  # a config mismatch is not a bad record
+            if not np.isfinite(clip.poses).all():
+                raise BadRecord(f"{where}/poses.bin record {index}: non-finite poses")
             anchor = int(rng.integers(T))
             views = draw_multicrop(rng, frame_size, spec)
             crop_h, crop_w = self._decode_size(views, frame_size)
             whole = torch.empty(T, 3, S, S, dtype=torch.uint8)  # [T, 3, S, S]
             for t, frame in enumerate(clip.frames):
                 need = (max(S, crop_h), max(S, crop_w)) if t == anchor else (S, S)
-                image = decode_rgb(frame, dataset.encoding, need, frame_size)  # [3, h, w]
+                try:
+                    image = decode_rgb(frame, dataset.encoding, need, frame_size)  # [3, h, w]
+                except DECODE_ERRORS as err:
+                    record = clip.frame_ids[t] if clip.frame_ids else f"? (step {t})"
+                    raise BadRecord(
+                        f"{where}/frames.bin record {record} (clip {index}): {err}") from err
                 whole[t] = resize_frames(image, S)[0]
                 if t == anchor:
                     self._views(image, views, frame_size, global_crops[j], local_crops[j])
@@ -187,6 +244,14 @@ class MicroBatchDataset(Dataset):
             stored = torch.from_numpy(np.array(clip.poses, dtype=np.float32))  # [T*P, J, 4]
             poses[j] = stored.view(T, P, J, 4).permute(0, 3, 1, 2)  # [T, 4, P, J]
             anchors[j] = anchor
+
+        for j, (index, rng) in enumerate(zip(indices, rngs)):
+            used = self._first_good(dataset, int(index), functools.partial(fill, j, rng), bad)
+            if used < 0:  # every try failed: an all-zero sample, counted
+                for out in (frames[j], poses[j], global_crops[j], local_crops[j]):
+                    out.zero_()
+                anchors[j] = 0
+            indices[j] = used if used >= 0 else indices[j]
         return {
             "source": EGOEXO4D,
             "frames": frames,
@@ -198,17 +263,29 @@ class MicroBatchDataset(Dataset):
         }
 
     def _walking_tours(
-        self, indices: np.ndarray, rngs: list[np.random.Generator]
+        self, indices: np.ndarray, rngs: list[np.random.Generator], bad: list[str]
     ) -> dict[str, Any]:
         dataset, spec = self.sources[WALKING_TOURS], self.spec
         frame_size = dataset.frame_size
         global_crops, local_crops = self._crop_outputs(len(indices))
-        for j, (index, rng) in enumerate(zip(indices, rngs)):
-            frame = dataset[int(index)].frames[0]
+        where = getattr(dataset, "path", WALKING_TOURS)
+
+        def fill(j: int, rng: np.random.Generator, index: int) -> None:
             views = draw_multicrop(rng, frame_size, spec)
             need = self._decode_size(views, frame_size)
-            image = decode_rgb(frame, dataset.encoding, need, frame_size)  # [3, h, w]
+            try:
+                frame = dataset[index].frames[0]
+                image = decode_rgb(frame, dataset.encoding, need, frame_size)  # [3, h, w]
+            except DECODE_ERRORS as err:
+                raise BadRecord(f"{where}/frames.bin record {index}: {err}") from err
             self._views(image, views, frame_size, global_crops[j], local_crops[j])
+
+        for j, (index, rng) in enumerate(zip(indices, rngs)):
+            used = self._first_good(dataset, int(index), functools.partial(fill, j, rng), bad)
+            if used < 0:
+                global_crops[j].zero_()
+                local_crops[j].zero_()
+            indices[j] = used if used >= 0 else indices[j]
         return {
             "source": WALKING_TOURS,
             "global_crops": global_crops,
@@ -250,6 +327,16 @@ def _worker_init(worker_id: int) -> None:
     keep_heap_memory()
 
 
+class TrainBatches(Iterator[dict[str, Any]]):
+    """`build_train_loader`'s micro-batch iterator, plus the number of samples behind it."""
+
+    def __init__(self, batches: Iterator[dict[str, Any]], num_records: int) -> None:
+        self.batches, self.num_records = batches, num_records
+
+    def __next__(self) -> dict[str, Any]:
+        return next(self.batches)
+
+
 class _MicroSteps(Sampler[int]):
     """start, start + 1, ... forever."""
 
@@ -273,7 +360,7 @@ def _open(path: str, key: str, command: str) -> SampleSource:
 
 def build_train_loader(
     cfg, rank: int, world_size: int, start_micro_step: int = 0
-) -> Iterator[dict[str, Any]]:
+) -> TrainBatches:
     """Micro-batches of one data-parallel rank, forever, from micro-step `start_micro_step` on.
 
     Args:
@@ -284,7 +371,7 @@ def build_train_loader(
 
     Returns:
         An iterator over micro-batch dicts (module docstring), micro-step start_micro_step,
-        start_micro_step + 1, ...
+        start_micro_step + 1, ...; its `num_records` is the number of samples of all sources.
 
     Raises:
         FileNotFoundError: data.egoexo4d_path (or data.walking_tours_path) is not a
@@ -311,7 +398,8 @@ def build_train_loader(
         poses_per_step=cfg.model.poses_per_step,
         num_joints=cfg.model.num_joints,
     )
-    return make_loader(dataset, start_micro_step, data.num_workers, data.prefetch_factor)
+    batches = make_loader(dataset, start_micro_step, data.num_workers, data.prefetch_factor)
+    return TrainBatches(batches, dataset.num_records)
 
 
 def make_loader(

@@ -14,6 +14,10 @@ from typing import Any
 
 from megatron_ego.config import Config, ConfigError
 
+SUPPORTED_ZERO_STAGE = 2
+"""ZeRO-3 would partition the weights themselves, which the EMA update and the checkpoint
+export read whole; stages 0 and 1 would silently replicate what the configs size for ZeRO-2."""
+
 
 def _agree(ds: dict, key: str, value: Any, yaml_key: str, path: str) -> None:
     """Fill ds[key] when "auto"/absent; otherwise it must equal `value`."""
@@ -36,6 +40,10 @@ def load_ds_config(path: str, cfg: Config, world_size: int) -> dict[str, Any]:
             ds = json.load(f)
     except json.JSONDecodeError as e:
         raise ConfigError(f"--ds_config {path!r} is not valid JSON: {e}") from e
+    if not isinstance(ds, dict):
+        raise ConfigError(
+            f"--ds_config {path!r} holds a JSON {type(ds).__name__}, not an object of DeepSpeed "
+            "settings: start from configs/zero2.json")
     ds = copy.deepcopy(ds)
     run = cfg.run
     per_step = run.micro_batch_size * world_size
@@ -61,6 +69,13 @@ def load_ds_config(path: str, cfg: Config, world_size: int) -> dict[str, Any]:
                 f'run.precision={run.precision!r}; make them agree or set it to "auto"'
             )
     zero = ds.setdefault("zero_optimization", {})
+    if not isinstance(zero, dict) or zero.get("stage", SUPPORTED_ZERO_STAGE) != SUPPORTED_ZERO_STAGE:
+        stage = zero.get("stage") if isinstance(zero, dict) else zero
+        raise ConfigError(
+            f"{os.path.basename(path)} zero_optimization.stage={stage!r}: this trainer supports "
+            f"ZeRO stage {SUPPORTED_ZERO_STAGE} only (its EMA teacher reads the student's full "
+            f"weights on every rank); set \"stage\": {SUPPORTED_ZERO_STAGE}")
+    zero["stage"] = SUPPORTED_ZERO_STAGE
     if zero.get("overlap_comm", "auto") == "auto":
         # Overlapping gradient reduction with backward pays off with CUDA streams. On CPU the
         # streams are no-ops and the overlap only makes the reduction order (and so the last
