@@ -13,6 +13,11 @@ CPU (2 processes, the demo world):
 Any config field can be overridden: --optim.lr=3e-4 --run.micro_batch_size=32 ...
 SIGTERM / SIGUSR1 write a checkpoint and exit (a PREEMPTED file marks it); `--resume auto`
 continues from the newest complete checkpoint.
+
+Exit codes: 0 done (or stopped by a signal after checkpointing); 2 a usage, config or data error
+found at start-up (one `error:` line: what is wrong and what to do); 1 the run stopped itself
+(diverged, non-finite weights, too many bad records: one `error:` line, no checkpoint written);
+anything else is a crash with its traceback. See docs/reliability.md.
 """
 
 from __future__ import annotations
@@ -22,7 +27,7 @@ import logging
 import os
 import sys
 
-from megatron_ego.config import ConfigError, load_config
+from megatron_ego.config import Config, ConfigError, load_config
 
 
 def parse_args(argv: list[str] | None = None) -> tuple[argparse.Namespace, list[str]]:
@@ -48,6 +53,18 @@ def main(argv: list[str] | None = None) -> int:
     logging.getLogger("megatron").setLevel(logging.WARNING)  # per-file IndexedDataset chatter
     try:
         cfg = load_config(args.config, overrides)
+    except ConfigError as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+    return run(cfg, args)
+
+
+def run(cfg: Config, args: argparse.Namespace) -> int:
+    """Train `cfg` (already loaded and validated); the exit code of the module docstring."""
+    from megatron_ego.data.indexed import IndexedDataError
+    from megatron_ego.training.guards import TrainingStopped
+
+    try:
         from megatron_ego.training.distributed import init_distributed
         from megatron_ego.training.ds_config import load_ds_config
         from megatron_ego.training.trainer import Trainer, check_data_paths
@@ -62,10 +79,13 @@ def main(argv: list[str] | None = None) -> int:
         load_ds_config(args.ds_config, cfg, int(os.environ.get("WORLD_SIZE", "1")))
         dist_info = init_distributed()
         trainer = Trainer(cfg, args.ds_config, dist_info, resume=args.resume)
-    except ConfigError as e:
+        trainer.fit(max_steps=args.max_steps)  # opens the data first: its errors are start-up's
+    except (ConfigError, IndexedDataError) as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
-    trainer.fit(max_steps=args.max_steps)
+    except TrainingStopped as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 1
     return 0
 
 

@@ -29,6 +29,12 @@ from megatron_ego.training.distributed import DistInfo
 from megatron_ego.training.ds_config import load_ds_config
 from megatron_ego.training.ema import EMA, make_teacher
 from megatron_ego.training.flops import clip_flops, device_peak_tflops
+from megatron_ego.training.guards import (
+    BadRecords,
+    SkippedSteps,
+    TrainingStopped,
+    check_finite_weights,
+)
 from megatron_ego.training.metrics import MetricsLogger
 from megatron_ego.training.optimizer import apply_schedules, build_optimizer
 from megatron_ego.training.preemption import PreemptionHandler
@@ -48,6 +54,13 @@ class TrainState:
     """Micro-batches drawn from the loader (the data position)."""
     skipped_nonfinite: int = 0
     """Micro-batches skipped for a non-finite loss (bf16/fp32)."""
+    skipped_steps: int = 0
+    """Optimizer steps skipped (DeepSpeed's loss scaler found inf/nan gradients): no weight
+    and no EMA update."""
+    bad_records: int = 0
+    """Records that failed to decode, over all ranks (replaced by the next sample)."""
+    drawn_records: int = 0
+    """Records read, over all ranks (the denominator of data.max_bad_record_share)."""
 
 
 def run_dir_of(cfg: Config) -> str:
@@ -121,6 +134,8 @@ class Trainer:
         self.objective = EgoAgentObjective(cfg.model, cfg.loss).to(dist_info.device)
         self.schedules = build_schedules(cfg)
         self.state = TrainState()
+        self.skips = SkippedSteps(cfg.optim.max_skipped_steps, dist_info.is_main)
+        self.bad_records: BadRecords | None = None  # set by fit() once the data is open
         if resume not in ("none", "auto") and not os.path.isdir(resume):
             raise ConfigError(f"--resume {resume!r}: expected 'auto', 'none' or a checkpoint folder")
         if resume != "none":
@@ -147,6 +162,10 @@ class Trainer:
             log.info("resumed from %s at step %d", folder, self.state.step)
 
     def save(self) -> Path:
+        """Checkpoint the run; refused (TrainingStopped, nothing written) when the student or the
+        teacher holds a non-finite weight on any rank."""
+        check_finite_weights({"student": self.engine.module, "teacher": self.teacher},
+                             self.state.step)
         trainer_state = {
             "teacher": self.teacher.state_dict(),
             "objective": self.objective.state_dict(),
@@ -172,6 +191,8 @@ class Trainer:
         loss, terms = self.objective(out, targets, batch, teacher_temp)
         if self.cfg.run.precision != "fp16" and not _all_finite(loss):
             return None  # fp16 overflows are DeepSpeed's: its loss scaler skips the step
+        # An overflow under any precision (ZeRO-2 checks the gradients every step) makes
+        # DeepSpeed skip the optimizer step: train_step sees engine.skipped_steps grow.
         self.engine.backward(loss)
         self.engine.step()
         return terms  # detached 0-dim tensors; read once per step (one device sync)
@@ -184,19 +205,29 @@ class Trainer:
         sums: dict[str, torch.Tensor] = {}
         counts: dict[str, int] = {}
         done, consecutive_bad = 0, 0
+        records = [0, 0]  # bad, drawn on this rank
         sources = {"egoexo4d": 0, "walking_tours": 0}
+        skipped_before = self.engine.skipped_steps
         while done < self.grad_accum:
             batch = next(loader)
             self.state.micro_step += 1
+            records[0] += self._note_bad_records(batch.pop("bad_records", []))
+            records[1] += batch.pop("drawn", 0)
             terms = self._micro_step(batch, values["teacher_temp"])
             if terms is None:
                 self.state.skipped_nonfinite += 1
                 consecutive_bad += 1
+                if self.dist.is_main:
+                    log.warning("micro-batch %d skipped: non-finite loss (step %d; %d in this run)",
+                                self.state.micro_step, self.state.step + 1,
+                                self.state.skipped_nonfinite)
                 if consecutive_bad > self.cfg.run.max_nonfinite_retries:
-                    raise FloatingPointError(
-                        f"non-finite loss at step {self.state.step + 1} (micro-batch "
-                        f"{self.state.micro_step}) {consecutive_bad} times in a row; lower "
-                        "optim.lr, check the data, or resume from an earlier checkpoint")
+                    raise TrainingStopped(
+                        f"diverged: non-finite loss at step {self.state.step + 1} (micro-batch "
+                        f"{self.state.micro_step}) {consecutive_bad} times in a row "
+                        f"(run.max_nonfinite_retries={self.cfg.run.max_nonfinite_retries}); no "
+                        "checkpoint written: lower optim.lr, check the data, or resume from an "
+                        "earlier checkpoint")
                 continue
             consecutive_bad = 0
             done += 1
@@ -204,12 +235,35 @@ class Trainer:
             for k, v in terms.items():
                 sums[k] = sums.get(k, 0.0) + v
                 counts[k] = counts.get(k, 0) + 1
-        self.ema.update(values["ema_momentum"])
+        self._count_records(records)
+        skipped = self.engine.skipped_steps > skipped_before  # same on every rank
+        if not skipped:
+            self.ema.update(values["ema_momentum"])  # a skipped step changed no student weight
         self.state.step += 1
+        self.state.skipped_steps += int(skipped)
+        self.skips.record(self.state.step, skipped, "inf/nan gradients: no weight or EMA update")
         keys = sorted(sums)
         means = torch.stack([sums[k] / counts[k] for k in keys]).tolist() if keys else []
         terms = _mean_over_ranks(dict(zip(keys, means)), self.dist.device)
         return {**terms, **values, "_sources": sources}
+
+    def _note_bad_records(self, bad: list[str]) -> int:
+        """Log this rank's records that failed to decode (each names its file and index)."""
+        for message in bad:
+            log.warning("rank %d: bad record skipped, the next sample used instead: %s",
+                        self.dist.rank, message)
+        return len(bad)
+
+    def _count_records(self, records: list[int]) -> None:
+        """Sum (bad, drawn) over ranks into the run's counts; stop past the allowed share."""
+        counts = torch.tensor(records, dtype=torch.float64, device=self.dist.device)
+        if dist.is_initialized() and dist.get_world_size() > 1:
+            dist.all_reduce(counts)
+        bad, drawn = (int(v) for v in counts.tolist())
+        self.state.bad_records += bad
+        self.state.drawn_records += drawn
+        if self.bad_records is not None:
+            self.bad_records.add(bad, drawn)
 
     # ---------------------------------------------------------------------------------- the loop
     def fit(self, max_steps: int | None = None) -> TrainState:
@@ -220,15 +274,20 @@ class Trainer:
         end = cfg.schedule.train_iters
         if max_steps is not None:
             end = min(end, self.state.step + max_steps)
-        loader = iter(build_train_loader(cfg, self.dist.rank, self.dist.world_size,
-                                         start_micro_step=self.state.micro_step))
+        try:
+            loader = build_train_loader(cfg, self.dist.rank, self.dist.world_size,
+                                        start_micro_step=self.state.micro_step)
+        except (FileNotFoundError, ValueError) as e:  # IndexedDataError passes: pretrain.py
+            raise ConfigError(str(e)) from e
+        self.bad_records = BadRecords(cfg.data.max_bad_record_share, loader.num_records)
+        self.bad_records.add(self.state.bad_records, self.state.drawn_records)  # resumed run
         logger = MetricsLogger(self.run_dir, self.dist.is_main, cfg.run.log_interval,
                                cfg.schedule.train_iters, self.state.step)
         preemption = PreemptionHandler()
         marker = Path(self.run_dir) / PREEMPTED
         if self.dist.is_main and marker.exists():
             marker.unlink()
-        skipped_fp16 = self.engine.skipped_steps
+        due = False  # an interval checkpoint postponed by skipped steps
         try:
             while self.state.step < end:
                 t0 = time.perf_counter()
@@ -237,14 +296,21 @@ class Trainer:
                 sources = scalars.pop("_sources")
                 scalars.update(self._speed(sources, elapsed))
                 scalars["grad_norm"] = float(self.engine.get_global_grad_norm() or float("nan"))
-                scalars["skipped_steps"] = float(self.engine.skipped_steps - skipped_fp16
-                                                 + self.state.skipped_nonfinite)
+                scalars["skipped_steps"] = float(self.state.skipped_steps)
+                scalars["skipped_microbatches"] = float(self.state.skipped_nonfinite)
+                scalars["bad_records"] = float(self.state.bad_records)
                 if cfg.run.precision == "fp16":
                     scalars["loss_scale"] = float(getattr(self.optimizer, "loss_scale", "nan"))
                 logger.log(self.state.step, scalars)
                 stop = preemption.requested(self.dist.device)
-                if stop or self.state.step % cfg.run.save_interval == 0 or self.state.step == end:
+                due = due or self.state.step % cfg.run.save_interval == 0
+                if due and self.skips.in_a_row and not (stop or self.state.step == end):
+                    if self.dist.is_main:  # the weights are those of a step that then overflowed
+                        log.warning("step %d: checkpoint postponed until a step is not skipped",
+                                    self.state.step)
+                elif stop or due or self.state.step == end:
                     self.save()
+                    due = False
                 if stop:
                     if self.dist.is_main:
                         marker.write_text(f"stopped by signal at step {self.state.step}\n")

@@ -1,0 +1,72 @@
+"""Run pretraining in this process with a fault injected; print what happened as one JSON line.
+
+Used by tests/test_reliability_input.py (in a subprocess, one rank):
+
+    python tests/reliability_probe.py diverge ARGS...    # optim.lr forced to 1e6 after validation
+    python tests/reliability_probe.py nan_teacher ARGS...  # a teacher weight set to nan, then save()
+
+ARGS are launch/pretrain.py's. `diverge` records, for every optimizer step, whether it was skipped
+and a checksum of the EMA teacher, then runs launch/pretrain.py's `run` (exit code, message).
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+
+import torch  # noqa: E402
+
+from launch import pretrain  # noqa: E402
+from megatron_ego.config import load_config  # noqa: E402
+from megatron_ego.training import guards, trainer  # noqa: E402
+
+
+def _teacher_sum(t: trainer.Trainer) -> float:
+    return float(sum(p.double().sum() for p in t.teacher.parameters()))
+
+
+def main() -> int:
+    mode, argv = sys.argv[1], sys.argv[2:]
+    args, overrides = pretrain.parse_args(argv)
+    cfg = load_config(args.config, overrides)
+    made: list[trainer.Trainer] = []
+    steps: list[dict] = []
+    original_init, original_record = trainer.Trainer.__init__, guards.SkippedSteps.record
+
+    def init(self, *a, **kw):
+        original_init(self, *a, **kw)
+        made.append(self)
+        steps.append({"step": 0, "skipped": False, "teacher": _teacher_sum(self)})
+
+    def record(self, step, skipped, why=""):
+        steps.append({"step": step, "skipped": skipped, "teacher": _teacher_sum(made[0])})
+        return original_record(self, step, skipped, why)
+
+    trainer.Trainer.__init__, guards.SkippedSteps.record = init, record
+    result: dict = {}
+    if mode == "diverge":
+        cfg.optim.lr = 1e6  # past validation, as a diverging run would get there
+        result["rc"] = pretrain.run(cfg, args)
+    elif mode == "nan_teacher":
+        original_fit = trainer.Trainer.fit
+
+        def fit(self, max_steps=None):
+            state = original_fit(self, max_steps)
+            with torch.no_grad():
+                next(self.teacher.parameters()).view(-1)[0] = float("nan")
+            self.save()
+            return state
+
+        trainer.Trainer.fit = fit
+        result["rc"] = pretrain.run(cfg, args)
+    result["steps"] = steps
+    print("PROBE " + json.dumps(result), flush=True)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
