@@ -350,3 +350,52 @@ def test_a_corrupt_jpeg_during_training_is_skipped_then_stops_the_run_past_the_s
                                                   ).glob("step_*")]
     assert all(step < stopped_at for step in saved)
     assert _digests(dataset) == before  # the data is only read
+
+
+# ------------------------------------------------------------------- k-NN on corrupt images (10)
+class _MeanColourAgent:
+    """Stands in for an exported EgoAgent: the feature of an image is its mean colour."""
+
+    image_size = 16
+
+    class cfg:  # noqa: N801 (mirrors agent.cfg.model.hidden_size)
+        class model:  # noqa: N801
+            hidden_size = 3
+
+    @staticmethod
+    def represent(x: torch.Tensor) -> torch.Tensor:
+        return x.mean(dim=(2, 3))  # [n, 3]
+
+
+def test_knn_skips_and_names_a_truncated_jpeg_and_a_text_file(tmp_path, caplog):
+    from PIL import Image
+
+    from megatron_ego.eval.ranks import EvalRanks
+    from megatron_ego.eval.run_knn import run_knn
+
+    for split in ("train", "val"):
+        for c, colour in enumerate([(250, 10, 10), (10, 10, 250)]):
+            folder = tmp_path / split / f"class{c}"
+            folder.mkdir(parents=True)
+            for i in range(3):
+                Image.new("RGB", (20, 20), colour).save(folder / f"{i}.jpg", quality=95)
+    good = (tmp_path / "train" / "class0" / "0.jpg").read_bytes()
+    truncated = tmp_path / "train" / "class1" / "truncated.jpg"
+    truncated.write_bytes(good[: len(good) // 2])
+    text = tmp_path / "val" / "class0" / "notes.jpg"
+    text.write_text("not an image\n")
+    model_dir = tmp_path / "model"
+    model_dir.mkdir()
+    (model_dir / "model.safetensors").write_bytes(b"weights")
+    ranks = EvalRanks(rank=0, world_size=1, device=torch.device("cpu"))
+    caplog.set_level("WARNING")
+    args = (_MeanColourAgent(), str(tmp_path / "train"), str(tmp_path / "val"), tmp_path / "out",
+            ranks, str(model_dir))
+    result = run_knn(*args, batch_size=4, workers=0, k=3)["egoagent"]
+    assert result["skipped_train"] == 1 and result["skipped_val"] == 1
+    assert result["num_train"] == 6 and result["num_val"] == 6
+    assert result["top1"] == 100.0  # the readable images are classified as before
+    assert f"skipped an unreadable image, {truncated}:" in caplog.text
+    assert f"skipped an unreadable image, {text}:" in caplog.text
+    again = run_knn(*args, batch_size=4, workers=0, k=3)["egoagent"]  # from the feature cache
+    assert again == result

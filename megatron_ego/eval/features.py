@@ -49,8 +49,19 @@ def knn_image(path: str, size: int) -> torch.Tensor:
     return (x - mean) / std
 
 
+UNREADABLE = -1
+"""Label that `ImageFolderImages` gives a file it cannot decode (its image is all zeros)."""
+IMAGE_ERRORS = (OSError, ValueError, SyntaxError)
+"""What PIL raises for a truncated image, a file that is no image (UnidentifiedImageError is an
+OSError), or a damaged header (SyntaxError, ValueError)."""
+
+
 class ImageFolderImages(Dataset):
-    """(image [3, S, S], label) for a list of image files."""
+    """(image [3, S, S], label) for a list of image files.
+
+    A file that cannot be decoded (truncated, not an image) yields zeros and the label
+    UNREADABLE, so that a long extraction goes on; `unreadable_images` names them afterwards.
+    """
 
     def __init__(self, paths: list[str], labels: list[int], size: int):
         self.paths, self.labels, self.size = list(paths), list(labels), size
@@ -59,7 +70,22 @@ class ImageFolderImages(Dataset):
         return len(self.paths)
 
     def __getitem__(self, i: int) -> tuple[torch.Tensor, int]:
-        return knn_image(self.paths[i], self.size), self.labels[i]
+        try:
+            return knn_image(self.paths[i], self.size), self.labels[i]
+        except IMAGE_ERRORS:
+            return torch.zeros(3, self.size, self.size), UNREADABLE
+
+
+def unreadable_images(paths: list[str], size: int) -> list[str]:
+    """'path: why' for each of `paths` that `knn_image` cannot decode (re-tried here, in this
+    process, for the message; only the few files labelled UNREADABLE are passed)."""
+    reasons = []
+    for path in paths:
+        try:
+            knn_image(path, size)
+        except IMAGE_ERRORS as err:
+            reasons.append(f"{path}: {err}")
+    return reasons
 
 
 class StoredFrames(Dataset):
