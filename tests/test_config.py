@@ -56,3 +56,76 @@ def test_ablation_configs_zero_exactly_one_weight(name, weight):
     assert weights.pop(weight) == 0.0
     assert all(v == 1.0 for v in weights.values())
     assert cfg.model.hidden_size == 1024 and cfg.model.num_layers == 22
+
+
+@pytest.mark.parametrize("override, needle", [  # issue 14 item 8: each was accepted or crashed
+    ("--optim.lr=nan", "optim.lr=nan must be a finite number"),
+    ("--optim.lr=inf", "optim.lr=inf must be a finite number"),
+    ("--optim.lr=1e6", "optim.lr=1000000.0 must lie in (0, 1.0]"),
+    ("--optim.lr=0", "optim.lr=0.0 must lie in (0, 1.0]"),
+    ("--optim.grad_clip=-1", "optim.grad_clip=-1.0 must be > 0, or 0 to disable clipping"),
+    ("--optim.betas=[2,3]", "optim.betas=[2.0, 3.0]: each must lie in [0, 1)"),
+    ("--optim.betas=[0.9,1.0]", "each must lie in [0, 1)"),
+    ("--optim.eps=0", "optim.eps=0.0 must be > 0"),
+    ("--optim.max_skipped_steps=0", "optim.max_skipped_steps=0 must be >= 1"),
+    ("--model.num_layers=0", "model.num_layers=0 must be >= 1"),
+    ("--model.head_out_dim=0", "model.head_out_dim=0 must be >= 1"),
+    ("--model.pose_channels=3", "model.pose_channels=3"),
+    ("--run.keep_last=-1", "run.keep_last=-1 must be >= 1"),
+    ("--run.save_interval=0", "run.save_interval=0 must be >= 1"),
+    ("--run.log_interval=0", "run.log_interval=0 must be >= 1"),
+    ("--run.seed=-1", "run.seed=-1 must be >= 0"),
+    ("--data.num_workers=-1", "data.num_workers=-1 must be >= 0"),
+    ("--data.prefetch_factor=0", "data.prefetch_factor=0 must be >= 1"),
+    ("--data.max_bad_record_share=1.5", "data.max_bad_record_share=1.5 must lie in [0, 1]"),
+    ("--run.name=../../x", "run.name='../../x' must be a plain folder name"),
+    ("--run.name=a/b", "run.name='a/b'"),
+    ("--run.name=..", "run.name='..'"),
+    ("--run.name=", "run.name=''"),
+    ("--loss.warmup_teacher_temp_iters=700", "loss.warmup_teacher_temp_iters=700 must be <= "
+                                             "schedule.train_iters=600"),
+    ("--optim.freeze_last_layer_iters=601", "optim.freeze_last_layer_iters=601 must be <="),
+    ("--data.global_crop_scale=[0.4,", "the value is not valid YAML"),
+])
+def test_out_of_range_values_are_refused_naming_key_and_value(override, needle):
+    with pytest.raises(ConfigError) as e:
+        load_config("configs/tiny_cpu.yaml", [override])
+    assert needle in str(e.value) and "\n" not in str(e.value)
+
+
+def test_too_few_views_for_the_dino_loss_is_a_cross_field_error():
+    with pytest.raises(ConfigError, match="needs 2 or more"):
+        load_config("configs/tiny_cpu.yaml", ["--data.num_global_crops=1",
+                                              "--data.num_local_crops=0"])
+    cfg = load_config("configs/tiny_cpu.yaml", ["--data.num_global_crops=1",
+                                                "--data.num_local_crops=0",
+                                                "--loss.represent_weight=0"])
+    assert cfg.data.num_global_crops == 1
+
+
+def test_grad_clip_zero_disables_clipping_explicitly():
+    assert load_config("configs/tiny_cpu.yaml", ["--optim.grad_clip=0"]).optim.grad_clip == 0.0
+
+
+def test_malformed_yaml_is_a_config_error_with_its_line(tmp_path):
+    bad = tmp_path / "bad.yaml"
+    bad.write_text("optim:\n  lr: 3e-4\n  betas: [0.9, 0.99\n")
+    with pytest.raises(ConfigError, match=r"is not valid YAML .* at line 4"):
+        load_config(str(bad))
+
+
+@pytest.mark.parametrize("content, needle", [
+    ("[1, 2]", "holds a JSON list, not an object"),
+    ('"zero2"', "holds a JSON str"),
+    ('{"zero_optimization": {"stage": 3}}', "zero_optimization.stage=3"),
+    ('{"zero_optimization": {"stage": 1}}', "zero_optimization.stage=1"),
+    ("{bad json", "is not valid JSON"),
+])
+def test_ds_config_shape_and_zero_stage_are_checked(tmp_path, content, needle):
+    from megatron_ego.training.ds_config import load_ds_config
+
+    path = tmp_path / "ds.json"
+    path.write_text(content)
+    with pytest.raises(ConfigError, match=None) as e:
+        load_ds_config(str(path), load_config("configs/tiny_cpu.yaml"), world_size=1)
+    assert needle in str(e.value)
