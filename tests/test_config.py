@@ -120,6 +120,7 @@ def test_malformed_yaml_is_a_config_error_with_its_line(tmp_path):
     ('{"zero_optimization": {"stage": 3}}', "zero_optimization.stage=3"),
     ('{"zero_optimization": {"stage": 1}}', "zero_optimization.stage=1"),
     ("{bad json", "is not valid JSON"),
+    ('{"bf16": {"check_grad_overflow": false}}', "bf16.check_grad_overflow must stay true"),
 ])
 def test_ds_config_shape_and_zero_stage_are_checked(tmp_path, content, needle):
     from megatron_ego.training.ds_config import load_ds_config

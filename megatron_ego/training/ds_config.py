@@ -68,6 +68,11 @@ def load_ds_config(path: str, cfg: Config, world_size: int) -> dict[str, Any]:
                 f"{os.path.basename(path)} {name}.enabled={current} disagrees with "
                 f'run.precision={run.precision!r}; make them agree or set it to "auto"'
             )
+    if ds["bf16"].get("check_grad_overflow", True) is not True:
+        raise ConfigError(
+            f"{os.path.basename(path)} bf16.check_grad_overflow must stay true: it is how "
+            "DeepSpeed skips a step with inf/nan gradients, which the trainer counts to stop a "
+            "diverging run (optim.max_skipped_steps)")
     zero = ds.setdefault("zero_optimization", {})
     if not isinstance(zero, dict) or zero.get("stage", SUPPORTED_ZERO_STAGE) != SUPPORTED_ZERO_STAGE:
         stage = zero.get("stage") if isinstance(zero, dict) else zero
