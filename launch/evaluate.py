@@ -107,12 +107,12 @@ def plan_tasks(args: argparse.Namespace) -> list[str]:
 
 def run(args: argparse.Namespace) -> dict:
     """Load the model, run the planned tasks, write the report (rank 0). Returns the results."""
-    from megatron_ego.eval.ranks import init_eval_ranks
     from megatron_ego.eval.report import read_results, write_results
     from megatron_ego.eval.run_knn import run_knn
     from megatron_ego.eval.run_motion import run_motion
     from megatron_ego.eval.run_retrieval import run_retrieval
     from megatron_ego.inference import EgoAgent
+    from megatron_ego.runtime.processes import init_eval_ranks
 
     tasks = plan_tasks(args)
     ranks = init_eval_ranks(None if args.device == "auto" else args.device)
@@ -149,7 +149,7 @@ def main(argv: list[str] | None = None) -> int:
     logging.getLogger("megatron").setLevel(logging.WARNING)
     from megatron_ego.config import ConfigError
     from megatron_ego.data.indexed import IndexedDataError
-    from megatron_ego.eval.export_format import ExportError
+    from megatron_ego.export.format import ExportError
 
     try:
         run(args)

@@ -35,8 +35,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(message)s")
-    from megatron_ego.eval.export_checkpoint import checkpoint_networks, resolve_checkpoint
-    from megatron_ego.eval.export_format import STUDENT_FILE, ExportError, write_export
+    from megatron_ego.export.checkpoint import checkpoint_networks, resolve_checkpoint
+    from megatron_ego.export.format import STUDENT_FILE, ExportError, write_export
 
     try:
         folder = resolve_checkpoint(args.checkpoint)

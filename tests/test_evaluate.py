@@ -12,7 +12,7 @@ import pytest
 import torch
 
 from launch import evaluate
-from megatron_ego.eval.export_format import read_export, write_export
+from megatron_ego.export.format import read_export, write_export
 
 from .test_export_inference import shared_tiny_run
 

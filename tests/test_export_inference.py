@@ -21,7 +21,7 @@ import torch
 from megatron_ego.config import Config
 from megatron_ego.config_io import from_dict
 from megatron_ego.data.decode import load_frame
-from megatron_ego.eval.export_format import (
+from megatron_ego.export.format import (
     ExportError,
     module_weights,
     read_export,

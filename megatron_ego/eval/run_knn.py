@@ -25,7 +25,7 @@ from megatron_ego.eval.features import (
     save_cached,
 )
 from megatron_ego.eval.knn import knn_accuracy, list_image_folder
-from megatron_ego.eval.ranks import EvalRanks
+from megatron_ego.runtime.processes import EvalRanks
 
 
 def _split_features(agent, split: str, paths: list[str], labels: list[int], out_dir: Path,

@@ -21,8 +21,8 @@ import torch
 from megatron_ego.eval.baselines import constant_velocity, zero_velocity
 from megatron_ego.eval.features import ValClips, make_loader, open_val_clips, select_clips
 from megatron_ego.eval.motion import motion_metrics
-from megatron_ego.eval.ranks import EvalRanks
 from megatron_ego.pose_format import VISIBLE
+from megatron_ego.runtime.processes import EvalRanks
 
 
 def observed_and_future(poses: torch.Tensor, observed: int

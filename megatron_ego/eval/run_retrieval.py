@@ -32,8 +32,8 @@ from megatron_ego.eval.features import (
     open_val_clips,
     select_clips,
 )
-from megatron_ego.eval.ranks import EvalRanks
 from megatron_ego.eval.retrieval import average_precision, retrieve_topk
+from megatron_ego.runtime.processes import EvalRanks
 
 
 def _gallery(agent, data_dir: str, frame_ids: np.ndarray, ranks: EvalRanks, frames_info,
