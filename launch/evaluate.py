@@ -112,10 +112,10 @@ def run(args: argparse.Namespace) -> dict:
     from megatron_ego.eval.run_motion import run_motion
     from megatron_ego.eval.run_retrieval import run_retrieval
     from megatron_ego.inference import EgoAgent
-    from megatron_ego.runtime.processes import init_eval_ranks
+    from megatron_ego.runtime.processes import join_processes
 
     tasks = plan_tasks(args)
-    ranks = init_eval_ranks(None if args.device == "auto" else args.device)
+    ranks = join_processes(None if args.device == "auto" else args.device)
     agent = EgoAgent.from_pretrained(args.model, device=ranks.device, precision=args.precision)
     common = dict(batch_size=args.batch_size, workers=args.workers)
     clips = dict(max_clips=args.max_clips, num_figures=args.figures)

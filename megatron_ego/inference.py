@@ -104,8 +104,8 @@ class EgoAgent:
             ExportError: missing files, or weights that do not fit the config (names the tensor).
         """
         from megatron_ego.model.backbone import transformer_engine_available
-        from megatron_ego.model.cpu import seed_everything
         from megatron_ego.model.parallel import ensure_model_parallel
+        from megatron_ego.runtime.device import seed_everything
 
         if device is None:
             device = "cuda" if torch.cuda.is_available() else "cpu"

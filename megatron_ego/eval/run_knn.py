@@ -25,11 +25,11 @@ from megatron_ego.eval.features import (
     save_cached,
 )
 from megatron_ego.eval.knn import knn_accuracy, list_image_folder
-from megatron_ego.runtime.processes import EvalRanks
+from megatron_ego.runtime.processes import Processes
 
 
 def _split_features(agent, split: str, paths: list[str], labels: list[int], out_dir: Path,
-                    ranks: EvalRanks, model_dir: str, batch_size: int, workers: int
+                    ranks: Processes, model_dir: str, batch_size: int, workers: int
                     ) -> tuple[torch.Tensor, torch.Tensor]:
     """This rank's (features [n_r, h], labels [n_r]), from the cache when it is current."""
     mine = ranks.shard(np.arange(len(paths)))
@@ -47,7 +47,7 @@ def _split_features(agent, split: str, paths: list[str], labels: list[int], out_
     return cached["features"].to(ranks.device), cached["labels"].to(ranks.device)
 
 
-def run_knn(agent, train_dir: str, val_dir: str, out_dir: str | Path, ranks: EvalRanks,
+def run_knn(agent, train_dir: str, val_dir: str, out_dir: str | Path, ranks: Processes,
             model_dir: str, batch_size: int = 64, workers: int = 4, k: int = 20,
             temperature: float = 0.07) -> dict[str, dict[str, float]]:
     """k-NN top-1/top-5 (percent) of the val images against the train images.

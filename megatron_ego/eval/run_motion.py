@@ -22,7 +22,7 @@ from megatron_ego.eval.baselines import constant_velocity, zero_velocity
 from megatron_ego.eval.features import ValClips, make_loader, open_val_clips, select_clips
 from megatron_ego.eval.motion import motion_metrics
 from megatron_ego.pose_format import VISIBLE
-from megatron_ego.runtime.processes import EvalRanks
+from megatron_ego.runtime.processes import Processes
 
 
 def observed_and_future(poses: torch.Tensor, observed: int
@@ -68,7 +68,7 @@ def _figures(outputs: dict[str, torch.Tensor], out_dir: Path, count: int) -> lis
             for i in picks]
 
 
-def run_motion(agent, data_dir: str, out_dir: str | Path, ranks: EvalRanks,
+def run_motion(agent, data_dir: str, out_dir: str | Path, ranks: Processes,
                batch_size: int = 64, workers: int = 4, max_clips: int | None = None,
                num_figures: int = 3) -> dict[str, dict[str, float]]:
     """MPJPE (cm) / MPJVE (cm/s) at 30 and 10 fps of EgoAgent and the two baselines."""

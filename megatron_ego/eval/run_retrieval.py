@@ -33,10 +33,10 @@ from megatron_ego.eval.features import (
     select_clips,
 )
 from megatron_ego.eval.retrieval import average_precision, retrieve_topk
-from megatron_ego.runtime.processes import EvalRanks
+from megatron_ego.runtime.processes import Processes
 
 
-def _gallery(agent, data_dir: str, frame_ids: np.ndarray, ranks: EvalRanks, frames_info,
+def _gallery(agent, data_dir: str, frame_ids: np.ndarray, ranks: Processes, frames_info,
              batch_size: int, workers: int) -> torch.Tensor:
     """Representation logits [g, K] of ``frame_ids`` (sorted), gathered on every rank."""
     encoding, frame_size = frames_info
@@ -83,7 +83,7 @@ def _figures(agent, query, gallery, target, exclude, query_frames, gallery_ids, 
     return paths
 
 
-def run_retrieval(agent, data_dir: str, out_dir: str | Path, ranks: EvalRanks,
+def run_retrieval(agent, data_dir: str, out_dir: str | Path, ranks: Processes,
                   batch_size: int = 64, workers: int = 4, max_clips: int | None = None,
                   num_figures: int = 3) -> dict[str, dict[str, float]]:
     """Top-1 and mAP (percent) of EgoAgent's predicted next frame and of the representation-only
