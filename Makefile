@@ -3,7 +3,7 @@ PY      := .venv/bin/python
 STAMP   := .venv/.setup-done
 PIP     := $(PY) -m pip install -q --disable-pip-version-check
 
-.PHONY: setup test lint demo clean-demo
+.PHONY: setup test test-fast lint demo clean-demo
 
 setup: $(STAMP)
 
@@ -20,8 +20,13 @@ $(STAMP): requirements.txt pyproject.toml
 lint: setup
 	$(PY) -m ruff check .
 
+# Everything (what CI runs). About 7 min on a 2-core machine.
 test: setup lint
 	$(PY) -m pytest
+
+# Everyday work: leaves out the multi-process and end-to-end pipeline tests (tests/conftest.py).
+test-fast: setup lint
+	$(PY) -m pytest -m "not multiprocess and not pipeline"
 
 demo: setup
 	bash launch/demo.sh

@@ -1,4 +1,4 @@
-"""launch/evaluate.py on the tiny trained model (fixture from test_export_inference.py)."""
+"""launch/evaluate.py on the tiny trained model (fixtures from conftest.py)."""
 
 from __future__ import annotations
 
@@ -14,26 +14,12 @@ import torch
 from launch import evaluate
 from megatron_ego.export.format import read_export, write_export
 
-from .test_export_inference import shared_tiny_run
-
 METRICS = {
     "knn": {"egoagent": ("top1", "top5")},
     "retrieval": {m: ("top1", "map") for m in ("egoagent", "representation_only")},
     "motion": {m: ("mpjpe_30fps", "mpjve_30fps", "mpjpe_10fps", "mpjve_10fps")
                for m in ("egoagent", "zero_velocity", "constant_velocity")},
 }
-
-
-@pytest.fixture(scope="session")
-def tiny_run(tmp_path_factory) -> dict:
-    return shared_tiny_run(tmp_path_factory)
-
-
-@pytest.fixture(scope="module")
-def agent(tiny_run):
-    from megatron_ego.inference import EgoAgent
-
-    return EgoAgent.from_pretrained(tiny_run["export"], device="cpu")
 
 
 def _args(run, out, *extra: str) -> list[str]:

@@ -15,7 +15,7 @@ from megatron_ego.model.backbone import transformer_engine_available
 from megatron_ego.model.egoagent import EgoAgent, last_visible_anchor
 from megatron_ego.model.summary import build_on_meta, summarize
 
-from .conftest import random_clip_batch
+from .batches import random_clip_batch
 
 
 def test_backbone_is_megatron_gptmodel_with_rmsnorm_rope_swiglu(tiny_model):

@@ -266,6 +266,7 @@ def test_torchrun_node_hands_usr1_to_workers_and_torchrun_survives(tmp_path, ste
     assert (tmp_path / "torchrun.args").read_text().splitlines() == args
 
 
+@pytest.mark.multiprocess
 def test_torchrun_node_with_the_real_torchrun(tmp_path):
     """The real torchrun dies of SIGUSR1 and starts its workers in sessions of their own; through
     the wrapper, both workers checkpoint and the node's launcher exits 0."""
