@@ -7,7 +7,7 @@ PIP     := $(PY) -m pip install -q --disable-pip-version-check
 
 setup: $(STAMP)
 
-# Order matters (ENVIRONMENT.md): torch + torchvision first, so that no later package pulls
+# Order matters (docs/environment.md): torch + torchvision first, so that no later package pulls
 # another torch build; then the pinned CPU/dev set; then this project, editable.
 $(STAMP): requirements.txt pyproject.toml
 	test -x $(PY) || python3 -m venv .venv

@@ -18,7 +18,7 @@ import numpy as np
 from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
 
-# COCO-17 joint order (FACTS.md "Data"): limbs as joint-index pairs
+# COCO-17 joint order (docs/paper_facts.md "Data"): limbs as joint-index pairs
 COCO_EDGES = (
     (0, 1), (0, 2), (1, 3), (2, 4), (3, 5), (4, 6),  # head to shoulders
     (5, 6), (5, 7), (7, 9), (6, 8), (8, 10),  # shoulders and arms
