@@ -3,9 +3,20 @@
 # (2 processes, DeepSpeed ZeRO-2 over gloo) -> export -> evaluation -> summary table.
 # Everything goes under runs/demo/. A second run resumes where the first stopped (each stage
 # skips finished work); if the demo's settings changed, it starts clean instead of mixing.
-#   make demo            (runs `make setup` first)
-#   bash launch/demo.sh  (with .venv already set up)
+#
+# Usage:
+#   make demo                   (runs `make setup` first)
+#   bash launch/demo.sh         (with .venv already set up)
+#   bash launch/demo.sh --help  (this text)
+# Takes no other arguments. About 8 minutes on 2 CPU cores; `make clean-demo` removes runs/demo.
 set -euo pipefail
+
+usage() { sed -n '2,/^set -euo/{/^set -euo/d;s/^# \{0,1\}//;p;}' "$0"; }
+case "${1:-}" in
+  "") ;;
+  -h|--help) usage; exit 0 ;;
+  *) usage >&2; echo "error: unknown argument '$1': launch/demo.sh takes none (see above)" >&2; exit 2 ;;
+esac
 cd "$(dirname "$0")/.."
 
 py=.venv/bin/python

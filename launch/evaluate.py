@@ -29,14 +29,19 @@ import sys
 import time
 from pathlib import Path
 
+from megatron_ego.cli_help import make_parser
+
 TASKS = ("knn", "retrieval", "motion")
 log = logging.getLogger("evaluate")
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
-    p = argparse.ArgumentParser(description="Evaluate an exported EgoAgent (launch/export.py).")
+    p = make_parser(__doc__)
     p.add_argument("--model", required=True, help="export folder (model.safetensors, config.yaml)")
-    p.add_argument("--task", choices=(*TASKS, "all"), default="all")
+    p.add_argument("--task", choices=(*TASKS, "all"), default="all",
+                   help="knn: represent (needs --knn-train/--knn-val); retrieval: predict; "
+                        "motion: act (both need --data or the val split beside the training "
+                        "data); all: every task whose inputs are given")
     p.add_argument("--out", required=True, help="folder for results.json/.md, figures, caches")
     p.add_argument("--knn-train", "--knn_train", dest="knn_train", default=None,
                    help="ImageFolder train split (root/<class>/<image>) for k-NN")
@@ -49,7 +54,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--max-clips", "--max_clips", dest="max_clips", type=int, default=None,
                    help="evaluate this many clips spread evenly over the val split (default: all)")
     p.add_argument("--workers", type=int, default=4, help="decoding processes per rank (0: none)")
-    p.add_argument("--device", choices=("auto", "cpu", "cuda"), default="auto")
+    p.add_argument("--device", choices=("auto", "cpu", "cuda"), default="auto",
+                   help="auto: CUDA when available (rank r takes GPU LOCAL_RANK), else CPU")
     p.add_argument("--precision", choices=("fp32", "bf16"), default="fp32",
                    help="bf16 autocast on CUDA (weights stay fp32)")
     p.add_argument("--figures", type=int, default=3, help="example figures per task (0: none)")

@@ -20,9 +20,11 @@ import argparse
 import logging
 import sys
 
+from megatron_ego.cli_help import make_parser
+
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
-    parser = argparse.ArgumentParser(description="Export an EgoAgent checkpoint to safetensors.")
+    parser = make_parser(__doc__)
     parser.add_argument("--checkpoint", required=True,
                         help="run directory, its checkpoints/ folder, or a checkpoints/step_* folder")
     parser.add_argument("--out", required=True, help="export folder (created; files replaced)")

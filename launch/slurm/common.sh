@@ -31,11 +31,25 @@ ego_run() {
     fi
 }
 
-# The SLURM variables every script needs.
+# The script's header comment (its usage and settings), without the shebang and #SBATCH lines.
+ego_usage() {
+    sed -n '2,/^#SBATCH/{/^#SBATCH/d;/^# shellcheck/d;s/^# \{0,1\}//;p;}' "$0"
+}
+
+# `script.sbatch --help` (or -h) prints the usage and exits 0 without running anything.
+ego_help_requested() {
+    if [[ "${1:-}" == "--help" || "${1:-}" == "-h" ]]; then
+        ego_usage
+        exit 0
+    fi
+}
+
+# The SLURM variables every script needs; outside SLURM, the usage and one line saying what to do.
 ego_require_slurm() {
     local var
     for var in SLURM_JOB_ID SLURM_JOB_NODELIST SLURM_NNODES; do
         if [[ -z "${!var:-}" ]]; then
+            ego_usage >&2
             ego_die "$var is not set: submit this script with sbatch (for DRY_RUN=1, export it yourself)"
         fi
     done
