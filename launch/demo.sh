@@ -19,6 +19,12 @@ case "${1:-}" in
 esac
 cd "$(dirname "$0")/.."
 
+# Tell DeepSpeed the accelerator on a machine without NVIDIA GPUs, instead of letting every
+# process (launcher and ranks) warn that it fell back to the CPU.
+if ! command -v nvidia-smi > /dev/null 2>&1; then
+  export DS_ACCELERATOR=cpu
+fi
+
 py=.venv/bin/python
 demo=runs/demo
 config=configs/tiny_cpu.yaml
@@ -51,7 +57,9 @@ done
 
 echo "== 3/5 pretraining $config (2 processes, ZeRO-2, CPU)"
 port="$("$py" -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1])')"
-.venv/bin/deepspeed --num_gpus 2 --master_port "$port" launch/pretrain.py \
+# --log_level error: the launcher's own INFO lines and its "no hostfile" warning say nothing a
+# demo user can act on; its errors (a rank that failed) still show.
+.venv/bin/deepspeed --log_level error --num_gpus 2 --master_port "$port" launch/pretrain.py \
   --ds_config configs/zero2.json --config "$config" --resume auto
 
 echo "== 4/5 export (teacher: represent; student: predict and act -> safetensors)"
