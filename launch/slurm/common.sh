@@ -98,6 +98,9 @@ ego_run_dir() {
 ego_setup_environment() {
     cd "$PROJECT_DIR" || ego_die "cannot cd to PROJECT_DIR=$PROJECT_DIR"
     export PYTHONPATH="$PROJECT_DIR${PYTHONPATH:+:$PYTHONPATH}"
+    # NCCL warnings (not its INFO chatter) reach the log; set NCCL_SOCKET_IFNAME, NCCL_IB_HCA and
+    # the like before sbatch if your cluster needs them (srun passes the environment on).
+    export NCCL_DEBUG="${NCCL_DEBUG:-WARN}"
     # shellcheck disable=SC2034  # read by the sbatch scripts that source this file
     EGO_CONTAINER_FLAGS=()
     if [[ -n "${CONTAINER_IMAGE:-}" ]]; then
@@ -110,9 +113,33 @@ ego_setup_environment() {
             "--container-image=$CONTAINER_IMAGE"
             "--container-mounts=$mounts"
             "--container-workdir=$PROJECT_DIR"
+            # named per job: a requeued job (same id) reuses the container it already unpacked
+            "--container-name=egoagent-${SLURM_JOB_ID:-0}"
         )
     elif [[ -d "$PROJECT_DIR/.venv/bin" ]]; then
         export PATH="$PROJECT_DIR/.venv/bin:$PATH"
+    fi
+}
+
+# Copy everything the batch script prints (and its srun steps) to FILE too: the run folder keeps
+# one log per job, whatever --output says. Not under DRY_RUN=1 (stdout is the command list).
+ego_log_to() {
+    local file=$1
+    ego_is_dry_run && return 0
+    mkdir -p "$(dirname "$file")"
+    exec > >(tee -a "$file") 2>&1
+}
+
+# Loader workers per training process: the CPUs SLURM gave this node, less one per GPU for the
+# training process itself, shared by the GPUs; at least 1 (LOADER_WORKERS overrides).
+ego_loader_workers() {
+    local gpus=$1 cpus=${SLURM_CPUS_ON_NODE:-0}
+    if [[ -n "${LOADER_WORKERS:-}" ]]; then
+        echo "$LOADER_WORKERS"
+    elif (( cpus > gpus )); then
+        echo $(( cpus / gpus - 1 > 0 ? cpus / gpus - 1 : 1 ))
+    else
+        echo 1
     fi
 }
 
