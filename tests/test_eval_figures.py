@@ -59,3 +59,14 @@ def test_retrieval_examples_png_size_and_true_marker(tmp_path):
     assert not (np.abs(missed_pixels.astype(int) - GREEN).sum(axis=-1) < 30).any()
     with pytest.raises(ValueError, match="true_idx_marker"):
         plot_retrieval_examples(query, retrieved, 5, tmp_path / "bad.png")
+
+
+def test_skeleton_sequence_title_and_figure_legend_are_drawn(tmp_path):
+    pred, true, visible = _skeletons()
+    plain = _pixels(plot_skeleton_sequence(pred, true, visible, tmp_path / "a.png", dpi=50))
+    titled = _pixels(plot_skeleton_sequence(pred, true, visible, tmp_path / "b.png", dpi=50,
+                                            title="val clip 7: MPJPE 3.5 cm vs 8.0 cm"))
+    assert titled.shape == plain.shape
+    top, bottom = titled[: titled.shape[0] // 20], titled[-titled.shape[0] // 25:]
+    assert (top < 128).any()  # the title's text
+    assert (bottom < 200).any() and (plain[-plain.shape[0] // 25:] < 200).any()  # the legend

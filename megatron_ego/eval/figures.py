@@ -58,6 +58,8 @@ def plot_skeleton_sequence(
     num_panels: int = 4,
     panel_inches: float = 3.0,
     dpi: int = 100,
+    fps: float = 30.0,
+    title: str | None = None,
 ) -> Path:
     """Predicted (red) over true (blue) skeletons at ``num_panels`` frames spread over the window.
 
@@ -68,9 +70,13 @@ def plot_skeleton_sequence(
         visible: [F, J] bool, true-joint visibility (invisible true joints are not drawn;
             predicted joints are all drawn).
         path: PNG to write (parent folders are created).
+        fps: pose rate; frame f of the window is shown as "+(f + 1) / fps s" after the last
+            observed pose.
+        title: the figure's title (e.g. the clip and its MPJPE against a baseline's).
     Returns:
-        ``path``. Top row: camera view (x, y); bottom row: side view (z, y); y points down in both,
-        as in the camera. Image size: (num_panels x panel_inches x dpi) by (2 x panel_inches x dpi).
+        ``path``. Top row: front view (the camera's: x right, y down); bottom row: side view
+        (z forward, y down). One legend for the figure. Image size: (num_panels x panel_inches x
+        dpi) by (2 x panel_inches x dpi).
     """
     pred, true = np.asarray(pred, dtype=float), np.asarray(true, dtype=float)
     visible = np.asarray(visible, dtype=bool)
@@ -91,21 +97,27 @@ def plot_skeleton_sequence(
     figure = _new_figure(num_panels * panel_inches, 2 * panel_inches, dpi)
     axes = figure.subplots(2, num_panels, squeeze=False)
     everywhere = np.ones(pred.shape[1], dtype=bool)
+    views = ((0, "x", "front view"), (2, "z", "side view"))
     for column, frame in enumerate(frames):
-        for row, (horizontal, name) in enumerate(((0, "x"), (2, "z"))):
+        for row, (horizontal, name, view) in enumerate(views):
             ax = axes[row, column]
-            _draw_skeleton(ax, true[frame][:, [horizontal, 1]], visible[frame], TRUE_COLOUR, "true")
-            _draw_skeleton(ax, pred[frame][:, [horizontal, 1]], everywhere, PRED_COLOUR, "pred")
+            _draw_skeleton(ax, true[frame][:, [horizontal, 1]], visible[frame], TRUE_COLOUR,
+                           "true (visible joints)")
+            _draw_skeleton(ax, pred[frame][:, [horizontal, 1]], everywhere, PRED_COLOUR,
+                           "predicted")
             ax.set_xlim(low[horizontal], high[horizontal])
             ax.set_ylim(high[1], low[1])  # y down, as in the camera
             ax.set_aspect("equal", adjustable="box")
             ax.set_xlabel(f"{name} (m)", fontsize=7)
-            ax.set_ylabel("y (m)", fontsize=7)
+            ax.set_ylabel(f"{view}\ny (m)" if column == 0 else "y (m)", fontsize=7)
             ax.tick_params(labelsize=6)
             if row == 0:
-                ax.set_title(f"frame {frame}", fontsize=8)
-    axes[0, 0].legend(fontsize=6, loc="upper right")
-    figure.tight_layout()
+                ax.set_title(f"+{(frame + 1) / fps:.2f} s after the last observed pose", fontsize=7)
+    handles, labels = axes[0, 0].get_legend_handles_labels()
+    figure.legend(handles, labels, loc="lower center", ncol=2, fontsize=7, frameon=False)
+    if title:
+        figure.suptitle(title, fontsize=8)
+    figure.tight_layout(rect=(0, 0.05, 1, 0.93 if title else 1))
     return _save(figure, path)
 
 
@@ -139,6 +151,9 @@ def plot_retrieval_examples(
         raise ValueError(f"true_idx_marker must be None or in [0, {count}); got {true_idx_marker}")
     figure = _new_figure((count + 1) * panel_inches, panel_inches, dpi)
     axes = figure.subplots(1, count + 1, squeeze=False)[0]
+    figure.suptitle("query I_t, then the gallery frames ranked 1-5 for its predicted I_t+1. "
+                    "Green border: the true I_t+1; red border on rank 1: the true I_t+1 is not "
+                    "in the top 5", fontsize=6)
     panels = [("query I_t", query_img, None)]
     for rank in range(count):
         if true_idx_marker is None:
@@ -156,5 +171,5 @@ def plot_retrieval_examples(
             if colour is not None:
                 spine.set_color(colour)
                 spine.set_linewidth(4)
-    figure.tight_layout()
+    figure.tight_layout(rect=(0, 0, 1, 0.85))
     return _save(figure, path)
