@@ -121,6 +121,29 @@ def plot_skeleton_sequence(
     return _save(figure, path)
 
 
+def _retrieval_row(axes, query_img, retrieved, marker, label, target_img, target_rank) -> None:
+    count = retrieved.shape[0]
+    panels = [(f"{label}\nquery I_t", query_img, None)]
+    for rank in range(count):
+        if marker is None:
+            colour = MISS_COLOUR if rank == 0 else None
+        else:
+            colour = HIT_COLOUR if rank == marker else None
+        panels.append((f"rank {rank + 1}", retrieved[rank], colour))
+    if target_img is not None:
+        panels.append((f"true I_t+1: rank {target_rank}", target_img, HIT_COLOUR))
+    for ax, (title, image, colour) in zip(axes, panels):
+        ax.imshow(image)
+        ax.set_title(title, fontsize=7)
+        ax.set_xticks([])
+        ax.set_yticks([])
+        for spine in ax.spines.values():
+            spine.set_visible(colour is not None)
+            if colour is not None:
+                spine.set_color(colour)
+                spine.set_linewidth(4)
+
+
 def plot_retrieval_examples(
     query_img: np.ndarray,
     retrieved: np.ndarray,
@@ -128,6 +151,9 @@ def plot_retrieval_examples(
     path: str | Path,
     panel_inches: float = 2.0,
     dpi: int = 100,
+    target_img: np.ndarray | None = None,
+    target_rank: int | None = None,
+    baseline: tuple[np.ndarray, int | None, int | None] | None = None,
 ) -> Path:
     """The query frame, then the retrieved gallery frames in rank order; the true t+1 is framed.
 
@@ -137,8 +163,13 @@ def plot_retrieval_examples(
         true_idx_marker: position (0..K-1) of the true frame t+1 among ``retrieved``, drawn with a
             green frame; None when it is not among them (rank 1 is then framed red).
         path: PNG to write.
+        target_img: [H, W, 3] the true I_t+1, shown last with ``target_rank`` (its rank in the
+            whole gallery); None leaves the panel out.
+        baseline: (retrieved [K, H, W, 3], marker, target rank) of the representation-only
+            baseline, drawn as a second row below EgoAgent's.
     Returns:
-        ``path``; image size ((K + 1) x panel_inches x dpi) by (panel_inches x dpi).
+        ``path``; image size ((K + 1 [+ 1 with target_img]) x panel_inches x dpi) by
+        (rows x panel_inches x dpi), one row, two with ``baseline``.
     """
     query_img, retrieved = np.asarray(query_img), np.asarray(retrieved)
     if query_img.ndim != 3 or query_img.shape[-1] != 3 or retrieved.ndim != 4:
@@ -149,27 +180,18 @@ def plot_retrieval_examples(
     count = retrieved.shape[0]
     if true_idx_marker is not None and not 0 <= true_idx_marker < count:
         raise ValueError(f"true_idx_marker must be None or in [0, {count}); got {true_idx_marker}")
-    figure = _new_figure((count + 1) * panel_inches, panel_inches, dpi)
-    axes = figure.subplots(1, count + 1, squeeze=False)[0]
+    columns = count + 1 + (target_img is not None)
+    rows = 2 if baseline is not None else 1
+    figure = _new_figure(columns * panel_inches, rows * panel_inches, dpi)
+    axes = figure.subplots(rows, columns, squeeze=False)
     figure.suptitle("query I_t, then the gallery frames ranked 1-5 for its predicted I_t+1. "
                     "Green border: the true I_t+1; red border on rank 1: the true I_t+1 is not "
                     "in the top 5", fontsize=6)
-    panels = [("query I_t", query_img, None)]
-    for rank in range(count):
-        if true_idx_marker is None:
-            colour = MISS_COLOUR if rank == 0 else None
-        else:
-            colour = HIT_COLOUR if rank == true_idx_marker else None
-        panels.append((f"rank {rank + 1}", retrieved[rank], colour))
-    for ax, (title, image, colour) in zip(axes, panels):
-        ax.imshow(image)
-        ax.set_title(title, fontsize=8)
-        ax.set_xticks([])
-        ax.set_yticks([])
-        for spine in ax.spines.values():
-            spine.set_visible(colour is not None)
-            if colour is not None:
-                spine.set_color(colour)
-                spine.set_linewidth(4)
-    figure.tight_layout(rect=(0, 0, 1, 0.85))
+    label = "EgoAgent" if baseline is not None else ""
+    _retrieval_row(axes[0], query_img, retrieved, true_idx_marker, label, target_img, target_rank)
+    if baseline is not None:
+        base_retrieved, base_marker, base_rank = baseline
+        _retrieval_row(axes[1], query_img, np.asarray(base_retrieved), base_marker,
+                       "representation only", target_img, base_rank)
+    figure.tight_layout(rect=(0, 0, 1, 1 - 0.15 / rows))
     return _save(figure, path)

@@ -67,19 +67,29 @@ def _queries(agent, data_dir: str, clip_ids: np.ndarray, batch_size: int, worker
 
 def _figures(agent, query, gallery, target, exclude, query_frames, gallery_ids, frames,
              out_dir: Path, count: int) -> list[Path]:
-    """PNG per example: the query's input frame, then its top-5 gallery frames."""
+    """PNG per example: the query's input frame, its top-5 gallery frames and the true next frame
+    with its rank, for EgoAgent (top row) and the representation-only baseline (bottom row)."""
     from megatron_ego.eval.figures import plot_retrieval_examples
+
+    def ranked(q_feats: torch.Tensor, q: int):
+        """Top-5 frames, the target's position among them (or None) and its rank overall."""
+        order = retrieve_topk(q_feats, gallery, exclude[q: q + 1], k=len(gallery))[0].cpu()
+        rank = int((order == target[q].cpu()).nonzero()[0, 0]) + 1
+        top = order[:5]
+        shown = np.stack([decode_frame(frames.raw(int(gallery_ids[r]))) for r in top])
+        return shown, (rank - 1 if rank <= len(top) else None), rank
 
     paths = []
     picks = np.unique(np.linspace(0, len(query) - 1, count).round().astype(int)) if count else []
     for q in picks:
-        top = retrieve_topk(query[q: q + 1], gallery, exclude[q: q + 1], k=5)[0].cpu()  # [5]
-        hits = (top == target[q].cpu()).nonzero()
-        marker = int(hits[0, 0]) if len(hits) else None
-        shown = np.stack([decode_frame(frames.raw(int(gallery_ids[r]))) for r in top])
+        shown, marker, rank = ranked(query[q: q + 1], q)
+        baseline = ranked(gallery[exclude[q: q + 1]], q)  # the input frame's own feature
         image = decode_frame(frames.raw(int(query_frames[q])))
+        true_next = decode_frame(frames.raw(int(gallery_ids[int(target[q])])))
         paths.append(plot_retrieval_examples(image, shown, marker,
-                                             out_dir / "figures" / f"retrieval_{q:05d}.png"))
+                                             out_dir / "figures" / f"retrieval_{q:05d}.png",
+                                             target_img=true_next, target_rank=rank,
+                                             baseline=baseline))
     return paths
 
 
