@@ -41,10 +41,13 @@ ENV PIP_DISABLE_PIP_VERSION_CHECK=1 \
 # DeepSpeed ships only an sdist whose setup.py imports torch: build it against the image's torch
 # (--no-build-isolation); its CUDA ops compile on first use (point TORCH_EXTENSIONS_DIR at shared
 # storage to compile once per cluster, see docs/cluster.md).
+# The other packages are pinned as in requirements.txt (tests/test_docker.py checks that every pin
+# here equals requirements.txt's, megatron-core excepted, see above).
 RUN python -m pip install --no-build-isolation "deepspeed==${DEEPSPEED_VERSION}" \
  && python -m pip install "megatron-core==${MEGATRON_CORE_VERSION}" "av==${AV_VERSION}" \
- && python -m pip install einops safetensors scikit-image tensorboard tqdm PyYAML pillow matplotlib \
-      "numba==${NUMBA_VERSION}"
+ && python -m pip install "einops==0.8.2" "safetensors==0.8.0" "scikit-image==0.26.0" \
+      "tensorboard==2.21.0" "tqdm==4.70.1" "PyYAML==6.0.4" "pillow==13.0.0" "matplotlib==3.11.2" \
+      "numba==${NUMBA_VERSION}" "llvmlite==0.50.0"
 
 # projectaria-tools for the Aria fisheye undistortion in preprocess/ (calibration, data_provider).
 # --no-deps: its requirements (jupyter, rerun-sdk, plotly, ...) serve its viewers, not those two
@@ -62,8 +65,16 @@ RUN if [ "${USER_UID}" != "0" ] && ! getent passwd "${USER_UID}" >/dev/null; the
 
 WORKDIR ${MEGATRON_EGO_HOME}
 COPY --chown=${USER_UID}:${USER_GID} . ${MEGATRON_EGO_HOME}
-# The project itself, without dependencies (they are all above or in the base image).
+# The project itself, without dependencies (they are all above or in the base image). Then the
+# work folder (and runs/ inside it) is made the image user's, so that runs, caches and egg-info
+# are writable without root; and the base image's own GPU stack is recorded in the image.
 RUN python -m pip install --no-deps "${MEGATRON_EGO_HOME}" \
- && python -c "from megatron_ego.versions import check_versions; print(check_versions())"
+ && python -c "from megatron_ego.versions import check_versions; print(check_versions())" \
+ && mkdir -p "${MEGATRON_EGO_HOME}/runs" \
+ && chown -R "${USER_UID}:${USER_GID}" "${MEGATRON_EGO_HOME}" \
+ && for dist in torch transformer-engine transformer_engine apex megatron-core deepspeed; do \
+        python -c 'import sys; from importlib.metadata import version; print(sys.argv[1], version(sys.argv[1]))' \
+          "$dist" 2>/dev/null || echo "$dist absent"; \
+    done | tee /etc/megatron-ego-image-versions.txt
 
 USER ${USER_UID}:${USER_GID}

@@ -3,11 +3,11 @@ PY      := .venv/bin/python
 STAMP   := .venv/.setup-done
 PIP     := $(PY) -m pip install -q --disable-pip-version-check
 
-.PHONY: setup test lint demo clean-demo
+.PHONY: setup test test-fast lint demo clean-demo
 
 setup: $(STAMP)
 
-# Order matters (ENVIRONMENT.md): torch + torchvision first, so that no later package pulls
+# Order matters (docs/environment.md): torch + torchvision first, so that no later package pulls
 # another torch build; then the pinned CPU/dev set; then this project, editable.
 $(STAMP): requirements.txt pyproject.toml
 	test -x $(PY) || python3 -m venv .venv
@@ -20,8 +20,13 @@ $(STAMP): requirements.txt pyproject.toml
 lint: setup
 	$(PY) -m ruff check .
 
+# Everything (what CI runs). About 7 min on a 2-core machine.
 test: setup lint
 	$(PY) -m pytest
+
+# Everyday work: leaves out the multi-process and end-to-end pipeline tests (tests/conftest.py).
+test-fast: setup lint
+	$(PY) -m pytest -m "not multiprocess and not pipeline"
 
 demo: setup
 	bash launch/demo.sh

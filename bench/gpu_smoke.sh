@@ -18,6 +18,7 @@ while [ $# -gt 0 ]; do
   case "$1" in
     --dry-run) dry_run=1 ;;
     --out) out_dir="$2"; shift ;;
+    -h|--help) sed -n '2,/^set -euo/{/^set -euo/d;s/^# \{0,1\}//;p;}' "$0"; exit 0 ;;
     *) echo "usage: $0 [--dry-run] [--out DIR]" >&2; exit 2 ;;
   esac
   shift

@@ -28,7 +28,6 @@ workers, Ego-Exo4D micro-batches), in clips/s over all its worker processes, aft
 
 from __future__ import annotations
 
-import argparse
 import io
 import json
 import platform
@@ -41,6 +40,7 @@ import torch
 from PIL import Image, ImageFilter, ImageOps
 from torchvision import transforms as T
 
+from megatron_ego.cli_help import make_parser
 from megatron_ego.data.augment import MultiCropSpec
 from megatron_ego.data.clips import RawClip
 from megatron_ego.data.decode import IMAGENET_MEAN, IMAGENET_STD
@@ -241,7 +241,7 @@ def profile(args, frames: list[np.ndarray], spec: MultiCropSpec) -> None:
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser = make_parser(__doc__)
     parser.add_argument("--frame-size", type=int, default=256, help="stored frame side (px)")
     parser.add_argument("--reps", type=int, default=5, help="alternating repetitions")
     parser.add_argument("--steps", type=int, default=4, help="micro-batches per repetition")

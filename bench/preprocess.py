@@ -11,13 +11,14 @@ size). Both sides turn each video into 256 x 256 JPEG frames at 6 fps (1 frame i
   ffmpeg  `ffmpeg -i aria01_214-1.mp4 -vf fps=6,scale=256:256 -q:v 2 out/%06d.jpg` per take, as
           the authors' release extracts frames (one JPEG file per frame);
 
-and prints frames/s for each, their ratio, and the stored bytes per clip and per frame. The
-ffmpeg CLI is needed only here (`apt-get install -y ffmpeg`); the project never calls it.
+and prints frames/s for each, their ratio, and the stored bytes per clip and per frame.
+
+Needs: the ffmpeg CLI on PATH for the comparison (`apt-get install -y ffmpeg`; without it only
+our side is timed). The project itself never calls it.
 """
 
 from __future__ import annotations
 
-import argparse
 import glob
 import json
 import os
@@ -29,6 +30,7 @@ import time
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
+from megatron_ego.cli_help import make_parser  # noqa: E402
 from preprocess import egoexo4d  # noqa: E402
 from preprocess.demo_world import take_video_path, write_demo_world  # noqa: E402
 from preprocess.video import decode_frames, encode_frame  # noqa: E402
@@ -64,10 +66,11 @@ def _ffmpeg(raw: str, takes: list[dict], out: str) -> tuple[float, int]:
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--workdir", default="runs/bench_preprocess")
+    parser = make_parser(__doc__)
+    parser.add_argument("--workdir", default="runs/bench_preprocess",
+                        help="folder for the generated takes (kept and reused) and both outputs")
     parser.add_argument("--takes", type=int, default=2, help="train takes are 3 of every 4")
-    parser.add_argument("--seconds", type=float, default=20.0)
+    parser.add_argument("--seconds", type=float, default=20.0, help="length of each take")
     parser.add_argument("--repeats", type=int, default=5, help="best of N timings")
     args = parser.parse_args()
     raw = os.path.join(args.workdir, "raw")

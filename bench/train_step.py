@@ -14,7 +14,6 @@ caller can retry with a smaller batch.
 
 from __future__ import annotations
 
-import argparse
 import itertools
 import json
 import os
@@ -24,6 +23,8 @@ import tempfile
 import time
 
 import torch
+
+from megatron_ego.cli_help import make_parser
 
 
 def synthetic_batch(cfg, b: int, device: torch.device, seed: int = 0) -> dict:
@@ -60,14 +61,16 @@ def profile_steps(trainer, loader, steps: int, on_gpu: bool) -> None:
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--config", required=True)
-    parser.add_argument("--ds_config", default="configs/zero2.json")
-    parser.add_argument("--micro-batch", type=int, default=8)
+    parser = make_parser(__doc__)
+    parser.add_argument("--config", required=True, help="YAML run config (configs/*.yaml)")
+    parser.add_argument("--ds_config", default="configs/zero2.json",
+                        help="DeepSpeed JSON (its 'auto' values are filled from the config)")
+    parser.add_argument("--micro-batch", type=int, default=8,
+                        help="clips per micro-batch (the global batch is this times the ranks)")
     parser.add_argument("--steps", type=int, default=30, help="timed steps")
     parser.add_argument("--warmup", type=int, default=5, help="untimed steps first")
     parser.add_argument("--precision", choices=["bf16", "fp16", "fp32"], default=None,
-                        help="default: the config's run.precision")
+                        help="bf16/fp16 need a GPU; default: the config's run.precision")
     parser.add_argument("--json", default=None, help="also write the result line here")
     parser.add_argument("--profile", type=int, default=0,
                         help="after the timed steps, profile this many steps and print the top "

@@ -16,8 +16,10 @@ Tasks:
 --data defaults to the val split next to the training data of the model's config
 (data.egoexo4d_path with its last folder 'train' replaced by 'val'), when that exists.
 
-Writes OUT/results.json ({task: {method: {metric: value}}}, merged with an existing one),
-OUT/results.md and PNG figures under OUT/figures/. Under torchrun every rank takes a block of the
+Writes OUT/results.json ({task: {method: {metric: value}}}, merged with an existing one, and
+"provenance": the command, git commit, export, checkpoint step, export config and data manifest),
+OUT/results.md (the same as tables) and PNG figures under OUT/figures/, and adds the metrics to
+the run's TensorBoard (--tensorboard). Under torchrun every rank takes a block of the
 images and clips; rank 0 writes the outputs.
 """
 
@@ -29,14 +31,19 @@ import sys
 import time
 from pathlib import Path
 
+from megatron_ego.cli_help import make_parser
+
 TASKS = ("knn", "retrieval", "motion")
 log = logging.getLogger("evaluate")
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
-    p = argparse.ArgumentParser(description="Evaluate an exported EgoAgent (launch/export.py).")
+    p = make_parser(__doc__)
     p.add_argument("--model", required=True, help="export folder (model.safetensors, config.yaml)")
-    p.add_argument("--task", choices=(*TASKS, "all"), default="all")
+    p.add_argument("--task", choices=(*TASKS, "all"), default="all",
+                   help="knn: represent (needs --knn-train/--knn-val); retrieval: predict; "
+                        "motion: act (both need --data or the val split beside the training "
+                        "data); all: every task whose inputs are given")
     p.add_argument("--out", required=True, help="folder for results.json/.md, figures, caches")
     p.add_argument("--knn-train", "--knn_train", dest="knn_train", default=None,
                    help="ImageFolder train split (root/<class>/<image>) for k-NN")
@@ -49,10 +56,15 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--max-clips", "--max_clips", dest="max_clips", type=int, default=None,
                    help="evaluate this many clips spread evenly over the val split (default: all)")
     p.add_argument("--workers", type=int, default=4, help="decoding processes per rank (0: none)")
-    p.add_argument("--device", choices=("auto", "cpu", "cuda"), default="auto")
+    p.add_argument("--device", choices=("auto", "cpu", "cuda"), default="auto",
+                   help="auto: CUDA when available (rank r takes GPU LOCAL_RANK), else CPU")
     p.add_argument("--precision", choices=("fp32", "bf16"), default="fp32",
                    help="bf16 autocast on CUDA (weights stay fp32)")
     p.add_argument("--figures", type=int, default=3, help="example figures per task (0: none)")
+    p.add_argument("--tensorboard", default="auto",
+                   help="where to add the metrics as eval/<task>/<method>/<metric> scalars at the "
+                        "checkpoint's step: auto (the run's tensorboard/ folder, when the export's "
+                        "checkpoint run is here), none, or a folder")
     p.add_argument("--knn-k", type=int, default=20, help="neighbours of the k-NN vote (DINO: 20)")
     p.add_argument("--knn-temperature", type=float, default=0.07, help="k-NN vote temperature")
     args = p.parse_args(argv)
@@ -105,17 +117,35 @@ def plan_tasks(args: argparse.Namespace) -> list[str]:
     return tasks
 
 
-def run(args: argparse.Namespace) -> dict:
+def _to_tensorboard(where: str, metadata: dict[str, str], results: dict) -> None:
+    """Eval scalars into the run's TensorBoard (or `--tensorboard DIR`), at the checkpoint step."""
+    from megatron_ego.eval.tensorboard import run_tensorboard_dir, write_eval_scalars
+
+    if where == "none":
+        return
+    log_dir = run_tensorboard_dir(metadata) if where == "auto" else Path(where)
+    step = metadata.get("step", "")
+    if log_dir is None or not step.isdigit():
+        log.info("no TensorBoard for the eval metrics: the export's checkpoint run folder is "
+                 "not here (pass --tensorboard DIR)")
+        return
+    count = write_eval_scalars(results, log_dir, int(step))
+    log.info("wrote %d eval scalars to %s at step %s", count, log_dir, step)
+
+
+def run(args: argparse.Namespace, argv: list[str] | None = None) -> dict:
     """Load the model, run the planned tasks, write the report (rank 0). Returns the results."""
-    from megatron_ego.eval.ranks import init_eval_ranks
-    from megatron_ego.eval.report import read_results, write_results
+    from megatron_ego.config_io import to_dict
+    from megatron_ego.eval.provenance import collect_provenance
+    from megatron_ego.eval.report import read_provenance, read_results, task_table, write_results
     from megatron_ego.eval.run_knn import run_knn
     from megatron_ego.eval.run_motion import run_motion
     from megatron_ego.eval.run_retrieval import run_retrieval
     from megatron_ego.inference import EgoAgent
+    from megatron_ego.runtime.processes import join_processes
 
     tasks = plan_tasks(args)
-    ranks = init_eval_ranks(None if args.device == "auto" else args.device)
+    ranks = join_processes(None if args.device == "auto" else args.device)
     agent = EgoAgent.from_pretrained(args.model, device=ranks.device, precision=args.precision)
     common = dict(batch_size=args.batch_size, workers=args.workers)
     clips = dict(max_clips=args.max_clips, num_figures=args.figures)
@@ -131,12 +161,21 @@ def run(args: argparse.Namespace) -> dict:
         else:
             results[task] = run_motion(agent, args.data, args.out, ranks, **common, **clips)
         if ranks.is_main:
-            log.info("%s done in %.1f s: %s", task, time.perf_counter() - start, results[task])
+            log.info("%s done in %.1f s:\n%s", task, time.perf_counter() - start,
+                     task_table(task, results[task]))
     if ranks.is_main:
         previous = Path(args.out) / "results.json"
         merged = read_results(previous) if previous.is_file() else {}
         merged.update(results)
-        json_path, md_path = write_results(merged, args.out)
+        record = collect_provenance(
+            args.model, agent.metadata, to_dict(agent.cfg), args.data,
+            (args.knn_train, args.knn_val),
+            ["launch/evaluate.py", *(sys.argv[1:] if argv is None else argv)])
+        provenance = (read_provenance(previous) if previous.is_file() else None) or {}
+        provenance = {task: provenance[task] for task in merged if task in provenance}
+        provenance.update({task: record for task in results})
+        json_path, md_path = write_results(merged, args.out, provenance)
+        _to_tensorboard(args.tensorboard, agent.metadata, results)
         print(md_path.read_text())
         log.info("wrote %s and %s", json_path, md_path)
     ranks.barrier()
@@ -149,10 +188,10 @@ def main(argv: list[str] | None = None) -> int:
     logging.getLogger("megatron").setLevel(logging.WARNING)
     from megatron_ego.config import ConfigError
     from megatron_ego.data.indexed import IndexedDataError
-    from megatron_ego.eval.export_format import ExportError
+    from megatron_ego.export.format import ExportError
 
     try:
-        run(args)
+        run(args, argv)
     except (FileNotFoundError, ValueError, ConfigError, ExportError, IndexedDataError) as err:
         print(f"error: {err}", file=sys.stderr)
         return 2

@@ -20,9 +20,11 @@ import argparse
 import logging
 import sys
 
+from megatron_ego.cli_help import make_parser
+
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
-    parser = argparse.ArgumentParser(description="Export an EgoAgent checkpoint to safetensors.")
+    parser = make_parser(__doc__)
     parser.add_argument("--checkpoint", required=True,
                         help="run directory, its checkpoints/ folder, or a checkpoints/step_* folder")
     parser.add_argument("--out", required=True, help="export folder (created; files replaced)")
@@ -35,8 +37,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(message)s")
-    from megatron_ego.eval.export_checkpoint import checkpoint_networks, resolve_checkpoint
-    from megatron_ego.eval.export_format import STUDENT_FILE, ExportError, write_export
+    from megatron_ego.export.checkpoint import checkpoint_networks, resolve_checkpoint
+    from megatron_ego.export.format import STUDENT_FILE, ExportError, write_export
 
     try:
         folder = resolve_checkpoint(args.checkpoint)

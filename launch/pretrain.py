@@ -11,6 +11,9 @@ CPU (2 processes, the demo world):
     deepspeed --num_gpus 2 launch/pretrain.py --ds_config configs/zero2.json \
         --config configs/tiny_cpu.yaml
 Any config field can be overridden: --optim.lr=3e-4 --run.micro_batch_size=32 ...
+See the result without training (no launcher needed):
+    python launch/pretrain.py --config configs/tiny_cpu.yaml --optim.lr=1e-4 --print-config
+    python launch/pretrain.py --config configs/tiny_cpu.yaml --list-keys
 SIGTERM / SIGUSR1 write a checkpoint and exit (a PREEMPTED file marks it); `--resume auto`
 continues from the newest complete checkpoint.
 
@@ -27,13 +30,13 @@ import logging
 import os
 import sys
 
+from megatron_ego.cli_help import make_parser
 from megatron_ego.config import Config, ConfigError, load_config
 
 
 def parse_args(argv: list[str] | None = None) -> tuple[argparse.Namespace, list[str]]:
-    parser = argparse.ArgumentParser(
-        description="Pretrain EgoAgent (DeepSpeed ZeRO-2).",
-        epilog="Unknown --section.key=value arguments override the YAML config.")
+    parser = make_parser(
+        __doc__, epilog="Unknown --section.key=value arguments override the YAML config.")
     parser.add_argument("--config", required=True, help="YAML run config (configs/*.yaml)")
     parser.add_argument("--ds_config", default="configs/zero2.json",
                         help="DeepSpeed JSON; 'auto' values are filled from the YAML")
@@ -43,8 +46,26 @@ def parse_args(argv: list[str] | None = None) -> tuple[argparse.Namespace, list[
     parser.add_argument("--max_steps", type=int, default=None,
                         help="stop after this many more steps (the schedules still follow "
                              "schedule.train_iters)")
+    parser.add_argument("--print-config", "--print_config", dest="print_config", action="store_true",
+                        help="print the resolved config (YAML, overrides applied) and exit")
+    parser.add_argument("--list-keys", "--list_keys", dest="list_keys", action="store_true",
+                        help="print every config key with its type, resolved value and meaning, "
+                             "and exit")
     parser.add_argument("--local_rank", type=int, default=None, help=argparse.SUPPRESS)
     return parser.parse_known_args(argv)
+
+
+def _describe(cfg, keys: bool) -> str:
+    """The resolved config as YAML, or the key listing."""
+    if keys:
+        from megatron_ego.config_keys import format_keys
+
+        return format_keys(cfg)
+    import yaml
+
+    from megatron_ego.config_io import to_dict
+
+    return yaml.safe_dump(to_dict(cfg), sort_keys=False).rstrip()
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -56,6 +77,9 @@ def main(argv: list[str] | None = None) -> int:
     except ConfigError as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
+    if args.print_config or args.list_keys:
+        print(_describe(cfg, args.list_keys))
+        return 0
     return run(cfg, args)
 
 

@@ -28,6 +28,7 @@ while [ $# -gt 0 ]; do
     --demo) demo="$2"; shift ;;
     --out) out="$2"; shift ;;
     --jobs) jobs="$2"; shift ;;
+    -h|--help) sed -n '2,/^set -euo/{/^set -euo/d;s/^# \{0,1\}//;p;}' "$0"; exit 0 ;;
     -*) echo "usage: $0 [--demo DIR] [--out DIR] [--jobs N] NAME=\"OVERRIDES\" ..." >&2; exit 2 ;;
     *=*)
       if [[ ! "${1%%=*}" =~ ^[A-Za-z0-9_.-]+$ ]]; then

@@ -114,7 +114,8 @@ class ModelConfig:
     """Full activation checkpointing of every trunk layer (the authors' setting for the student);
     non-reentrant, see model/backbone.py `checkpoint_layers`."""
     fp8: bool = False
-    """FP8 (delayed scaling) through Transformer Engine; H100 only, ignored without TE."""
+    """FP8 (delayed scaling) through Transformer Engine (H100 and later); refused with a
+    ConfigError when the layer spec is not Transformer Engine's (model/transformer_config.py)."""
 
     def __post_init__(self) -> None:
         _at_least(self, "model", 1, "num_layers", "hidden_size", "num_attention_heads",
@@ -145,56 +146,6 @@ class ModelConfig:
     def patches_per_image(self) -> int:
         """Image tokens of one global frame (224 / 16)^2 = 196."""
         return (self.image_size // self.patch_size) ** 2
-
-    def to_transformer_config(self, *, bf16: bool = False, fp16: bool = False,
-                              transformer_engine: bool = False):
-        """megatron-core TransformerConfig for the trunk, every field set explicitly.
-
-        `transformer_engine`: the TE layer spec is used, so megatron's fused kernels are
-        available: fused RoPE (TE's) and the fused SwiGLU. Without them, RoPE and SwiGLU run as
-        separate element-wise kernels, which took ~45% of the GPU time of a 300M step on an
-        H100 (docs/benchmarks.md).
-        """
-        import torch
-        import torch.nn.functional as F
-        from megatron.core.transformer.transformer_config import TransformerConfig
-
-        on_gpu = torch.cuda.is_available()
-        params_dtype = torch.bfloat16 if bf16 else torch.float16 if fp16 else torch.float32
-        fp8 = {}
-        if self.fp8:
-            fp8 = dict(fp8="hybrid", fp8_recipe="delayed", fp8_amax_history_len=1024,
-                       fp8_amax_compute_algo="max")
-        return TransformerConfig(
-            num_layers=self.num_layers,
-            hidden_size=self.hidden_size,
-            num_attention_heads=self.num_attention_heads,
-            ffn_hidden_size=self.ffn_hidden_size,
-            kv_channels=self.hidden_size // self.num_attention_heads,
-            normalization="RMSNorm",
-            layernorm_epsilon=self.norm_epsilon,
-            gated_linear_unit=True,  # SwiGLU
-            activation_func=F.silu,
-            add_bias_linear=False,
-            add_qkv_bias=False,
-            hidden_dropout=0.0,
-            attention_dropout=0.0,
-            init_method_std=self.init_method_std,
-            bf16=bf16,
-            fp16=fp16,
-            params_dtype=params_dtype,
-            # CPU-unsafe fusions stay off; they are CUDA kernels (ENVIRONMENT.md).
-            apply_rope_fusion=transformer_engine,
-            bias_activation_fusion=transformer_engine,  # fused SwiGLU (no bias to add)
-            bias_dropout_fusion=False,
-            masked_softmax_fusion=False,
-            gradient_accumulation_fusion=False,
-            persist_layer_norm=False,
-            use_cpu_initialization=not on_gpu,
-            tensor_model_parallel_size=1,
-            pipeline_model_parallel_size=1,
-            **fp8,
-        )
 
 
 @dataclass

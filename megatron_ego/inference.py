@@ -48,7 +48,7 @@ import torch
 
 from megatron_ego.config import Config
 from megatron_ego.data.decode import normalize, resize_frames
-from megatron_ego.eval.export_format import (
+from megatron_ego.export.format import (
     STUDENT_FILE,
     WEIGHTS_FILE,
     ExportError,
@@ -104,8 +104,8 @@ class EgoAgent:
             ExportError: missing files, or weights that do not fit the config (names the tensor).
         """
         from megatron_ego.model.backbone import transformer_engine_available
-        from megatron_ego.model.cpu import seed_everything
         from megatron_ego.model.parallel import ensure_model_parallel
+        from megatron_ego.runtime.device import seed_everything
 
         if device is None:
             device = "cuda" if torch.cuda.is_available() else "cpu"
@@ -114,7 +114,7 @@ class EgoAgent:
         m = cfg.model
         m.recompute, m.fp8 = False, False  # training-only switches
         if m.transformer_impl == "transformer_engine" and not transformer_engine_available():
-            m.transformer_impl = "local"  # same weights (export_format maps the norm names)
+            m.transformer_impl = "local"  # same weights (export.format maps the norm names)
         ensure_model_parallel()
         seed_everything(cfg.run.seed)  # megatron's CUDA RNG tracker must exist to build on GPU
         module = _load_module(m, weights, device, Path(path) / WEIGHTS_FILE)

@@ -34,7 +34,7 @@ MEGATRON_CORE_SUPPORTED = ">=0.16.1,<0.18"
 """0.16.1 is the newest core for Python 3.10/3.11 (the CPU machines); 0.17.x needs Python >= 3.12
 and is what the Dockerfile installs on the NGC image. 0.18+ is untested: widen after a GPU run."""
 DEEPSPEED_SUPPORTED = ">=0.19.8,<0.20"
-"""ZeRO-2 save/load verified on 0.19.8 (ENVIRONMENT.md)."""
+"""ZeRO-2 save/load verified on 0.19.8 (docs/environment.md)."""
 TORCH_SUPPORTED = ">=2.6,<3"
 """2.6 is megatron-core's own floor (its wheel's Requires-Dist); 2.14.1 on the CPU machines."""
 AV_SUPPORTED = ">=14,<19"

@@ -24,7 +24,6 @@ training resolution is chosen when preprocessing). Deterministic for a given --s
 
 from __future__ import annotations
 
-import argparse
 import json
 import os
 import uuid
@@ -33,8 +32,9 @@ from collections.abc import Iterable
 import av
 import numpy as np
 from PIL import Image
-from tqdm import tqdm
 
+from megatron_ego.cli_help import make_parser
+from megatron_ego.progress import progress
 from preprocess.demo_layout import plan_labels, write_body_json, write_camera_json
 from preprocess.demo_motion import body_and_camera, simulate_walk
 from preprocess.demo_scene import Room, pinhole_intrinsics
@@ -170,9 +170,12 @@ def write_demo_world(out: str, takes: int = 8, seconds: float = 20.0, seed: int 
     room = Room(px_per_m=texture_resolution(resolution))
     os.makedirs(out, exist_ok=True)
     entries = []
-    for index in tqdm(range(takes), desc="demo takes", unit="take"):
+    bar = progress(total=takes, desc="demo takes", unit="take")
+    for index in range(takes):
         split = "val" if index % 4 == 3 else "train"
         entries.append(_write_take(out, room, index, split, seconds, resolution, rng))
+        bar.update(1)
+    bar.close()
     with open(os.path.join(out, "takes.json"), "w") as f:
         json.dump(entries, f, indent=1)
     _write_walking_tours(out, room, walking_tours, walking_tours_seconds, resolution // 2 * 2, rng)
@@ -181,8 +184,7 @@ def write_demo_world(out: str, takes: int = 8, seconds: float = 20.0, seed: int 
 
 
 def main(argv: list[str] | None = None) -> None:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
-                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = make_parser(__doc__)
     parser.add_argument("--out", required=True, help="directory to write the raw dataset into")
     parser.add_argument("--takes", type=int, default=8, help="Ego-Exo4D-like takes (every 4th: val)")
     parser.add_argument("--seconds", type=float, default=20.0, help="length of each take (30 fps)")

@@ -1,6 +1,6 @@
 """Read Ego-Exo4D ego-pose annotations: body joints (manual and automatic) and Aria extrinsics.
 
-Schemas (docs: Ego-Exo4D "ego pose"; FACTS.md):
+Schemas (docs: Ego-Exo4D "ego pose"; docs/paper_facts.md):
   body   `{"<frame>": [{"metadata": ..., "annotation3D": {"<joint>": {"x", "y", "z",
          "num_views_for_3d"}}, "annotation2D": ...}, ...]}`; metres, world frame; missing joints
          are absent; the first entry of a frame's list is used.

@@ -28,6 +28,7 @@ from typing import Any
 
 import numpy as np
 
+from megatron_ego.cli_help import make_parser
 from preprocess.ego_pose import (
     AnnotationError,
     merge_manual_automatic,
@@ -156,8 +157,7 @@ def process_take(unit: Unit, writer: ShardWriter, stats: Stats, opts: argparse.N
 
 
 def _parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
-                                formatter_class=argparse.RawDescriptionHelpFormatter)
+    p = make_parser(__doc__)
     p.add_argument("--root", required=True, help="Ego-Exo4D root (takes.json, takes/, annotations/)")
     p.add_argument("--out", required=True, help="output dataset directory")
     p.add_argument("--split", default="train", choices=["train", "val"], help="official split")

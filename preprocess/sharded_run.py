@@ -20,8 +20,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
-from tqdm import tqdm
-
+from megatron_ego.progress import progress
 from preprocess.parallel import Ranks, world
 from preprocess.shards import ShardWriter, merge_shards, write_json_atomic
 from preprocess.stats import Stats
@@ -72,14 +71,16 @@ def _write_shards(shards: list[list[Unit]], shard_dir: str, process: ProcessFn,
                   options: dict, with_clips: bool, ranks: Ranks, desc: str) -> None:
     names = ["frames", "poses", "clips"] if with_clips else ["frames"]
     mine = list(range(ranks.rank, len(shards), ranks.size))
-    progress = tqdm(total=sum(len(shards[k]) for k in mine), desc=f"{desc} rank {ranks.rank}",
-                    unit="take", position=ranks.rank, leave=ranks.size == 1)
+    # One report per job: rank 0's own shards (the ranks take shards in turn, so it is typical).
+    label = desc if ranks.size == 1 else f"{desc} (rank 0 of {ranks.size})"
+    bar = progress(total=sum(len(shards[k]) for k in mine), desc=label, unit="take",
+                   enabled=ranks.rank == 0)
     for k in mine:
         prefix = os.path.join(shard_dir, f"shard_{k:05d}")
         fingerprint = {"options": options, "units": [u.uid for u in shards[k]]}
         if _finished(prefix, fingerprint, names) is not None:
             log.info("shard %d already finished, skipped", k)
-            progress.update(len(shards[k]))
+            bar.update(len(shards[k]))
             continue
         writer, stats, takes = ShardWriter(prefix, with_clips), Stats(), []
         try:
@@ -87,13 +88,13 @@ def _write_shards(shards: list[list[Unit]], shard_dir: str, process: ProcessFn,
                 entry = process(unit, writer, stats)
                 if entry is not None:
                     takes.append(entry)
-                progress.update(1)
+                bar.update(1)
         except BaseException:
             writer.abort()
             raise
         writer.commit({"fingerprint": fingerprint, "takes": takes, "stats": stats.flat()})
         log.info("wrote shard %d: %d of %d takes kept", k, len(takes), len(shards[k]))
-    progress.close()
+    bar.close()
 
 
 def _merge(out_dir: str, shard_dir: str, num_shards: int, with_clips: bool,

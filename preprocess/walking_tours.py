@@ -18,6 +18,7 @@ import logging
 import os
 from typing import Any
 
+from megatron_ego.cli_help import make_parser
 from preprocess.sharded_run import Unit, run_sharded
 from preprocess.shards import ShardWriter
 from preprocess.stats import Stats
@@ -82,8 +83,7 @@ def process_video(unit: Unit, writer: ShardWriter, stats: Stats, opts: argparse.
 
 
 def main(argv: list[str] | None = None) -> dict[str, Any] | None:
-    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
-                                formatter_class=argparse.RawDescriptionHelpFormatter)
+    p = make_parser(__doc__)
     p.add_argument("--videos", nargs="+", required=True, help="video files or directories")
     p.add_argument("--out", required=True, help="output dataset directory")
     p.add_argument("--fps", type=float, default=6.0, help="frames kept per second of video")

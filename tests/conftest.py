@@ -1,11 +1,39 @@
-"""Shared fixtures: small configs and models, built on CPU, seeded."""
+"""Shared fixtures (small configs and models on CPU, the tiny trained run, a fake SLURM bin) and
+the test markers.
+
+Markers (`make test-fast` leaves both out; `make test` runs everything):
+- ``multiprocess``: starts several ranks or processes (DeepSpeed, torchrun, gloo, MPI);
+- ``pipeline``: runs a pipeline end to end (pretraining in a subprocess, export, evaluation, a
+  sweep). Every test that uses the ``tiny_run`` fixture is marked ``pipeline`` here.
+"""
 
 from __future__ import annotations
+
+import os
+import socket
+import subprocess
+import sys
+from pathlib import Path
 
 import pytest
 import torch
 
 from megatron_ego.config import Config, load_config
+
+from .slurm_fakes import HOSTS, _write_exe
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+def pytest_configure(config) -> None:
+    config.addinivalue_line("markers", "multiprocess: starts several ranks or processes")
+    config.addinivalue_line("markers", "pipeline: runs pretraining/export/evaluation end to end")
+
+
+def pytest_collection_modifyitems(config, items) -> None:
+    for item in items:
+        if "tiny_run" in getattr(item, "fixturenames", ()):
+            item.add_marker(pytest.mark.pipeline)
 
 
 @pytest.fixture
@@ -27,22 +55,64 @@ def tiny_model(tiny_cfg):
     return EgoAgent(tiny_cfg.model).eval()
 
 
-def random_clip_batch(cfg: Config, b: int = 2, seed: int = 0) -> dict[str, torch.Tensor]:
-    """A micro-batch shaped like the loader's Ego-Exo4D batches (random values)."""
-    c, d = cfg.model, cfg.data
-    g = torch.Generator().manual_seed(seed)
-    poses = torch.randn(b, c.num_steps, 4, c.poses_per_step, c.num_joints, generator=g)
-    poses[:, :, 3] = (torch.rand(b, c.num_steps, c.poses_per_step, c.num_joints, generator=g)
-                      > 0.2).float()
-    return {
-        "source": "egoexo4d",
-        "frames": torch.randn(b, c.num_steps, 3, c.image_size, c.image_size, generator=g),
-        "poses": poses,
-        "global_crops": torch.randn(b, d.num_global_crops, 3, c.image_size, c.image_size,
-                                    generator=g),
-        "local_crops": torch.randn(b, d.num_local_crops, 3, c.local_crop_size,
-                                   c.local_crop_size, generator=g),
-    }
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
 
 
-from .slurm_fakes import fake_bin  # noqa: E402, F401  (fixture of the SLURM script tests)
+@pytest.fixture(scope="session")
+def tiny_run(tmp_path_factory) -> dict[str, Path]:
+    """A real tiny run, built once per session: a small demo world (train and val takes, k-NN
+    image folders), preprocessed, configs/tiny_cpu.yaml pretrained for 4 steps in a subprocess,
+    and the teacher exported. Returns the paths."""
+    from launch import export
+    from preprocess import demo_world, egoexo4d
+
+    root = tmp_path_factory.mktemp("tiny_run")
+    raw, data = root / "raw", root / "data" / "egoexo4d"
+    demo_world.main(["--out", str(raw), "--takes", "4", "--seconds", "3", "--resolution", "96",
+                     "--walking-tours", "0", "--knn-train", "3", "--knn-val", "2"])
+    for split in ("train", "val"):
+        egoexo4d.main(["--root", str(raw), "--out", str(data / split), "--split", split,
+                       "--size", "64"])
+    env = {k: v for k, v in os.environ.items()
+           if k not in ("RANK", "WORLD_SIZE", "LOCAL_RANK", "MASTER_ADDR")}
+    env["MASTER_PORT"] = str(_free_port())  # other test runs may hold DeepSpeed's default port
+    subprocess.run(
+        [sys.executable, "launch/pretrain.py", "--config", "configs/tiny_cpu.yaml",
+         "--ds_config", "configs/zero2.json", f"--data.egoexo4d_path={data / 'train'}",
+         "--data.walking_tours_ratio=0", "--data.num_workers=0", f"--run.output_dir={root / 'runs'}",
+         "--run.name=t", "--schedule.train_iters=4", "--schedule.warmup_iters=1",
+         "--run.global_batch_size=8", "--resume", "none"],
+        cwd=REPO, env=env, check=True, capture_output=True, timeout=600,
+    )
+    run_dir = root / "runs" / "t"
+    assert export.main(["--checkpoint", str(run_dir), "--out", str(root / "export")]) == 0
+    return {"root": root, "raw": raw, "train": data / "train", "val": data / "val",
+            "run": run_dir, "export": root / "export",
+            "checkpoint": run_dir / "checkpoints" / "step_0000004"}
+
+
+@pytest.fixture(scope="session")
+def agent(tiny_run):
+    """The tiny run's export, loaded for inference on CPU."""
+    from megatron_ego.inference import EgoAgent
+
+    return EgoAgent.from_pretrained(tiny_run["export"], device="cpu")
+
+
+@pytest.fixture()
+def fake_bin(tmp_path: Path) -> Path:
+    """A bin/ with a fake scontrol: `show hostnames` prints HOSTS[:SLURM_NNODES], else it logs."""
+    bin_dir = tmp_path / "bin"
+    bin_dir.mkdir()
+    hosts = "\n".join(HOSTS)
+    _write_exe(bin_dir / "scontrol", f"""#!/bin/bash
+if [[ "$1 $2" == "show hostnames" ]]; then
+    printf '%s\\n' {hosts.replace(chr(10), ' ')} | head -n "${{SLURM_NNODES:-1}}"
+else
+    echo "$*" >> "{tmp_path}/scontrol.log"
+fi
+""")
+    return bin_dir

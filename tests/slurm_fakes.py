@@ -3,7 +3,7 @@
 DRY_RUN=1 makes each sbatch script print the commands it would run (one per line, %q-quoted), with a
 fake `scontrol` first on PATH. The preemption path (SIGUSR1 -> checkpoint -> requeue) runs for real
 against a fake `srun`, and torchrun_node.sh against a fake torchrun whose worker checkpoints on
-SIGUSR1.
+SIGUSR1. The `fake_bin` fixture (a fake scontrol first on PATH) is in conftest.py.
 """
 
 from __future__ import annotations
@@ -12,8 +12,6 @@ import os
 import shlex
 import subprocess
 from pathlib import Path
-
-import pytest
 
 REPO = Path(__file__).resolve().parents[1]
 SLURM_DIR = REPO / "launch" / "slurm"
@@ -26,22 +24,6 @@ def _write_exe(path: Path, text: str) -> Path:
     path.write_text(text)
     path.chmod(0o755)
     return path
-
-
-@pytest.fixture()
-def fake_bin(tmp_path: Path) -> Path:
-    """A bin/ with a fake scontrol: `show hostnames` prints HOSTS[:SLURM_NNODES], else it logs."""
-    bin_dir = tmp_path / "bin"
-    bin_dir.mkdir()
-    hosts = "\n".join(HOSTS)
-    _write_exe(bin_dir / "scontrol", f"""#!/bin/bash
-if [[ "$1 $2" == "show hostnames" ]]; then
-    printf '%s\\n' {hosts.replace(chr(10), ' ')} | head -n "${{SLURM_NNODES:-1}}"
-else
-    echo "$*" >> "{tmp_path}/scontrol.log"
-fi
-""")
-    return bin_dir
 
 
 def _env(fake_bin: Path, nnodes: int = 4, **extra: str) -> dict[str, str]:

@@ -8,7 +8,7 @@ import torch
 from megatron_ego.model.egoagent import EgoAgent
 from megatron_ego.model.layout import StudentLayout
 
-from .conftest import random_clip_batch
+from .batches import random_clip_batch
 
 
 def test_layout_positions():

@@ -77,6 +77,53 @@ def test_dockerfile_installs_its_pins_and_never_torch():
     assert '"projectaria-tools==${PROJECTARIA_TOOLS_VERSION}"' in text  # preprocess/ undistortion
 
 
+# Installed in the image at another version than requirements.txt's, on purpose (with the reason).
+IMAGE_ONLY_VERSIONS = {"megatron-core": "0.17+ needs the image's Python 3.12; the CPU set is 3.11"}
+
+
+def _dockerfile_pip_pins() -> dict[str, str]:
+    """Every `name==version` the Dockerfile's pip installs, with ARG defaults substituted."""
+    args = _dockerfile_args()
+    text = "\n".join(_pip_install_commands())
+    pins = {}
+    for name, version in re.findall(r'"([A-Za-z0-9_.\-]+)==([^"]+)"', text):
+        arg = re.fullmatch(r"\$\{(\w+)\}", version)
+        pins[name.lower()] = args[arg.group(1)] if arg else version
+    return pins
+
+
+def _pip_install_commands() -> list[str]:
+    """Each `pip install ...` command of the Dockerfile, continuation lines joined."""
+    joined = DOCKERFILE.replace("\\\n", " ")
+    return [part.split("pip install", 1)[1] for line in joined.splitlines()
+            for part in line.split("&&") if "pip install" in part]
+
+
+def test_every_package_the_image_installs_is_pinned():
+    words = [w.strip('"') for cmd in _pip_install_commands() for w in cmd.split()]
+    names = [w for w in words if not w.startswith(("-", "$"))]
+    unpinned = [w for w in names if "==" not in w]
+    assert not unpinned, f"Dockerfile installs without a pin: {unpinned}"
+
+
+def test_dockerfile_pins_agree_with_requirements_and_versions():
+    pins, wanted = _dockerfile_pip_pins(), _requirements_pins()
+    assert {"deepspeed", "av", "numba", "pillow", "tensorboard"} <= pins.keys()
+    for name, version in pins.items():
+        if name in SUPPORTED:
+            assert is_supported(name, version), f"Dockerfile {name}=={version} vs {SUPPORTED[name]}"
+        if name in wanted and name not in IMAGE_ONLY_VERSIONS:
+            assert version == wanted[name], (
+                f"Dockerfile installs {name}=={version}, requirements.txt pins {wanted[name]}")
+
+
+def test_image_user_owns_the_work_folder_and_the_gpu_stack_is_recorded():
+    assert 'chown -R "${USER_UID}:${USER_GID}" "${MEGATRON_EGO_HOME}"' in DOCKERFILE
+    record = DOCKERFILE.split("megatron-ego-image-versions.txt")[0].rsplit("RUN", 1)[1]
+    for dist in ("transformer-engine", "apex", "torch"):
+        assert dist in record
+
+
 def test_base_image_is_a_pinned_ngc_pytorch_tag_with_python_for_the_core():
     args = _dockerfile_args()
     assert re.search(r"^FROM nvcr\.io/nvidia/pytorch:\$\{NGC_PYTORCH_TAG\}$", DOCKERFILE, re.M)

@@ -59,3 +59,26 @@ def test_retrieval_examples_png_size_and_true_marker(tmp_path):
     assert not (np.abs(missed_pixels.astype(int) - GREEN).sum(axis=-1) < 30).any()
     with pytest.raises(ValueError, match="true_idx_marker"):
         plot_retrieval_examples(query, retrieved, 5, tmp_path / "bad.png")
+
+
+def test_skeleton_sequence_title_and_figure_legend_are_drawn(tmp_path):
+    pred, true, visible = _skeletons()
+    plain = _pixels(plot_skeleton_sequence(pred, true, visible, tmp_path / "a.png", dpi=50))
+    titled = _pixels(plot_skeleton_sequence(pred, true, visible, tmp_path / "b.png", dpi=50,
+                                            title="val clip 7: MPJPE 3.5 cm vs 8.0 cm"))
+    assert titled.shape == plain.shape
+    top, bottom = titled[: titled.shape[0] // 20], titled[-titled.shape[0] // 25:]
+    assert (top < 128).any()  # the title's text
+    assert (bottom < 200).any() and (plain[-plain.shape[0] // 25:] < 200).any()  # the legend
+
+
+def test_retrieval_with_target_and_baseline_rows(tmp_path):
+    rng = np.random.default_rng(1)
+    query = rng.integers(0, 255, (16, 16, 3), dtype=np.uint8)
+    top = rng.integers(0, 255, (5, 16, 16, 3), dtype=np.uint8)
+    path = plot_retrieval_examples(query, top, 2, tmp_path / "r.png", panel_inches=1.0, dpi=50,
+                                   target_img=top[2], target_rank=3, baseline=(top[::-1], None, 9))
+    pixels = _pixels(path)
+    assert pixels.shape == (2 * 50, 7 * 50, 3)  # two rows: query, 5 ranks, the true I_t+1
+    green = (np.abs(pixels.astype(int) - GREEN).sum(axis=-1) < 60).sum()
+    assert green > 0

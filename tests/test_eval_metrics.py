@@ -99,6 +99,7 @@ def _knn_rank(rank: int, world: int, port: int, result_file: str) -> None:
         dist.destroy_process_group()
 
 
+@pytest.mark.multiprocess
 def test_knn_distributed_gathers_uneven_shards(tmp_path):
     with socket.socket() as probe:
         probe.bind(("127.0.0.1", 0))

@@ -1,4 +1,4 @@
-"""launch/evaluate.py on the tiny trained model (fixture from test_export_inference.py)."""
+"""launch/evaluate.py on the tiny trained model (fixtures from conftest.py)."""
 
 from __future__ import annotations
 
@@ -12,9 +12,7 @@ import pytest
 import torch
 
 from launch import evaluate
-from megatron_ego.eval.export_format import read_export, write_export
-
-from .test_export_inference import shared_tiny_run
+from megatron_ego.export.format import read_export, write_export
 
 METRICS = {
     "knn": {"egoagent": ("top1", "top5")},
@@ -22,18 +20,6 @@ METRICS = {
     "motion": {m: ("mpjpe_30fps", "mpjve_30fps", "mpjpe_10fps", "mpjve_10fps")
                for m in ("egoagent", "zero_velocity", "constant_velocity")},
 }
-
-
-@pytest.fixture(scope="session")
-def tiny_run(tmp_path_factory) -> dict:
-    return shared_tiny_run(tmp_path_factory)
-
-
-@pytest.fixture(scope="module")
-def agent(tiny_run):
-    from megatron_ego.inference import EgoAgent
-
-    return EgoAgent.from_pretrained(tiny_run["export"], device="cpu")
 
 
 def _args(run, out, *extra: str) -> list[str]:
@@ -54,7 +40,7 @@ def evaluated(tiny_run, tmp_path_factory):
 def test_all_tasks_write_every_method_and_metric(evaluated):
     out, _ = evaluated
     results = json.loads((out / "results.json").read_text())
-    assert results.keys() == METRICS.keys()
+    assert results.keys() - {"provenance"} == METRICS.keys()
     for task, methods in METRICS.items():
         assert results[task].keys() == methods.keys(), task
         for method, metrics in methods.items():
@@ -70,6 +56,37 @@ def test_all_tasks_write_every_method_and_metric(evaluated):
     assert sum(n.startswith("motion_") for n in figures) == 3
     assert sum(n.startswith("retrieval_") for n in figures) == 3
     assert all((out / "figures" / n).stat().st_size > 1000 for n in figures)
+
+
+def test_results_say_where_they_came_from(evaluated, tiny_run):
+    from megatron_ego.eval.report import read_provenance, read_results
+
+    out, _ = evaluated
+    by_task = read_provenance(out / "results.json")
+    assert by_task.keys() == METRICS.keys()
+    prov = by_task["motion"]
+    assert prov["command"].startswith("launch/evaluate.py --model ")
+    assert re.fullmatch(r"[0-9a-f]{40}(\+dirty)?|unknown", prov["git_commit"])
+    assert prov["model"]["checkpoint_step"] == "4"
+    assert prov["model"]["checkpoint"] == str(tiny_run["checkpoint"])
+    assert prov["model"]["config"]["model"]["num_layers"] == 4  # the export's config.yaml
+    manifest = json.loads((tiny_run["val"] / "manifest.json").read_text())
+    assert prov["data"]["num_clips"] == manifest["num_clips"] and prov["data"]["split"] == "val"
+    assert "provenance" not in read_results(out / "results.json")
+    md = (out / "results.md").read_text()
+    assert "## Provenance" in md and prov["git_commit"] in md and "(step 4)" in md
+
+
+def test_eval_metrics_reach_the_runs_tensorboard_at_the_checkpoint_step(evaluated, tiny_run):
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    results = json.loads((evaluated[0] / "results.json").read_text())
+    events = EventAccumulator(str(tiny_run["run"] / "tensorboard"))
+    events.Reload()
+    tag = "eval/motion/egoagent/mpjpe_30fps"
+    assert tag in events.Tags()["scalars"]
+    (point,) = [p for p in events.Scalars(tag) if p.step == 4]
+    assert point.value == pytest.approx(results["motion"]["egoagent"]["mpjpe_30fps"], rel=1e-6)
 
 
 def test_baselines_and_retrieval_indices_match_a_direct_computation(evaluated, tiny_run, agent):
@@ -113,7 +130,10 @@ def test_knn_features_are_cached_and_reused(evaluated, tiny_run):
     assert evaluate.main(_args(tiny_run, out, "--task", "knn", *knn)) == 0
     assert [p.stat().st_mtime_ns for p in cache] == stamps  # read, not rewritten
     after = json.loads((out / "results.json").read_text())
+    prov_before, prov_after = before.pop("provenance"), after.pop("provenance")
     assert after == before  # knn identical, the other tasks kept (merged report)
+    assert prov_after["motion"] == prov_before["motion"]  # kept with its task
+    assert prov_after["knn"]["command"].endswith("--task knn " + " ".join(knn))  # this run
 
 
 def test_motion_rollout_never_sees_the_true_future(tiny_run, agent, monkeypatch):

@@ -1,17 +1,13 @@
 """Export a real (tiny, 4-step) training run and use it through megatron_ego.inference.
 
-The session fixture ``tiny_run`` (also used by tests/test_evaluate.py) renders a small demo world,
-preprocesses its train and val takes, pretrains configs/tiny_cpu.yaml for 4 steps in a subprocess
-and exports the teacher.
+The session fixture ``tiny_run`` (tests/conftest.py) renders a small demo world, preprocesses its
+train and val takes, pretrains configs/tiny_cpu.yaml for 4 steps in a subprocess and exports the
+teacher.
 """
 
 from __future__ import annotations
 
-import os
 import shutil
-import socket
-import subprocess
-import sys
 from pathlib import Path
 
 import numpy as np
@@ -21,7 +17,7 @@ import torch
 from megatron_ego.config import Config
 from megatron_ego.config_io import from_dict
 from megatron_ego.data.decode import load_frame
-from megatron_ego.eval.export_format import (
+from megatron_ego.export.format import (
     ExportError,
     module_weights,
     read_export,
@@ -31,60 +27,6 @@ from megatron_ego.eval.export_format import (
 )
 
 REPO = Path(__file__).resolve().parents[1]
-_RUN: dict[str, Path] = {}
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-def _build_run(root: Path) -> dict[str, Path]:
-    from launch import export
-    from preprocess import demo_world, egoexo4d
-
-    raw, data = root / "raw", root / "data" / "egoexo4d"
-    demo_world.main(["--out", str(raw), "--takes", "4", "--seconds", "3", "--resolution", "96",
-                     "--walking-tours", "0", "--knn-train", "3", "--knn-val", "2"])
-    for split in ("train", "val"):
-        egoexo4d.main(["--root", str(raw), "--out", str(data / split), "--split", split,
-                       "--size", "64"])
-    env = {k: v for k, v in os.environ.items()
-           if k not in ("RANK", "WORLD_SIZE", "LOCAL_RANK", "MASTER_ADDR")}
-    env["MASTER_PORT"] = str(_free_port())  # other test runs may hold DeepSpeed's default port
-    subprocess.run(
-        [sys.executable, "launch/pretrain.py", "--config", "configs/tiny_cpu.yaml",
-         "--ds_config", "configs/zero2.json", f"--data.egoexo4d_path={data / 'train'}",
-         "--data.walking_tours_ratio=0", "--data.num_workers=0", f"--run.output_dir={root / 'runs'}",
-         "--run.name=t", "--schedule.train_iters=4", "--schedule.warmup_iters=1",
-         "--run.global_batch_size=8", "--resume", "none"],
-        cwd=REPO, env=env, check=True, capture_output=True, timeout=600,
-    )
-    run_dir = root / "runs" / "t"
-    assert export.main(["--checkpoint", str(run_dir), "--out", str(root / "export")]) == 0
-    return {"root": root, "raw": raw, "train": data / "train", "val": data / "val",
-            "run": run_dir, "export": root / "export",
-            "checkpoint": run_dir / "checkpoints" / "step_0000004"}
-
-
-def shared_tiny_run(tmp_path_factory) -> dict[str, Path]:
-    """Paths of the tiny trained run: built once per session, shared by both test files."""
-    if not _RUN:
-        _RUN.update(_build_run(tmp_path_factory.mktemp("tiny_run")))
-    return _RUN
-
-
-@pytest.fixture(scope="session")
-def tiny_run(tmp_path_factory) -> dict[str, Path]:
-    return shared_tiny_run(tmp_path_factory)
-
-
-@pytest.fixture(scope="session")
-def agent(tiny_run):
-    from megatron_ego.inference import EgoAgent
-
-    return EgoAgent.from_pretrained(tiny_run["export"], device="cpu")
 
 
 def _training_teacher(checkpoint: Path):

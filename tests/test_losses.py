@@ -12,7 +12,7 @@ from megatron_ego.losses.dino import DINOLoss
 from megatron_ego.losses.objective import EgoAgentObjective
 from megatron_ego.training.ema import make_teacher
 
-from .conftest import random_clip_batch
+from .batches import random_clip_batch
 
 
 def _softmax(xs):

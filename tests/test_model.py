@@ -15,7 +15,7 @@ from megatron_ego.model.backbone import transformer_engine_available
 from megatron_ego.model.egoagent import EgoAgent, last_visible_anchor
 from megatron_ego.model.summary import build_on_meta, summarize
 
-from .conftest import random_clip_batch
+from .batches import random_clip_batch
 
 
 def test_backbone_is_megatron_gptmodel_with_rmsnorm_rope_swiglu(tiny_model):
@@ -197,3 +197,14 @@ def test_predict_head_can_start_as_a_copy_of_the_representation_head(tiny_cfg):
     default = EgoAgent(dataclasses.replace(tiny_cfg.model, predict_head_init="random"))
     assert not torch.equal(default.represent_head.prototypes, default.predict_head.prototypes)
     assert load_config("configs/egoagent_300m.yaml").model.predict_head_init == "random"
+
+
+def test_fp8_without_transformer_engine_is_refused_as_its_comment_says(tiny_cfg):
+    from megatron_ego.config import ConfigError
+    from megatron_ego.model.transformer_config import transformer_config
+
+    tiny_cfg.model.fp8 = True
+    with pytest.raises(ConfigError, match="model.fp8=true needs the Transformer Engine"):
+        transformer_config(tiny_cfg.model, transformer_engine=False)
+    tiny_cfg.model.fp8 = False
+    assert transformer_config(tiny_cfg.model).fp8 is None

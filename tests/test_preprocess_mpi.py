@@ -11,7 +11,9 @@ import sys
 
 import pytest
 
-from tests.test_preprocess import SIZE, make_world, run_egoexo4d
+from .worlds import SIZE, make_world, run_egoexo4d
+
+pytestmark = pytest.mark.multiprocess
 
 MPIRUN = shutil.which("mpirun", path=os.path.dirname(sys.executable)) or shutil.which("mpirun")
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))

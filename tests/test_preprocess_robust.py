@@ -11,7 +11,8 @@ import pytest
 from megatron_ego.data.clips import ClipDataset
 from megatron_ego.data.indexed import IndexedDataError
 from preprocess.demo_world import take_video_path
-from tests.test_preprocess import make_world, run_egoexo4d
+
+from .worlds import make_world, run_egoexo4d
 
 
 def _truncate(path: str, keep: float) -> None:

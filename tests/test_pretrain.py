@@ -16,6 +16,8 @@ from pathlib import Path
 import pytest
 import torch
 
+pytestmark = [pytest.mark.multiprocess, pytest.mark.pipeline]
+
 ROOT = Path(__file__).resolve().parents[1]
 PY = sys.executable
 

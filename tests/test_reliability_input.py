@@ -370,8 +370,8 @@ class _MeanColourAgent:
 def test_knn_skips_and_names_a_truncated_jpeg_and_a_text_file(tmp_path, caplog):
     from PIL import Image
 
-    from megatron_ego.eval.ranks import EvalRanks
     from megatron_ego.eval.run_knn import run_knn
+    from megatron_ego.runtime.processes import Processes
 
     for split in ("train", "val"):
         for c, colour in enumerate([(250, 10, 10), (10, 10, 250)]):
@@ -387,7 +387,7 @@ def test_knn_skips_and_names_a_truncated_jpeg_and_a_text_file(tmp_path, caplog):
     model_dir = tmp_path / "model"
     model_dir.mkdir()
     (model_dir / "model.safetensors").write_bytes(b"weights")
-    ranks = EvalRanks(rank=0, world_size=1, device=torch.device("cpu"))
+    ranks = Processes(rank=0, world_size=1, local_rank=0, device=torch.device("cpu"))
     caplog.set_level("WARNING")
     args = (_MeanColourAgent(), str(tmp_path / "train"), str(tmp_path / "val"), tmp_path / "out",
             ranks, str(model_dir))

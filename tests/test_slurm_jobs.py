@@ -62,6 +62,7 @@ exec mpirun -n "$ntasks" --allow-run-as-root --oversubscribe "$@"
 
 @pytest.mark.skipif(shutil.which("mpirun", path=str(Path(sys.executable).parent)) is None
                     and shutil.which("mpirun") is None, reason="no mpirun")
+@pytest.mark.multiprocess
 def test_preprocess_for_real_on_two_mpi_ranks(fake_bin, tmp_path):
     """preprocess.sbatch -> (fake srun) mpirun -n 2 -> preprocess.egoexo4d on the demo world."""
     raw, out = tmp_path / "raw", tmp_path / "out"

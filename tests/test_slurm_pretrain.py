@@ -266,6 +266,7 @@ def test_torchrun_node_hands_usr1_to_workers_and_torchrun_survives(tmp_path, ste
     assert (tmp_path / "torchrun.args").read_text().splitlines() == args
 
 
+@pytest.mark.multiprocess
 def test_torchrun_node_with_the_real_torchrun(tmp_path):
     """The real torchrun dies of SIGUSR1 and starts its workers in sessions of their own; through
     the wrapper, both workers checkpoint and the node's launcher exits 0."""
@@ -279,3 +280,15 @@ def test_torchrun_node_with_the_real_torchrun(tmp_path):
     assert (tmp_path / "done0").exists() and (tmp_path / "done1").exists()
 
 
+
+
+def test_pretrain_labels_ranks_sizes_workers_and_names_the_container(fake_bin):
+    env = _env(fake_bin, 2, SLURM_CPUS_ON_NODE="96", CONTAINER_IMAGE="/shared/ego.sqsh")
+    srun, rest = _split_at(_dry_run("pretrain.sbatch", env)[1], "launch/slurm/torchrun_node.sh")
+    assert "--label" in srun  # each line of the step says which node printed it
+    assert _flag(srun, "--container-name") == f"egoagent-{JOB_ID}"  # reused after a requeue
+    assert "--data.num_workers=11" in rest  # 96 CPUs / 8 GPUs - 1 for the training process
+    env_one_cpu = _env(fake_bin, 2, SLURM_CPUS_ON_NODE="4")
+    cmd = _dry_run("pretrain.sbatch", env_one_cpu, "--data.num_workers=3")[1]
+    workers = [a for a in cmd if a.startswith("--data.num_workers=")]
+    assert workers == ["--data.num_workers=1", "--data.num_workers=3"]  # the user's comes last

@@ -10,16 +10,9 @@ from pathlib import Path
 import pytest
 import yaml
 
-from .test_export_inference import shared_tiny_run
-
 ROOT = Path(__file__).resolve().parents[1]
 SHORT = ("--schedule.train_iters=2 --schedule.warmup_iters=1 --data.num_workers=0 "
          "--run.global_batch_size=8 --run.save_interval=2")
-
-
-@pytest.fixture(scope="session")
-def tiny_run(tmp_path_factory) -> dict:
-    return shared_tiny_run(tmp_path_factory)
 
 
 def _sweep(*args: str) -> subprocess.CompletedProcess:

@@ -31,11 +31,25 @@ ego_run() {
     fi
 }
 
-# The SLURM variables every script needs.
+# The script's header comment (its usage and settings), without the shebang and #SBATCH lines.
+ego_usage() {
+    sed -n '2,/^#SBATCH/{/^#SBATCH/d;/^# shellcheck/d;s/^# \{0,1\}//;p;}' "$0"
+}
+
+# `script.sbatch --help` (or -h) prints the usage and exits 0 without running anything.
+ego_help_requested() {
+    if [[ "${1:-}" == "--help" || "${1:-}" == "-h" ]]; then
+        ego_usage
+        exit 0
+    fi
+}
+
+# The SLURM variables every script needs; outside SLURM, the usage and one line saying what to do.
 ego_require_slurm() {
     local var
     for var in SLURM_JOB_ID SLURM_JOB_NODELIST SLURM_NNODES; do
         if [[ -z "${!var:-}" ]]; then
+            ego_usage >&2
             ego_die "$var is not set: submit this script with sbatch (for DRY_RUN=1, export it yourself)"
         fi
     done
@@ -84,6 +98,9 @@ ego_run_dir() {
 ego_setup_environment() {
     cd "$PROJECT_DIR" || ego_die "cannot cd to PROJECT_DIR=$PROJECT_DIR"
     export PYTHONPATH="$PROJECT_DIR${PYTHONPATH:+:$PYTHONPATH}"
+    # NCCL warnings (not its INFO chatter) reach the log; set NCCL_SOCKET_IFNAME, NCCL_IB_HCA and
+    # the like before sbatch if your cluster needs them (srun passes the environment on).
+    export NCCL_DEBUG="${NCCL_DEBUG:-WARN}"
     # shellcheck disable=SC2034  # read by the sbatch scripts that source this file
     EGO_CONTAINER_FLAGS=()
     if [[ -n "${CONTAINER_IMAGE:-}" ]]; then
@@ -96,9 +113,33 @@ ego_setup_environment() {
             "--container-image=$CONTAINER_IMAGE"
             "--container-mounts=$mounts"
             "--container-workdir=$PROJECT_DIR"
+            # named per job: a requeued job (same id) reuses the container it already unpacked
+            "--container-name=egoagent-${SLURM_JOB_ID:-0}"
         )
     elif [[ -d "$PROJECT_DIR/.venv/bin" ]]; then
         export PATH="$PROJECT_DIR/.venv/bin:$PATH"
+    fi
+}
+
+# Copy everything the batch script prints (and its srun steps) to FILE too: the run folder keeps
+# one log per job, whatever --output says. Not under DRY_RUN=1 (stdout is the command list).
+ego_log_to() {
+    local file=$1
+    ego_is_dry_run && return 0
+    mkdir -p "$(dirname "$file")"
+    exec > >(tee -a "$file") 2>&1
+}
+
+# Loader workers per training process: the CPUs SLURM gave this node, less one per GPU for the
+# training process itself, shared by the GPUs; at least 1 (LOADER_WORKERS overrides).
+ego_loader_workers() {
+    local gpus=$1 cpus=${SLURM_CPUS_ON_NODE:-0}
+    if [[ -n "${LOADER_WORKERS:-}" ]]; then
+        echo "$LOADER_WORKERS"
+    elif (( cpus > gpus )); then
+        echo $(( cpus / gpus - 1 > 0 ? cpus / gpus - 1 : 1 ))
+    else
+        echo 1
     fi
 }
 

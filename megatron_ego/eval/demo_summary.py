@@ -12,10 +12,11 @@ status 1 (the demo itself reports and goes on).
 
 from __future__ import annotations
 
-import argparse
 import json
 import sys
 from pathlib import Path
+
+from megatron_ego.cli_help import make_parser
 
 TERMS = ("loss_represent", "loss_predict", "loss_act")
 WINDOW = 20
@@ -33,7 +34,7 @@ def loss_trend(metrics_path: Path, window: int = WINDOW) -> dict[str, tuple[floa
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser = make_parser(__doc__)
     parser.add_argument("--run", default="runs/demo", help="the demo's run folder")
     parser.add_argument("--strict", action="store_true",
                         help="exit 1 when a loss term did not go down")

@@ -18,7 +18,7 @@ import numpy as np
 from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
 
-# COCO-17 joint order (FACTS.md "Data"): limbs as joint-index pairs
+# COCO-17 joint order (docs/paper_facts.md "Data"): limbs as joint-index pairs
 COCO_EDGES = (
     (0, 1), (0, 2), (1, 3), (2, 4), (3, 5), (4, 6),  # head to shoulders
     (5, 6), (5, 7), (7, 9), (6, 8), (8, 10),  # shoulders and arms
@@ -58,6 +58,8 @@ def plot_skeleton_sequence(
     num_panels: int = 4,
     panel_inches: float = 3.0,
     dpi: int = 100,
+    fps: float = 30.0,
+    title: str | None = None,
 ) -> Path:
     """Predicted (red) over true (blue) skeletons at ``num_panels`` frames spread over the window.
 
@@ -68,9 +70,13 @@ def plot_skeleton_sequence(
         visible: [F, J] bool, true-joint visibility (invisible true joints are not drawn;
             predicted joints are all drawn).
         path: PNG to write (parent folders are created).
+        fps: pose rate; frame f of the window is shown as "+(f + 1) / fps s" after the last
+            observed pose.
+        title: the figure's title (e.g. the clip and its MPJPE against a baseline's).
     Returns:
-        ``path``. Top row: camera view (x, y); bottom row: side view (z, y); y points down in both,
-        as in the camera. Image size: (num_panels x panel_inches x dpi) by (2 x panel_inches x dpi).
+        ``path``. Top row: front view (the camera's: x right, y down); bottom row: side view
+        (z forward, y down). One legend for the figure. Image size: (num_panels x panel_inches x
+        dpi) by (2 x panel_inches x dpi).
     """
     pred, true = np.asarray(pred, dtype=float), np.asarray(true, dtype=float)
     visible = np.asarray(visible, dtype=bool)
@@ -91,22 +97,51 @@ def plot_skeleton_sequence(
     figure = _new_figure(num_panels * panel_inches, 2 * panel_inches, dpi)
     axes = figure.subplots(2, num_panels, squeeze=False)
     everywhere = np.ones(pred.shape[1], dtype=bool)
+    views = ((0, "x", "front view"), (2, "z", "side view"))
     for column, frame in enumerate(frames):
-        for row, (horizontal, name) in enumerate(((0, "x"), (2, "z"))):
+        for row, (horizontal, name, view) in enumerate(views):
             ax = axes[row, column]
-            _draw_skeleton(ax, true[frame][:, [horizontal, 1]], visible[frame], TRUE_COLOUR, "true")
-            _draw_skeleton(ax, pred[frame][:, [horizontal, 1]], everywhere, PRED_COLOUR, "pred")
+            _draw_skeleton(ax, true[frame][:, [horizontal, 1]], visible[frame], TRUE_COLOUR,
+                           "true (visible joints)")
+            _draw_skeleton(ax, pred[frame][:, [horizontal, 1]], everywhere, PRED_COLOUR,
+                           "predicted")
             ax.set_xlim(low[horizontal], high[horizontal])
             ax.set_ylim(high[1], low[1])  # y down, as in the camera
             ax.set_aspect("equal", adjustable="box")
             ax.set_xlabel(f"{name} (m)", fontsize=7)
-            ax.set_ylabel("y (m)", fontsize=7)
+            ax.set_ylabel(f"{view}\ny (m)" if column == 0 else "y (m)", fontsize=7)
             ax.tick_params(labelsize=6)
             if row == 0:
-                ax.set_title(f"frame {frame}", fontsize=8)
-    axes[0, 0].legend(fontsize=6, loc="upper right")
-    figure.tight_layout()
+                ax.set_title(f"+{(frame + 1) / fps:.2f} s after the last observed pose", fontsize=7)
+    handles, labels = axes[0, 0].get_legend_handles_labels()
+    figure.legend(handles, labels, loc="lower center", ncol=2, fontsize=7, frameon=False)
+    if title:
+        figure.suptitle(title, fontsize=8)
+    figure.tight_layout(rect=(0, 0.05, 1, 0.93 if title else 1))
     return _save(figure, path)
+
+
+def _retrieval_row(axes, query_img, retrieved, marker, label, target_img, target_rank) -> None:
+    count = retrieved.shape[0]
+    panels = [(f"{label}\nquery I_t", query_img, None)]
+    for rank in range(count):
+        if marker is None:
+            colour = MISS_COLOUR if rank == 0 else None
+        else:
+            colour = HIT_COLOUR if rank == marker else None
+        panels.append((f"rank {rank + 1}", retrieved[rank], colour))
+    if target_img is not None:
+        panels.append((f"true I_t+1: rank {target_rank}", target_img, HIT_COLOUR))
+    for ax, (title, image, colour) in zip(axes, panels):
+        ax.imshow(image)
+        ax.set_title(title, fontsize=7)
+        ax.set_xticks([])
+        ax.set_yticks([])
+        for spine in ax.spines.values():
+            spine.set_visible(colour is not None)
+            if colour is not None:
+                spine.set_color(colour)
+                spine.set_linewidth(4)
 
 
 def plot_retrieval_examples(
@@ -116,6 +151,9 @@ def plot_retrieval_examples(
     path: str | Path,
     panel_inches: float = 2.0,
     dpi: int = 100,
+    target_img: np.ndarray | None = None,
+    target_rank: int | None = None,
+    baseline: tuple[np.ndarray, int | None, int | None] | None = None,
 ) -> Path:
     """The query frame, then the retrieved gallery frames in rank order; the true t+1 is framed.
 
@@ -125,8 +163,13 @@ def plot_retrieval_examples(
         true_idx_marker: position (0..K-1) of the true frame t+1 among ``retrieved``, drawn with a
             green frame; None when it is not among them (rank 1 is then framed red).
         path: PNG to write.
+        target_img: [H, W, 3] the true I_t+1, shown last with ``target_rank`` (its rank in the
+            whole gallery); None leaves the panel out.
+        baseline: (retrieved [K, H, W, 3], marker, target rank) of the representation-only
+            baseline, drawn as a second row below EgoAgent's.
     Returns:
-        ``path``; image size ((K + 1) x panel_inches x dpi) by (panel_inches x dpi).
+        ``path``; image size ((K + 1 [+ 1 with target_img]) x panel_inches x dpi) by
+        (rows x panel_inches x dpi), one row, two with ``baseline``.
     """
     query_img, retrieved = np.asarray(query_img), np.asarray(retrieved)
     if query_img.ndim != 3 or query_img.shape[-1] != 3 or retrieved.ndim != 4:
@@ -137,24 +180,18 @@ def plot_retrieval_examples(
     count = retrieved.shape[0]
     if true_idx_marker is not None and not 0 <= true_idx_marker < count:
         raise ValueError(f"true_idx_marker must be None or in [0, {count}); got {true_idx_marker}")
-    figure = _new_figure((count + 1) * panel_inches, panel_inches, dpi)
-    axes = figure.subplots(1, count + 1, squeeze=False)[0]
-    panels = [("query I_t", query_img, None)]
-    for rank in range(count):
-        if true_idx_marker is None:
-            colour = MISS_COLOUR if rank == 0 else None
-        else:
-            colour = HIT_COLOUR if rank == true_idx_marker else None
-        panels.append((f"rank {rank + 1}", retrieved[rank], colour))
-    for ax, (title, image, colour) in zip(axes, panels):
-        ax.imshow(image)
-        ax.set_title(title, fontsize=8)
-        ax.set_xticks([])
-        ax.set_yticks([])
-        for spine in ax.spines.values():
-            spine.set_visible(colour is not None)
-            if colour is not None:
-                spine.set_color(colour)
-                spine.set_linewidth(4)
-    figure.tight_layout()
+    columns = count + 1 + (target_img is not None)
+    rows = 2 if baseline is not None else 1
+    figure = _new_figure(columns * panel_inches, rows * panel_inches, dpi)
+    axes = figure.subplots(rows, columns, squeeze=False)
+    figure.suptitle("query I_t, then the gallery frames ranked 1-5 for its predicted I_t+1. "
+                    "Green border: the true I_t+1; red border on rank 1: the true I_t+1 is not "
+                    "in the top 5", fontsize=6)
+    label = "EgoAgent" if baseline is not None else ""
+    _retrieval_row(axes[0], query_img, retrieved, true_idx_marker, label, target_img, target_rank)
+    if baseline is not None:
+        base_retrieved, base_marker, base_rank = baseline
+        _retrieval_row(axes[1], query_img, np.asarray(base_retrieved), base_marker,
+                       "representation only", target_img, base_rank)
+    figure.tight_layout(rect=(0, 0, 1, 1 - 0.15 / rows))
     return _save(figure, path)

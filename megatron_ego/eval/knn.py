@@ -24,6 +24,8 @@ import torch
 import torch.distributed as dist
 import torch.nn.functional as F
 
+from megatron_ego.runtime.processes import gather_rows, multi_rank
+
 IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png")
 
 
@@ -63,30 +65,6 @@ def list_image_folder(root: str | Path) -> tuple[list[str], list[int], list[str]
     paths = [path for path, _ in samples]
     labels = [label for _, label in samples]
     return paths, labels, class_names
-
-
-def _distributed() -> bool:
-    return dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1
-
-
-def gather_rows(x: torch.Tensor) -> torch.Tensor:
-    """Concatenate every rank's ``x`` [n_r, ...] along dim 0 (rank order); sizes may differ.
-
-    Returns ``x`` itself when no process group (or a single rank) is in use.
-    """
-    if not _distributed():
-        return x
-    world = dist.get_world_size()
-    size = torch.tensor([x.shape[0]], dtype=torch.long, device=x.device)
-    sizes = [torch.zeros_like(size) for _ in range(world)]
-    dist.all_gather(sizes, size)
-    sizes_int = [int(s.item()) for s in sizes]
-    longest = max(sizes_int)
-    padded = x.new_zeros((longest, *x.shape[1:]))  # [max n_r, ...]
-    padded[: x.shape[0]] = x
-    parts = [torch.empty_like(padded) for _ in range(world)]
-    dist.all_gather(parts, padded.contiguous())
-    return torch.cat([part[:n] for part, n in zip(parts, sizes_int)], dim=0)
 
 
 def _check_inputs(
@@ -199,7 +177,7 @@ def knn_accuracy(
         [correct[:, 0].sum().item(), correct.any(dim=1).sum().item(), float(correct.shape[0])],
         dtype=torch.float64, device=scores.device,
     )
-    if _distributed():
+    if multi_rank():
         dist.all_reduce(counts)
     total = counts[2].item()
     if total == 0:

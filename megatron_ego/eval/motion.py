@@ -1,8 +1,8 @@
 """Act: MPJPE (cm) and MPJVE (cm/s) of predicted 3D body poses (paper Sec. 4.3, Table 3).
 
 Errors are Euclidean distances in the egocentric camera frame, over the joints visible in the
-TRUE pose (prediction visibility is ignored). As FACTS.md ("Evaluation") prescribes, each sample
-first averages over its own visible joints and frames, then samples are averaged
+TRUE pose (prediction visibility is ignored). As docs/paper_facts.md ("Evaluation conventions")
+records, each sample first averages over its own visible joints and frames, then samples are averaged
 (``reduction="per_sample"``). Ego-Exo4D's public body-pose script (``bodypose/evaluation/
 evaluate.py``) instead pools every visible joint of the whole split into one sum / count;
 ``reduction="pooled"`` reproduces that weighting for comparison.
@@ -94,7 +94,7 @@ def motion_metrics(
         visible: [n, F, J] bool, True where the true joint is annotated.
         low_fps_stride: 30 fps poses per 10 fps pose (3).
         low_fps_offset: first predicted frame kept at 10 fps.
-        reduction: "per_sample" (FACTS.md) or "pooled" (the official script's weighting).
+        reduction: "per_sample" (docs/paper_facts.md) or "pooled" (the official script's weighting).
     Returns:
         {"mpjpe_30fps": cm, "mpjve_30fps": cm/s, "mpjpe_10fps": cm, "mpjve_10fps": cm/s,
          "num_samples": samples scored, "num_skipped": samples with no visible joint}.

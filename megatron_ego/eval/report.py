@@ -1,5 +1,11 @@
 """Evaluation report: ``results.json`` ({task: {method: {metric: value}}}) and ``results.md``.
 
+``write_results(..., provenance=...)`` also records where the numbers came from under the
+top-level key ``provenance``, one record per task (``{task: record}``, see
+``megatron_ego.eval.provenance``: a report merged from several runs says which run gave which
+task), and as a section of results.md; ``read_results`` returns the tasks only,
+``read_provenance`` the records.
+
 Both files are written atomically (a temporary file in the same folder, fsync, then rename), so a
 reader never sees half a report. Non-finite values (e.g. a metric with no valid sample) are stored
 as JSON null and shown as "n/a".
@@ -23,6 +29,7 @@ METRICS = ("top1", "top5", "map", "mpjpe_30fps", "mpjve_30fps", "mpjpe_10fps", "
 UNITS = {"top1": "%", "top5": "%", "map": "%", "mpjpe_30fps": "cm", "mpjve_30fps": "cm/s",
          "mpjpe_10fps": "cm", "mpjve_10fps": "cm/s"}
 Results = dict[str, dict[str, dict[str, float | int | None]]]
+PROVENANCE = "provenance"  # the top-level key of results.json that is not a task
 
 
 def _clean(results: Results) -> Results:
@@ -63,18 +70,54 @@ def _format(value: float | int | None) -> str:
     return str(value) if isinstance(value, int) else f"{value:.2f}"
 
 
-def results_markdown(results: Results) -> str:
-    """One markdown table per task: methods as rows, metrics (with units) as columns."""
+def task_table(task: str, methods: dict) -> str:
+    """One task's markdown table: methods as rows, metrics (with units) as columns, 2 decimals."""
+    methods = _clean({task: methods})[task]
+    metrics = _ordered([m for values in methods.values() for m in values], METRICS)
+    header = [f"{m} ({UNITS[m]})" if m in UNITS else m for m in metrics]
+    lines = ["| method | " + " | ".join(header) + " |", "|---|" + "---|" * len(metrics)]
+    for method in _ordered(methods, METHODS):
+        row = [_format(methods[method].get(m)) for m in metrics]
+        lines.append(f"| {method} | " + " | ".join(row) + " |")
+    return "\n".join(lines)
+
+
+def _provenance_markdown(provenance: dict) -> list[str]:
+    model, data = provenance.get("model") or {}, provenance.get("data") or {}
+    rows = [
+        ("command", f"`{provenance.get('command', '')}`"),
+        ("git commit", provenance.get("git_commit")),
+        ("evaluated (UTC)", provenance.get("time_utc")),
+        ("export", model.get("export")),
+        ("checkpoint", f"{model.get('checkpoint')} (step {model.get('checkpoint_step')})"),
+        ("weights", f"{model.get('weights')}; predict and act: {model.get('predict_act_weights')}"),
+        ("val data", ", ".join(f"{k} {v}" for k, v in data.items()) if data else "none"),
+        ("k-NN folders", ", ".join(f"{k} {v}" for k, v in (provenance.get("knn") or {}).items())
+         or "none"),
+    ]
+    lines = ["| | |", "|---|---|"]
+    lines += [f"| {name} | {value} |" for name, value in rows]
+    return [*lines, ""]
+
+
+def results_markdown(results: Results, provenance: dict | None = None) -> str:
+    """One markdown table per task, then where the numbers came from (when given)."""
     lines = ["# Evaluation results", ""]
     for task, methods in results.items():
-        metrics = _ordered([m for values in methods.values() for m in values], METRICS)
-        header = [f"{m} ({UNITS[m]})" if m in UNITS else m for m in metrics]
-        lines += [f"## {task}", "", "| method | " + " | ".join(header) + " |",
-                  "|---|" + "---|" * len(metrics)]
-        for method in _ordered(methods, METHODS):
-            row = [_format(methods[method].get(m)) for m in metrics]
-            lines.append(f"| {method} | " + " | ".join(row) + " |")
-        lines.append("")
+        lines += [f"## {task}", "", task_table(task, methods), ""]
+    if provenance:
+        lines += ["## Provenance", ""]
+        records: list[tuple[list[str], dict]] = []  # tasks that share one record
+        for task, record in provenance.items():
+            same = [tasks for tasks, seen in records if seen == record]
+            if same:
+                same[0].append(task)
+            else:
+                records.append(([task], record))
+        for tasks, record in records:
+            lines += [f"Tasks {', '.join(tasks)}:", ""] + _provenance_markdown(record)
+        lines += ["The export's full config is under `provenance.<task>.model.config` in "
+                  "results.json.", ""]
     return "\n".join(lines)
 
 
@@ -92,20 +135,31 @@ def _write_atomic(path: Path, text: str) -> None:
         raise
 
 
-def write_results(results: Results, out_dir: str | Path) -> tuple[Path, Path]:
+def write_results(results: Results, out_dir: str | Path,
+                  provenance: dict | None = None) -> tuple[Path, Path]:
     """Write ``out_dir/results.json`` and ``out_dir/results.md``; returns both paths."""
     clean = _clean(results)
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     json_path, md_path = out_dir / "results.json", out_dir / "results.md"
-    _write_atomic(json_path, json.dumps(clean, indent=2, sort_keys=False) + "\n")
-    _write_atomic(md_path, results_markdown(clean))
+    record = {**({PROVENANCE: provenance} if provenance else {}), **clean}
+    _write_atomic(json_path, json.dumps(record, indent=2, sort_keys=False) + "\n")
+    _write_atomic(md_path, results_markdown(clean, provenance))
     return json_path, md_path
 
 
-def read_results(path: str | Path) -> Results:
-    """Load a ``results.json`` written by ``write_results``."""
+def _load(path: str | Path) -> dict:
     path = Path(path)
     if not path.is_file():
         raise FileNotFoundError(f"{path} does not exist: run launch/evaluate.py first")
-    return _clean(json.loads(path.read_text(encoding="utf-8")))
+    return json.loads(path.read_text(encoding="utf-8"))
+
+
+def read_results(path: str | Path) -> Results:
+    """Load the tasks of a ``results.json`` written by ``write_results`` (no provenance)."""
+    return _clean({k: v for k, v in _load(path).items() if k != PROVENANCE})
+
+
+def read_provenance(path: str | Path) -> dict | None:
+    """The provenance record of a ``results.json``, or None when it has none."""
+    return _load(path).get(PROVENANCE)

@@ -33,13 +33,13 @@ from megatron_ego.eval.features import (
     unreadable_images,
 )
 from megatron_ego.eval.knn import knn_accuracy, list_image_folder
-from megatron_ego.eval.ranks import EvalRanks
+from megatron_ego.runtime.processes import Processes
 
 log = logging.getLogger(__name__)
 
 
 def _split_features(agent, split: str, paths: list[str], labels: list[int], out_dir: Path,
-                    ranks: EvalRanks, model_dir: str, batch_size: int, workers: int
+                    ranks: Processes, model_dir: str, batch_size: int, workers: int
                     ) -> tuple[torch.Tensor, torch.Tensor, int]:
     """This rank's (features [n_r, h], labels [n_r], images skipped as unreadable), from the
     cache when it is current."""
@@ -64,7 +64,7 @@ def _split_features(agent, split: str, paths: list[str], labels: list[int], out_
     return cached["features"].to(ranks.device), cached["labels"].to(ranks.device), skipped
 
 
-def run_knn(agent, train_dir: str, val_dir: str, out_dir: str | Path, ranks: EvalRanks,
+def run_knn(agent, train_dir: str, val_dir: str, out_dir: str | Path, ranks: Processes,
             model_dir: str, batch_size: int = 64, workers: int = 4, k: int = 20,
             temperature: float = 0.07) -> dict[str, dict[str, float]]:
     """k-NN top-1/top-5 (percent) of the val images against the train images.

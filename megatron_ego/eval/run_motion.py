@@ -21,8 +21,8 @@ import torch
 from megatron_ego.eval.baselines import constant_velocity, zero_velocity
 from megatron_ego.eval.features import ValClips, make_loader, open_val_clips, select_clips
 from megatron_ego.eval.motion import motion_metrics
-from megatron_ego.eval.ranks import EvalRanks
 from megatron_ego.pose_format import VISIBLE
+from megatron_ego.runtime.processes import Processes
 
 
 def observed_and_future(poses: torch.Tensor, observed: int
@@ -62,13 +62,23 @@ def _figures(outputs: dict[str, torch.Tensor], out_dir: Path, count: int) -> lis
     if not count or not len(candidates):
         return []
     picks = candidates[np.unique(np.linspace(0, len(candidates) - 1, count).round().astype(int))]
-    return [plot_skeleton_sequence(outputs["pred"][i].numpy(), outputs["true"][i].numpy(),
-                                   outputs["visible"][i].numpy(),
-                                   out_dir / "figures" / f"motion_clip{int(outputs['clip'][i]):06d}.png")
-            for i in picks]
+    paths = []
+    for i in picks:
+        one = slice(int(i), int(i) + 1)
+        true, visible = outputs["true"][one], outputs["visible"][one]
+        ours = motion_metrics(outputs["pred"][one], true, visible)["mpjpe_30fps"]
+        still = motion_metrics(zero_velocity(outputs["observed"][one], true.shape[1]), true,
+                               visible)["mpjpe_30fps"]
+        clip = int(outputs["clip"][i])
+        paths.append(plot_skeleton_sequence(
+            outputs["pred"][i].numpy(), true[0].numpy(), visible[0].numpy(),
+            out_dir / "figures" / f"motion_clip{clip:06d}.png",
+            title=f"val clip {clip}: MPJPE {ours:.1f} cm (EgoAgent) vs {still:.1f} cm "
+                  f"(zero velocity), 30 fps"))
+    return paths
 
 
-def run_motion(agent, data_dir: str, out_dir: str | Path, ranks: EvalRanks,
+def run_motion(agent, data_dir: str, out_dir: str | Path, ranks: Processes,
                batch_size: int = 64, workers: int = 4, max_clips: int | None = None,
                num_figures: int = 3) -> dict[str, dict[str, float]]:
     """MPJPE (cm) / MPJVE (cm/s) at 30 and 10 fps of EgoAgent and the two baselines."""

@@ -32,11 +32,11 @@ from megatron_ego.eval.features import (
     open_val_clips,
     select_clips,
 )
-from megatron_ego.eval.ranks import EvalRanks
 from megatron_ego.eval.retrieval import average_precision, retrieve_topk
+from megatron_ego.runtime.processes import Processes
 
 
-def _gallery(agent, data_dir: str, frame_ids: np.ndarray, ranks: EvalRanks, frames_info,
+def _gallery(agent, data_dir: str, frame_ids: np.ndarray, ranks: Processes, frames_info,
              batch_size: int, workers: int) -> torch.Tensor:
     """Representation logits [g, K] of ``frame_ids`` (sorted), gathered on every rank."""
     encoding, frame_size = frames_info
@@ -67,23 +67,33 @@ def _queries(agent, data_dir: str, clip_ids: np.ndarray, batch_size: int, worker
 
 def _figures(agent, query, gallery, target, exclude, query_frames, gallery_ids, frames,
              out_dir: Path, count: int) -> list[Path]:
-    """PNG per example: the query's input frame, then its top-5 gallery frames."""
+    """PNG per example: the query's input frame, its top-5 gallery frames and the true next frame
+    with its rank, for EgoAgent (top row) and the representation-only baseline (bottom row)."""
     from megatron_ego.eval.figures import plot_retrieval_examples
+
+    def ranked(q_feats: torch.Tensor, q: int):
+        """Top-5 frames, the target's position among them (or None) and its rank overall."""
+        order = retrieve_topk(q_feats, gallery, exclude[q: q + 1], k=len(gallery))[0].cpu()
+        rank = int((order == target[q].cpu()).nonzero()[0, 0]) + 1
+        top = order[:5]
+        shown = np.stack([decode_frame(frames.raw(int(gallery_ids[r]))) for r in top])
+        return shown, (rank - 1 if rank <= len(top) else None), rank
 
     paths = []
     picks = np.unique(np.linspace(0, len(query) - 1, count).round().astype(int)) if count else []
     for q in picks:
-        top = retrieve_topk(query[q: q + 1], gallery, exclude[q: q + 1], k=5)[0].cpu()  # [5]
-        hits = (top == target[q].cpu()).nonzero()
-        marker = int(hits[0, 0]) if len(hits) else None
-        shown = np.stack([decode_frame(frames.raw(int(gallery_ids[r]))) for r in top])
+        shown, marker, rank = ranked(query[q: q + 1], q)
+        baseline = ranked(gallery[exclude[q: q + 1]], q)  # the input frame's own feature
         image = decode_frame(frames.raw(int(query_frames[q])))
+        true_next = decode_frame(frames.raw(int(gallery_ids[int(target[q])])))
         paths.append(plot_retrieval_examples(image, shown, marker,
-                                             out_dir / "figures" / f"retrieval_{q:05d}.png"))
+                                             out_dir / "figures" / f"retrieval_{q:05d}.png",
+                                             target_img=true_next, target_rank=rank,
+                                             baseline=baseline))
     return paths
 
 
-def run_retrieval(agent, data_dir: str, out_dir: str | Path, ranks: EvalRanks,
+def run_retrieval(agent, data_dir: str, out_dir: str | Path, ranks: Processes,
                   batch_size: int = 64, workers: int = 4, max_clips: int | None = None,
                   num_figures: int = 3) -> dict[str, dict[str, float]]:
     """Top-1 and mAP (percent) of EgoAgent's predicted next frame and of the representation-only

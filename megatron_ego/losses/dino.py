@@ -20,6 +20,8 @@ import torch.distributed as dist
 import torch.nn.functional as F
 from torch import nn
 
+from megatron_ego.runtime.processes import multi_rank
+
 
 class DINOLoss(nn.Module):
     """Multi-view DINO loss with teacher centering (facebookresearch/dino's DINOLoss semantics)."""
@@ -82,7 +84,7 @@ class DINOLoss(nn.Module):
         """teacher [V, n, K]: EMA of the batch mean, averaged over all data-parallel ranks."""
         batch_sum = teacher.reshape(-1, teacher.shape[-1]).sum(0, keepdim=True)  # [1, K]
         count = torch.tensor(float(teacher.shape[0] * teacher.shape[1]), device=teacher.device)
-        if dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1:
+        if multi_rank():
             dist.all_reduce(batch_sum)
             dist.all_reduce(count)
         batch_center = batch_sum / count
@@ -94,7 +96,7 @@ class DINOLoss(nn.Module):
 
 
 def _all_reduce(x: torch.Tensor) -> torch.Tensor:
-    if dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1:
+    if multi_rank():
         dist.all_reduce(x)
     return x
 

@@ -18,6 +18,7 @@ from megatron_ego.config import ModelConfig
 from megatron_ego.model.attention import SDPAttention
 from megatron_ego.model.cpu import make_rope_cpu_safe
 from megatron_ego.model.parallel import ensure_model_parallel
+from megatron_ego.model.transformer_config import transformer_config
 
 
 def transformer_engine_available() -> bool:
@@ -110,8 +111,8 @@ class Backbone(nn.Module):
         super().__init__()
         ensure_model_parallel()
         spec, self.spec_name = build_layer_spec(cfg)
-        self.config = cfg.to_transformer_config(
-            bf16=precision == "bf16", fp16=precision == "fp16",
+        self.config = transformer_config(
+            cfg, bf16=precision == "bf16", fp16=precision == "fp16",
             transformer_engine=self.spec_name == "transformer_engine",
         )
         self.gpt = GPTModel(

@@ -1,4 +1,4 @@
-"""The few shims megatron-core 0.16 needs to run on a CPU-only torch (ENVIRONMENT.md).
+"""The few shims megatron-core 0.16 needs to run on a CPU-only torch (docs/environment.md).
 
 Each shim is a no-op when CUDA is available; on a GPU megatron-core runs unpatched.
 The attention shim is not here: a core attention of our own (`attention.SDPAttention`) is put in
@@ -11,10 +11,7 @@ import types
 
 import torch
 
-
-def cuda_available() -> bool:
-    """True when a CUDA device can be used (a CUDA build of torch on a CPU machine says False)."""
-    return torch.cuda.is_available()
+from megatron_ego.runtime.device import cuda_available
 
 
 def make_rope_cpu_safe(rope: torch.nn.Module) -> None:
@@ -32,15 +29,4 @@ def make_rope_cpu_safe(rope: torch.nn.Module) -> None:
         return emb[:, None, None, :]  # [s, 1, 1, d]
 
     rope.get_emb = types.MethodType(get_emb, rope)
-
-
-def seed_everything(seed: int) -> None:
-    """Seed torch; on GPU also megatron's CUDA RNG tracker (model_parallel_cuda_manual_seed),
-    which on CPU raises 'Torch not compiled with CUDA enabled' and is not needed: the trunk has no
-    dropout and TP is 1."""
-    torch.manual_seed(seed)
-    if cuda_available():
-        from megatron.core.tensor_parallel import model_parallel_cuda_manual_seed
-
-        model_parallel_cuda_manual_seed(seed)
 

@@ -1,6 +1,6 @@
 """THE token layout: the interleaved student sequence, the feature branch, their masks.
 
-Student sequence over T steps (FACTS.md), step t = 0 .. T-1:
+Student sequence over T steps (docs/paper_facts.md), step t = 0 .. T-1:
 
     [I_t patches x N] [action query] [A_t action token] [future-state query]
 

@@ -9,12 +9,12 @@ allocated, so the 1B summary takes well under a second.
 
 from __future__ import annotations
 
-import argparse
 import json
 import sys
 
 import torch
 
+from megatron_ego.cli_help import make_parser
 from megatron_ego.config import Config, load_config
 from megatron_ego.model.egoagent import EgoAgent
 from megatron_ego.model.layout import FeatureLayout
@@ -67,7 +67,7 @@ def build_on_meta(cfg: Config) -> EgoAgent:
 
 
 def main(argv: list[str] | None = None) -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser = make_parser(__doc__)
     parser.add_argument("--config", required=True, help="YAML run config (configs/*.yaml)")
     args, overrides = parser.parse_known_args(argv)
     cfg = load_config(args.config, overrides)

@@ -8,24 +8,10 @@ megatron-core's trivial model-parallel groups.
 from __future__ import annotations
 
 import os
-from dataclasses import dataclass
 
-import torch
-
-from megatron_ego.model.cpu import cuda_available
 from megatron_ego.model.parallel import ensure_model_parallel
-
-
-@dataclass(frozen=True)
-class DistInfo:
-    rank: int
-    world_size: int
-    local_rank: int
-    device: torch.device
-
-    @property
-    def is_main(self) -> bool:
-        return self.rank == 0
+from megatron_ego.runtime.device import cuda_available
+from megatron_ego.runtime.processes import Processes, current_processes, local_device
 
 
 def _env_from_slurm() -> None:
@@ -48,13 +34,13 @@ def _free_port() -> int:
 
 def _skip_deepspeed_cpu_shm_op() -> None:
     """On CPU, DeepSpeed JIT-compiles a shared-memory all-reduce op at start-up (30 s to minutes
-    on 2 cores, ENVIRONMENT.md). gloo does the same job; mark the op unavailable."""
+    on 2 cores, docs/environment.md). gloo does the same job; mark the op unavailable."""
     import deepspeed.ops
 
     deepspeed.ops.__compatible_ops__["deepspeed_shm_comm"] = False
 
 
-def init_distributed() -> DistInfo:
+def init_distributed() -> Processes:
     """Initialise torch.distributed through DeepSpeed; single process when no launcher is used."""
     import deepspeed
 
@@ -70,15 +56,7 @@ def init_distributed() -> DistInfo:
     on_gpu = cuda_available()
     if not on_gpu:
         _skip_deepspeed_cpu_shm_op()
-    local_rank = int(os.environ["LOCAL_RANK"])
-    if on_gpu:
-        torch.cuda.set_device(local_rank)
+    device = local_device(on_gpu, int(os.environ["LOCAL_RANK"]))
     deepspeed.init_distributed(dist_backend="nccl" if on_gpu else "gloo")
     ensure_model_parallel()
-    device = torch.device("cuda", local_rank) if on_gpu else torch.device("cpu")
-    return DistInfo(
-        rank=torch.distributed.get_rank(),
-        world_size=torch.distributed.get_world_size(),
-        local_rank=local_rank,
-        device=device,
-    )
+    return current_processes(device)

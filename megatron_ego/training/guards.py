@@ -19,6 +19,8 @@ import torch
 import torch.distributed as dist
 from torch import nn
 
+from megatron_ego.runtime.processes import multi_rank
+
 __all__ = ["BadRecords", "SkippedSteps", "TrainingStopped", "check_finite_weights",
            "nonfinite_weights"]
 
@@ -73,8 +75,9 @@ def check_finite_weights(modules: dict[str, nn.Module], step: int) -> None:
     """Raise TrainingStopped, on every rank, when any rank's modules hold a non-finite weight."""
     bad = {name: nonfinite_weights(m) for name, m in modules.items()}
     first = next((f"{name}.{names[0]}" for name, names in bad.items() if names), "")
-    flag = torch.tensor([1.0 if first else 0.0])
-    if dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1:
+    device = next((p.device for m in modules.values() for p in m.parameters()), None)
+    flag = torch.tensor([1.0 if first else 0.0], device=device)  # NCCL reduces device tensors
+    if multi_rank():
         dist.all_reduce(flag, op=dist.ReduceOp.MAX)
     if flag.item() > 0:
         where = f" (e.g. {first})" if first else " (on another rank)"

@@ -11,7 +11,7 @@ import torch
 from torch import nn
 
 from megatron_ego.config import OptimConfig
-from megatron_ego.model.cpu import cuda_available
+from megatron_ego.runtime.device import cuda_available
 
 
 def param_groups(model: nn.Module) -> list[dict]:

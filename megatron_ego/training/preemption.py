@@ -11,6 +11,8 @@ import signal
 import torch
 import torch.distributed as dist
 
+from megatron_ego.runtime.processes import multi_rank
+
 
 class PreemptionHandler:
     SIGNALS = (signal.SIGTERM, signal.SIGUSR1)
@@ -25,7 +27,7 @@ class PreemptionHandler:
     def requested(self, device: torch.device) -> bool:
         """True on every rank when any rank received a signal (a collective: call on all ranks)."""
         flag = torch.tensor([1.0 if self.received is not None else 0.0], device=device)
-        if dist.is_initialized() and dist.get_world_size() > 1:
+        if multi_rank():
             dist.all_reduce(flag, op=dist.ReduceOp.MAX)
         return bool(flag.item() > 0)
 

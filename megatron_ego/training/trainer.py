@@ -22,10 +22,10 @@ import torch.distributed as dist
 from megatron_ego.config import Config, ConfigError, save_config
 from megatron_ego.config_io import to_dict
 from megatron_ego.losses.objective import EgoAgentObjective
-from megatron_ego.model.cpu import seed_everything
 from megatron_ego.model.egoagent import EgoAgent
+from megatron_ego.runtime.device import seed_everything
+from megatron_ego.runtime.processes import Processes, multi_rank
 from megatron_ego.training import checkpoint as ckpt
-from megatron_ego.training.distributed import DistInfo
 from megatron_ego.training.ds_config import load_ds_config
 from megatron_ego.training.ema import EMA, make_teacher
 from megatron_ego.training.flops import clip_flops, device_peak_tflops
@@ -99,13 +99,13 @@ def _cast(inputs: dict, dtype: torch.dtype) -> dict:
 
 def _all_finite(value: torch.Tensor) -> bool:
     flag = torch.isfinite(value.detach()).all().float().reshape(1)
-    if dist.is_initialized() and dist.get_world_size() > 1:
+    if multi_rank():
         dist.all_reduce(flag, op=dist.ReduceOp.MIN)
     return bool(flag.item() > 0)
 
 
 def _mean_over_ranks(terms: dict[str, float], device: torch.device) -> dict[str, float]:
-    if not (dist.is_initialized() and dist.get_world_size() > 1) or not terms:
+    if not multi_rank() or not terms:
         return terms
     keys = sorted(terms)
     t = torch.tensor([terms[k] for k in keys], device=device, dtype=torch.float64)
@@ -117,7 +117,7 @@ def _mean_over_ranks(terms: dict[str, float], device: torch.device) -> dict[str,
 class Trainer:
     """Builds everything from a Config and runs `fit()`."""
 
-    def __init__(self, cfg: Config, ds_config_path: str, dist_info: DistInfo,
+    def __init__(self, cfg: Config, ds_config_path: str, dist_info: Processes,
                  resume: str = "none"):
         self.cfg, self.dist = cfg, dist_info
         self.run_dir = run_dir_of(cfg)
@@ -257,7 +257,7 @@ class Trainer:
     def _count_records(self, records: list[int]) -> None:
         """Sum (bad, drawn) over ranks into the run's counts; stop past the allowed share."""
         counts = torch.tensor(records, dtype=torch.float64, device=self.dist.device)
-        if dist.is_initialized() and dist.get_world_size() > 1:
+        if multi_rank():
             dist.all_reduce(counts)
         bad, drawn = (int(v) for v in counts.tolist())
         self.state.bad_records += bad

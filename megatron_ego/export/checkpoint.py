@@ -24,7 +24,7 @@ import torch
 
 from megatron_ego.config import Config, ConfigError
 from megatron_ego.config_io import from_dict
-from megatron_ego.eval.export_format import ExportError, module_weights
+from megatron_ego.export.format import ExportError, module_weights
 from megatron_ego.training.checkpoint import COMPLETE, complete_checkpoints, find_resume_checkpoint
 
 log = logging.getLogger(__name__)
