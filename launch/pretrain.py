@@ -12,7 +12,8 @@ CPU (2 processes, the demo world):
         --config configs/tiny_cpu.yaml
 Any config field can be overridden: --optim.lr=3e-4 --run.micro_batch_size=32 ...
 SIGTERM / SIGUSR1 write a checkpoint and exit (a PREEMPTED file marks it); `--resume auto`
-continues from the newest complete checkpoint.
+continues from the newest checkpoint that verifies, on any number of ranks with the same
+global batch. `--resume none` refuses a run folder that holds checkpoints (add --overwrite).
 """
 
 from __future__ import annotations
@@ -33,8 +34,11 @@ def parse_args(argv: list[str] | None = None) -> tuple[argparse.Namespace, list[
     parser.add_argument("--ds_config", default="configs/zero2.json",
                         help="DeepSpeed JSON; 'auto' values are filled from the YAML")
     parser.add_argument("--resume", default="auto",
-                        help="'auto' (newest complete checkpoint of the run, if any), 'none', "
-                             "or a checkpoint folder")
+                        help="'auto' (the newest checkpoint of the run that verifies, if any), "
+                             "'none' (a new run), or a checkpoint folder")
+    parser.add_argument("--overwrite", action="store_true",
+                        help="with --resume none: delete the run folder's checkpoints and "
+                             "metrics instead of refusing to start")
     parser.add_argument("--max_steps", type=int, default=None,
                         help="stop after this many more steps (the schedules still follow "
                              "schedule.train_iters)")
@@ -61,11 +65,18 @@ def main(argv: list[str] | None = None) -> int:
         check_data_paths(cfg)
         load_ds_config(args.ds_config, cfg, int(os.environ.get("WORLD_SIZE", "1")))
         dist_info = init_distributed()
-        trainer = Trainer(cfg, args.ds_config, dist_info, resume=args.resume)
+        trainer = Trainer(cfg, args.ds_config, dist_info, resume=args.resume,
+                          overwrite=args.overwrite)
     except ConfigError as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
-    trainer.fit(max_steps=args.max_steps)
+    from megatron_ego.training.checkpoint import CheckpointError
+
+    try:
+        trainer.fit(max_steps=args.max_steps)
+    except CheckpointError as e:  # e.g. the disk is full: nothing was marked complete
+        print(f"error: {e}", file=sys.stderr)
+        return 1
     return 0
 
 
