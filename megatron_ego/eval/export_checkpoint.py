@@ -8,7 +8,7 @@ student as DeepSpeed files and ``trainer_state.pt`` (teacher state dict, resolve
 - student: fp32 master weights consolidated from the ZeRO-2 optimizer partitions with
   ``deepspeed.utils.zero_to_fp32.get_fp32_state_dict_from_zero_checkpoint`` (run only on a
   checkpoint that verified against its COMPLETE manifest, and whose files unpickle with
-  ``weights_only=True``: that function itself loads with ``weights_only=False``); if that fails the
+  ``weights_only=True``: that function itself unpickles without restriction); if that fails the
   module states file ``mp_rank_00_model_states.pt`` is used (the training precision's weights,
   bf16 on GPUs) and the returned source says so.
 
@@ -66,7 +66,7 @@ def resolve_checkpoint(path: str | Path) -> Path:
     if found is None:
         why = f" ({'; '.join(failed)})" if failed else ""
         raise ExportError(
-            f"no checkpoint under {path} verifies{why}: train first (launch/pretrain.py writes "
+            f"no complete checkpoint under {path} that verifies{why}: train first (launch/pretrain.py writes "
             f"{run_dir}/checkpoints/step_*/ with a {COMPLETE} manifest)"
         )
     return found
@@ -95,7 +95,7 @@ def student_weights(folder: Path) -> tuple[dict[str, torch.Tensor], str]:
 
     for file in sorted(folder.glob("*_states.pt")):  # what zero_to_fp32 will unpickle
         try:
-            safe_load(file)  # refuses executable content before DeepSpeed's weights_only=False
+            safe_load(file)  # refuses executable content before DeepSpeed's unrestricted load
         except CheckpointError as err:
             raise ExportError(str(err)) from err
     try:

@@ -195,7 +195,7 @@ def _safe_checkpoint_engine_class():
 
 
 def install_safe_checkpoint_engine(engine) -> None:
-    """Replace the engine's checkpoint engine (DeepSpeed's loads use weights_only=False)."""
+    """Replace the engine's checkpoint engine (DeepSpeed's own unpickles everything)."""
     engine.checkpoint_engine = _safe_checkpoint_engine_class()(engine._config)
 
 
@@ -245,6 +245,16 @@ def _manifest_files(folder: Path) -> dict[str, dict]:
             entry["crc32"] = _crc32(path)
         files[path.name] = entry
     return files
+
+
+def mark_complete(folder: Path, meta: dict) -> dict:
+    """Write COMPLETE: `meta` plus every file of `folder` with its size (and crc32), after an
+    fsync of the folder (the files were fsynced by their writers). Returns the manifest."""
+    fsync_dir(folder)
+    manifest = {"format": MANIFEST_FORMAT, "time": time.time(), **meta,
+                "files": _manifest_files(folder)}
+    atomic_write_text(folder / COMPLETE, json.dumps(manifest, indent=1) + "\n")
+    return manifest
 
 
 def read_manifest(folder: Path) -> dict | None:
@@ -413,10 +423,7 @@ def save_checkpoint(engine, run_dir: str, step: int, trainer_state: dict, rank: 
     _raise_if_any(_gather(error), rank, folder, previous)
     if rank == 0:
         try:
-            fsync_dir(folder)
-            manifest = {"format": MANIFEST_FORMAT, "step": step, "world_size": _world(),
-                        "time": time.time(), **(meta or {}), "files": _manifest_files(folder)}
-            atomic_write_text(folder / COMPLETE, json.dumps(manifest, indent=1) + "\n")
+            mark_complete(folder, {"step": step, "world_size": _world(), **(meta or {})})
             atomic_write_text(root / LATEST, tag_for(step))
         except Exception as err:  # noqa: BLE001
             error = _describe_write_error(err, folder / COMPLETE)
