@@ -525,8 +525,14 @@ def _load_resharded(engine, folder: Path, saved_world: int) -> None:
                     target[key].copy_(merged)
                 else:
                     target[key] = merged
-            else:  # "step" (the same on every rank)
-                target[key] = value.clone() if torch.is_tensor(value) else value
+            elif key in target and torch.is_tensor(target[key]) and torch.is_tensor(value):
+                target[key].copy_(value)  # "step" (the same on every rank), where it lives
+            elif torch.is_tensor(value):  # as torch's load_state_dict places it
+                group = opt.optimizer.param_groups[i]
+                on_device = group.get("fused") or group.get("capturable")
+                target[key] = value.to(current.device if on_device else "cpu", torch.float32)
+            else:
+                target[key] = value
     first = saved[0]
     if "loss_scaler" in first:
         opt.loss_scaler = first["loss_scaler"]
