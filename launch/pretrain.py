@@ -15,7 +15,8 @@ See the result without training (no launcher needed):
     python launch/pretrain.py --config configs/tiny_cpu.yaml --optim.lr=1e-4 --print-config
     python launch/pretrain.py --config configs/tiny_cpu.yaml --list-keys
 SIGTERM / SIGUSR1 write a checkpoint and exit (a PREEMPTED file marks it); `--resume auto`
-continues from the newest complete checkpoint.
+continues from the newest checkpoint that verifies, on any number of ranks with the same
+global batch. `--resume none` refuses a run folder that holds checkpoints (add --overwrite).
 
 Exit codes: 0 done (or stopped by a signal after checkpointing); 2 a usage, config or data error
 found at start-up (one `error:` line: what is wrong and what to do); 1 the run stopped itself
@@ -41,8 +42,11 @@ def parse_args(argv: list[str] | None = None) -> tuple[argparse.Namespace, list[
     parser.add_argument("--ds_config", default="configs/zero2.json",
                         help="DeepSpeed JSON; 'auto' values are filled from the YAML")
     parser.add_argument("--resume", default="auto",
-                        help="'auto' (newest complete checkpoint of the run, if any), 'none', "
-                             "or a checkpoint folder")
+                        help="'auto' (the newest checkpoint of the run that verifies, if any), "
+                             "'none' (a new run), or a checkpoint folder")
+    parser.add_argument("--overwrite", action="store_true",
+                        help="with --resume none: delete the run folder's checkpoints and "
+                             "metrics instead of refusing to start")
     parser.add_argument("--max_steps", type=int, default=None,
                         help="stop after this many more steps (the schedules still follow "
                              "schedule.train_iters)")
@@ -86,6 +90,7 @@ def main(argv: list[str] | None = None) -> int:
 def run(cfg: Config, args: argparse.Namespace) -> int:
     """Train `cfg` (already loaded and validated); the exit code of the module docstring."""
     from megatron_ego.data.indexed import IndexedDataError
+    from megatron_ego.training.checkpoint import CheckpointError
     from megatron_ego.training.guards import TrainingStopped
 
     try:
@@ -102,12 +107,13 @@ def run(cfg: Config, args: argparse.Namespace) -> int:
         check_data_paths(cfg)
         load_ds_config(args.ds_config, cfg, int(os.environ.get("WORLD_SIZE", "1")))
         dist_info = init_distributed()
-        trainer = Trainer(cfg, args.ds_config, dist_info, resume=args.resume)
+        trainer = Trainer(cfg, args.ds_config, dist_info, resume=args.resume,
+                          overwrite=args.overwrite)
         trainer.fit(max_steps=args.max_steps)  # opens the data first: its errors are start-up's
     except (ConfigError, IndexedDataError) as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
-    except TrainingStopped as e:
+    except (TrainingStopped, CheckpointError) as e:  # CheckpointError: e.g. the disk is full
         print(f"error: {e}", file=sys.stderr)
         return 1
     return 0

@@ -11,7 +11,12 @@ import pytest
 import torch
 
 from megatron_ego.config import ConfigError, load_config
-from megatron_ego.training.checkpoint import COMPLETE, find_resume_checkpoint, prune, tag_for
+from megatron_ego.training.checkpoint import (
+    find_resume_checkpoint,
+    mark_complete,
+    prune,
+    tag_for,
+)
 from megatron_ego.training.ds_config import load_ds_config
 from megatron_ego.training.ema import EMA
 from megatron_ego.training.flops import clip_flops, trunk_forward_flops
@@ -108,13 +113,14 @@ def test_incomplete_checkpoints_are_skipped_with_a_warning(tmp_path, caplog):
     root = tmp_path / "checkpoints"
     for step, complete in ((10, True), (20, True), (30, False)):
         (root / tag_for(step)).mkdir(parents=True)
+        (root / tag_for(step) / "trainer_state.pt").write_bytes(b"x" * step)
         if complete:
-            (root / tag_for(step) / COMPLETE).write_text("{}")
+            mark_complete(root / tag_for(step), {"step": step})
     with caplog.at_level(logging.WARNING):
-        found = find_resume_checkpoint(str(tmp_path))
+        found, _ = find_resume_checkpoint(str(tmp_path))
     assert found.name == tag_for(20)
     assert "incomplete checkpoint" in caplog.text and tag_for(30) in caplog.text
-    prune(root, keep_last=1)
+    prune(root, keep_last=1, newest=root / tag_for(30))
     assert sorted(p.name for p in root.iterdir()) == [tag_for(20), tag_for(30)]
 
 

@@ -4,10 +4,13 @@
     batch = next(loader)   # micro-step N of this rank
 
 Each DataLoader item is a whole micro-batch: item k is micro-step k, built by `MicroBatchDataset`
-from nothing but (seed, k, rank, world_size) (mix.py picks the source and the samples; every
-sample's random draws come from a numpy Generator seeded with (seed, k, rank, j)). So the
-stream is the same on any number of workers and a run restarted at micro-step N yields exactly
-what an uninterrupted run yields from N on.
+from nothing but (seed, k, rank, world_size, grad_accum). Micro-step k of rank r is slot
+g = (k mod A) W + r of optimizer step s = k div A (W ranks, A accumulation steps): mix.py picks
+the source from s and the samples from (s, g), and every sample's random draws come from a
+numpy Generator seeded with (seed, s, g, j). So the stream is the same on any number of workers,
+a run restarted at micro-step N yields exactly what an uninterrupted run yields from N on, and
+with the same global batch W A b the optimizer steps see the same samples on any number of
+ranks (a checkpoint can be resumed on another world size). With A = 1, s = k and g = r.
 
 Ego-Exo4D micro-batch (b clips, T steps, S = model.image_size, s = model.local_crop_size):
     source        "egoexo4d"
@@ -98,9 +101,10 @@ def _empty(*shape: int) -> torch.Tensor:
     return torch.empty(0).set_(storage, 0, shape)
 
 
-def sample_rng(seed: int, micro_step: int, rank: int, slot: int) -> np.random.Generator:
-    """The random stream of sample `slot` of micro-step `micro_step` on `rank`."""
-    return np.random.default_rng([int(seed) % 2**64, micro_step, rank, slot])
+def sample_rng(seed: int, step: int, slot: int, sample: int) -> np.random.Generator:
+    """The random stream of sample `sample` of micro-batch `slot` of optimizer step `step`
+    (with one accumulation step: micro-step `step` on rank `slot`)."""
+    return np.random.default_rng([int(seed) % 2**64, step, slot, sample])
 
 
 class MicroBatchDataset(Dataset):
@@ -112,6 +116,7 @@ class MicroBatchDataset(Dataset):
         seed: cfg.run.seed.
         rank, world_size: this data-parallel rank and the number of ranks.
         micro_batch_size: samples per micro-batch b.
+        grad_accum: micro-steps per optimizer step A (global batch = world_size A b).
         walking_tours_ratio: P(a micro-step is WalkingTours); forced to 0 without that source.
         num_steps, poses_per_step, num_joints: T, P and J of the model (Ego-Exo4D clips
             must match).
@@ -126,6 +131,7 @@ class MicroBatchDataset(Dataset):
         rank: int,
         world_size: int,
         micro_batch_size: int,
+        grad_accum: int = 1,
         walking_tours_ratio: float = 0.0,
         num_steps: int = 4,
         poses_per_step: int = 5,
@@ -138,18 +144,21 @@ class MicroBatchDataset(Dataset):
             raise ValueError("Ego-Exo4D micro-batches are drawn but no Ego-Exo4D dataset was given")
         self.sources, self.spec = sources, spec
         self.seed, self.rank, self.world_size = seed, rank, world_size
-        self.micro_batch_size = micro_batch_size
+        self.micro_batch_size, self.grad_accum = micro_batch_size, grad_accum
+        slots = world_size * grad_accum  # micro-batches per optimizer step
         self.num_steps, self.poses_per_step, self.num_joints = num_steps, poses_per_step, num_joints
         self.schedule = SourceSchedule(seed, ratio)
         self.orders = {
-            name: EpochOrder(len(ds), seed, name, world_size, micro_batch_size)
+            name: EpochOrder(len(ds), seed, name, slots, micro_batch_size)
             for name, ds in sources.items()
         }
 
     def __getitem__(self, micro_step: int) -> dict[str, Any]:
-        source, n = self.schedule.position(int(micro_step))
-        indices = self.orders[source].indices(n, self.rank)  # int64 [b]
-        rngs = [sample_rng(self.seed, int(micro_step), self.rank, j) for j in range(len(indices))]
+        step, accum = divmod(int(micro_step), self.grad_accum)
+        slot = accum * self.world_size + self.rank  # place in the global batch of `step`
+        source, n = self.schedule.position(step)
+        indices = self.orders[source].indices(n, slot)  # int64 [b]
+        rngs = [sample_rng(self.seed, step, slot, j) for j in range(len(indices))]
         bad: list[str] = []
         if source == EGOEXO4D:
             batch = self._egoexo4d(indices, rngs, bad)
@@ -393,6 +402,7 @@ def build_train_loader(
         rank=rank,
         world_size=world_size,
         micro_batch_size=cfg.run.micro_batch_size,
+        grad_accum=max(1, cfg.run.global_batch_size // (cfg.run.micro_batch_size * world_size)),
         walking_tours_ratio=data.walking_tours_ratio if use_walking else 0.0,
         num_steps=cfg.model.num_steps,
         poses_per_step=cfg.model.poses_per_step,

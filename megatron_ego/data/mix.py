@@ -1,5 +1,9 @@
 """Which samples each micro-step draws: homogeneous micro-batches and per-epoch sample order.
 
+The training loader (loader.py) calls them with the optimizer step as "micro-step" and the
+micro-batch's slot in the global batch as "rank" (W = slots per step), which is the same thing
+with one accumulation step and makes the stream independent of the number of ranks.
+
 Two pure functions of the seed decide everything, so a run resumed at micro-step N draws what an
 uninterrupted run draws from N on, on any number of DataLoader workers:
 

@@ -33,7 +33,7 @@ from megatron_ego.eval.features import (
     unreadable_images,
 )
 from megatron_ego.eval.knn import knn_accuracy, list_image_folder
-from megatron_ego.runtime.processes import Processes
+from megatron_ego.runtime.processes import Processes, multi_rank
 
 log = logging.getLogger(__name__)
 
@@ -89,7 +89,7 @@ def run_knn(agent, train_dir: str, val_dir: str, out_dir: str | Path, ranks: Pro
     accuracy = knn_accuracy(train_feats, train_y, val_feats, val_y, num_classes=len(classes),
                             k=k, temperature=temperature)
     skipped = torch.tensor([skip_train, skip_val], dtype=torch.float64, device=ranks.device)
-    if dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1:
+    if multi_rank():
         dist.all_reduce(skipped)
     skip_train, skip_val = (int(v) for v in skipped.tolist())
     if ranks.is_main and (skip_train or skip_val):

@@ -6,7 +6,9 @@ student as DeepSpeed files and ``trainer_state.pt`` (teacher state dict, resolve
 - teacher: ``trainer_state.pt["teacher"]``, the full fp32 EMA teacher (what DINO-style methods
   evaluate; the default);
 - student: fp32 master weights consolidated from the ZeRO-2 optimizer partitions with
-  ``deepspeed.utils.zero_to_fp32.get_fp32_state_dict_from_zero_checkpoint``; if that fails the
+  ``deepspeed.utils.zero_to_fp32.get_fp32_state_dict_from_zero_checkpoint`` (run only on a
+  checkpoint that verified against its COMPLETE manifest, and whose files unpickle with
+  ``weights_only=True``: that function itself unpickles without restriction); if that fails the
   module states file ``mp_rank_00_model_states.pt`` is used (the training precision's weights,
   bf16 on GPUs) and the returned source says so.
 
@@ -25,7 +27,13 @@ import torch
 from megatron_ego.config import Config, ConfigError
 from megatron_ego.config_io import from_dict
 from megatron_ego.export.format import ExportError, module_weights
-from megatron_ego.training.checkpoint import COMPLETE, complete_checkpoints, find_resume_checkpoint
+from megatron_ego.training.checkpoint import (
+    COMPLETE,
+    CheckpointError,
+    find_resume_checkpoint,
+    safe_load,
+    verify,
+)
 
 log = logging.getLogger(__name__)
 
@@ -46,20 +54,20 @@ def resolve_checkpoint(path: str | Path) -> Path:
             "checkpoints/) or one of its checkpoints/step_* folders"
         )
     if (path / TRAINER_STATE).is_file() or path.name.startswith("step_"):
-        if not (path / COMPLETE).is_file():
+        reason = verify(path)
+        if reason is not None:
             raise ExportError(
-                f"checkpoint {path} has no {COMPLETE} marker (it was cut off mid-write): pass "
-                "the run directory to take its newest complete checkpoint"
+                f"checkpoint {path} does not verify ({reason}): pass the run directory to take "
+                "its newest checkpoint that does"
             )
         return path
-    found = find_resume_checkpoint(str(path))
-    if found is None and path.name == "checkpoints":
-        complete = complete_checkpoints(path)
-        found = complete[-1] if complete else None
+    run_dir = path.parent if path.name == "checkpoints" else path
+    found, failed = find_resume_checkpoint(run_dir)
     if found is None:
+        why = f" ({'; '.join(failed)})" if failed else ""
         raise ExportError(
-            f"no complete checkpoint under {path}: train first (launch/pretrain.py writes "
-            f"{path}/checkpoints/step_*/ with a {COMPLETE} marker)"
+            f"no complete checkpoint under {path} that verifies{why}: train first (launch/pretrain.py writes "
+            f"{run_dir}/checkpoints/step_*/ with a {COMPLETE} manifest)"
         )
     return found
 
@@ -68,8 +76,10 @@ def _trainer_state(folder: Path) -> dict:
     file = folder / TRAINER_STATE
     if not file.is_file():
         raise ExportError(f"{file} is missing: {folder} is not a megatron-ego training checkpoint")
-    # a training checkpoint of our own (trusted): plain dicts, tensors and numbers
-    return torch.load(file, map_location="cpu", weights_only=False)
+    try:  # plain dicts, tensors and numbers: anything else is refused, never run
+        return safe_load(file)
+    except CheckpointError as err:
+        raise ExportError(str(err)) from err
 
 
 def _config(state: dict, folder: Path) -> Config:
@@ -83,6 +93,11 @@ def student_weights(folder: Path) -> tuple[dict[str, torch.Tensor], str]:
     """(fp32 student weights, source description) of one checkpoint folder."""
     from deepspeed.utils.zero_to_fp32 import get_fp32_state_dict_from_zero_checkpoint
 
+    for file in sorted(folder.glob("*_states.pt")):  # what zero_to_fp32 will unpickle
+        try:
+            safe_load(file)  # refuses executable content before DeepSpeed's unrestricted load
+        except CheckpointError as err:
+            raise ExportError(str(err)) from err
     try:
         state = get_fp32_state_dict_from_zero_checkpoint(str(folder.parent), tag=folder.name)
         return module_weights(state), "zero_to_fp32 (fp32 master weights from the ZeRO partitions)"
@@ -94,7 +109,10 @@ def student_weights(folder: Path) -> tuple[dict[str, torch.Tensor], str]:
         if not file.is_file():
             raise ExportError(f"{folder}: ZeRO consolidation failed ({err}) and {MODEL_STATES} "
                               "is missing") from err
-        module = torch.load(file, map_location="cpu", weights_only=False)["module"]
+        try:
+            module = safe_load(file)["module"]
+        except CheckpointError as err2:
+            raise ExportError(str(err2)) from err2
         return module_weights(module), f"{MODEL_STATES} (fallback: zero_to_fp32 failed: {err})"
 
 

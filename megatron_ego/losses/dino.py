@@ -7,6 +7,11 @@ all-reduced over data-parallel ranks: c <- m c + (1 - m) mean(t). The first upda
 first batch mean (ours; DINO starts from c = 0, which makes the first steps' targets and losses
 an artefact of the zero start: the loss climbs towards ln K while c catches up).
 
+With `defer_center_updates()` (the trainer's choice) the teacher sums of every micro-batch of an
+optimizer step are kept and `commit_center()` applies one update with the mean over the whole
+global batch, as DINO does per iteration: the center then follows the same values on any number
+of ranks and accumulation steps (with one accumulation step it is the same update as above).
+
 `centering="sinkhorn_knopp"` replaces the centred softmax by Sinkhorn-Knopp normalisation of
 exp(t / tau_t) over the (all-ranks) batch, as DINOv2 offers: every prototype gets an equal share
 of the batch and every view a distribution, so targets are spread from the first step; it does
@@ -37,6 +42,12 @@ class DINOLoss(nn.Module):
         self.center_momentum = center_momentum
         self.register_buffer("center", torch.zeros(1, out_dim))  # [1, K]
         self.register_buffer("center_updates", torch.zeros((), dtype=torch.long))
+        self.defer_center = False
+        self._pending: list[tuple[torch.Tensor, torch.Tensor]] = []  # (sum [1, K], count [])
+
+    def defer_center_updates(self) -> None:
+        """Keep each forward's teacher sums until `commit_center()` (once per optimizer step)."""
+        self.defer_center = True
 
     def forward(
         self,
@@ -76,14 +87,38 @@ class DINOLoss(nn.Module):
             if student.shape[0] != teacher.shape[0]:
                 raise ValueError("paired DINO loss needs as many student as teacher views")
             loss = -(t_prob * s_logp).sum(-1).mean()
-        self.update_center(teacher)
+        if self.defer_center:
+            self._pending.append(_batch_sum(teacher))
+        else:
+            self.update_center(teacher)
         return loss
+
+    def pending(self) -> int:
+        """Forwards kept since the last commit."""
+        return len(self._pending)
+
+    def drop_pending_since(self, kept: int) -> None:
+        """Forget the teacher sums of the forwards after the first `kept` (a skipped micro-batch)."""
+        del self._pending[kept:]
+
+    @torch.no_grad()
+    def commit_center(self) -> None:
+        """One center update from the micro-batches since the last commit (collective when
+        any were kept; every rank keeps the same number, the source being shared)."""
+        if not self._pending:
+            return
+        batch_sum = torch.stack([s for s, _ in self._pending]).sum(0)  # [1, K]
+        count = torch.stack([c for _, c in self._pending]).sum()
+        self._pending.clear()
+        self._apply_center(batch_sum, count)
 
     @torch.no_grad()
     def update_center(self, teacher: torch.Tensor) -> None:
         """teacher [V, n, K]: EMA of the batch mean, averaged over all data-parallel ranks."""
-        batch_sum = teacher.reshape(-1, teacher.shape[-1]).sum(0, keepdim=True)  # [1, K]
-        count = torch.tensor(float(teacher.shape[0] * teacher.shape[1]), device=teacher.device)
+        self._apply_center(*_batch_sum(teacher))
+
+    @torch.no_grad()
+    def _apply_center(self, batch_sum: torch.Tensor, count: torch.Tensor) -> None:
         if multi_rank():
             dist.all_reduce(batch_sum)
             dist.all_reduce(count)
@@ -93,6 +128,13 @@ class DINOLoss(nn.Module):
         else:
             self.center.mul_(self.center_momentum).add_(batch_center * (1 - self.center_momentum))
         self.center_updates += 1
+
+
+def _batch_sum(teacher: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """teacher [V, n, K] -> (sum over views and samples [1, K], their number [])."""
+    batch_sum = teacher.reshape(-1, teacher.shape[-1]).sum(0, keepdim=True)  # [1, K]
+    count = torch.tensor(float(teacher.shape[0] * teacher.shape[1]), device=teacher.device)
+    return batch_sum, count
 
 
 def _all_reduce(x: torch.Tensor) -> torch.Tensor:

@@ -1,5 +1,8 @@
 """Run logging on rank 0: metrics.jsonl (every step), tensorboard and a console line (every
-`log_interval` steps), and a tqdm bar. Other ranks log nothing."""
+`log_interval` steps), and a tqdm bar. Other ranks log nothing.
+
+On resume, `truncate_metrics` first drops the records of steps after the checkpoint (they are
+done again), so every step appears once in metrics.jsonl."""
 
 from __future__ import annotations
 
@@ -10,6 +13,35 @@ import sys
 import time
 
 from tqdm import tqdm
+
+METRICS_FILE = "metrics.jsonl"
+
+
+def truncate_metrics(run_dir: str, step: int) -> int:
+    """Drop the records of steps > `step` (and a torn last line) from metrics.jsonl, rewriting it
+    atomically (fsynced temp file + rename). Returns how many lines were dropped."""
+    path = os.path.join(run_dir, METRICS_FILE)
+    if not os.path.isfile(path):
+        return 0
+    with open(path) as f:
+        lines = f.readlines()
+    kept = []
+    for line in lines:
+        try:
+            record = json.loads(line)
+        except ValueError:
+            continue  # a line cut off by a kill
+        if isinstance(record, dict) and int(record.get("step", 0)) <= step:
+            kept.append(line if line.endswith("\n") else line + "\n")
+    if len(kept) == len(lines):
+        return 0
+    tmp = path + ".tmp"
+    with open(tmp, "w") as f:
+        f.writelines(kept)
+        f.flush()
+        os.fsync(f.fileno())
+    os.replace(tmp, path)
+    return len(lines) - len(kept)
 
 
 class MetricsLogger:
@@ -23,7 +55,7 @@ class MetricsLogger:
         if not is_main:
             return
         os.makedirs(run_dir, exist_ok=True)
-        self.jsonl = open(os.path.join(run_dir, "metrics.jsonl"), "a", buffering=1)  # noqa: SIM115
+        self.jsonl = open(os.path.join(run_dir, METRICS_FILE), "a", buffering=1)  # noqa: SIM115
         from torch.utils.tensorboard import SummaryWriter
 
         self.tb = SummaryWriter(os.path.join(run_dir, "tensorboard"), purge_step=start_step)

@@ -35,9 +35,10 @@ from megatron_ego.training.guards import (
     TrainingStopped,
     check_finite_weights,
 )
-from megatron_ego.training.metrics import MetricsLogger
+from megatron_ego.training.metrics import MetricsLogger, truncate_metrics
 from megatron_ego.training.optimizer import apply_schedules, build_optimizer
 from megatron_ego.training.preemption import PreemptionHandler
+from megatron_ego.training.resume import check_compatible, select_checkpoint
 from megatron_ego.training.schedules import build_schedules
 
 log = logging.getLogger(__name__)
@@ -118,48 +119,82 @@ class Trainer:
     """Builds everything from a Config and runs `fit()`."""
 
     def __init__(self, cfg: Config, ds_config_path: str, dist_info: Processes,
-                 resume: str = "none"):
+                 resume: str = "none", overwrite: bool = False):
         self.cfg, self.dist = cfg, dist_info
         self.run_dir = run_dir_of(cfg)
         self.ds_config = load_ds_config(ds_config_path, cfg, dist_info.world_size)
         self.grad_accum = self.ds_config["gradient_accumulation_steps"]
         self.dtype = _DTYPES[cfg.run.precision]
+        # Which checkpoint, before any model is built: a refused resume costs nothing.
+        folder, self.run_id = self._select_resume(resume, overwrite)
         seed_everything(cfg.run.seed)  # identical initial weights on every rank
         student = EgoAgent(cfg.model, precision=cfg.run.precision)
         optimizer = build_optimizer(student, cfg.optim)
         self.engine, self.optimizer, _, _ = deepspeed.initialize(
             model=student, optimizer=optimizer, config=self.ds_config)
+        ckpt.install_safe_checkpoint_engine(self.engine)
         self.teacher = make_teacher(self.engine.module, cfg.model, dist_info.device)
         self.ema = EMA(self.teacher, self.engine.module)
         self.objective = EgoAgentObjective(cfg.model, cfg.loss).to(dist_info.device)
+        self.objective.defer_center_updates()  # once per step: the same on any world size
         self.schedules = build_schedules(cfg)
         self.state = TrainState()
         self.skips = SkippedSteps(cfg.optim.max_skipped_steps, dist_info.is_main)
         self.bad_records: BadRecords | None = None  # set by fit() once the data is open
-        if resume not in ("none", "auto") and not os.path.isdir(resume):
-            raise ConfigError(f"--resume {resume!r}: expected 'auto', 'none' or a checkpoint folder")
-        if resume != "none":
-            self._resume(resume)
+        if folder is not None:
+            self._resume(folder)
         if dist_info.is_main:
             os.makedirs(self.run_dir, exist_ok=True)
+            if ckpt.read_run_id(self.run_dir) != self.run_id:
+                ckpt.write_run_id(self.run_dir, self.run_id)
+            truncate_metrics(self.run_dir, self.state.step)
             save_config(cfg, os.path.join(self.run_dir, "config.yaml"))
         self.per_clip = {src: clip_flops(cfg, with_poses=src == "egoexo4d")
                          for src in ("egoexo4d", "walking_tours")}
         self.device_name, self.peak_tflops = device_peak_tflops(cfg.run.precision)
 
     # ------------------------------------------------------------------------------ checkpoints
-    def _resume(self, resume: str) -> None:
-        folder = Path(resume) if resume != "auto" else ckpt.find_resume_checkpoint(self.run_dir)
-        if folder is None:
-            if self.dist.is_main:
-                log.info("no complete checkpoint under %s: starting from scratch", self.run_dir)
-            return
-        state = ckpt.load_checkpoint(self.engine, folder, self.dist.rank)
+    def _select_resume(self, resume: str, overwrite: bool) -> tuple[Path | None, str]:
+        """(checkpoint to resume from or None, run id): decided by rank 0, told to every rank
+        (a shared file system may show the ranks different things mid-write)."""
+        decision: list = [None]
+        if self.dist.is_main:
+            try:
+                folder, run_id = select_checkpoint(self.run_dir, resume, overwrite)
+                if folder is not None:
+                    check_compatible(Path(folder), self.cfg.run.global_batch_size,
+                                     self.cfg.run.micro_batch_size)
+                decision[0] = (folder, run_id)
+            except ConfigError as err:
+                decision[0] = str(err)
+        if multi_rank():
+            dist.broadcast_object_list(decision, src=0)
+        if isinstance(decision[0], str):
+            raise ConfigError(decision[0])
+        folder, run_id = decision[0]
+        return (Path(folder) if folder else None), run_id
+
+    def _resume(self, folder: Path) -> None:
+        manifest = ckpt.read_manifest(folder) or {}
+        saved_world = int(manifest.get("world_size", self.dist.world_size))
+        try:
+            state = ckpt.load_checkpoint(self.engine, folder, self.dist.rank)
+        except ckpt.CheckpointError as err:
+            raise ConfigError(str(err)) from err
         self.teacher.load_state_dict(state["teacher"])
         self.objective.load_state_dict(state["objective"])
         self.state = TrainState(**state["train_state"])
+        if saved_world != self.dist.world_size:
+            # The data stream is a function of (optimizer step, slot in the global batch), so
+            # the position carries over: the next step's first micro-step on the new world.
+            old_accum = self.cfg.run.global_batch_size // (
+                self.cfg.run.micro_batch_size * saved_world)
+            steps_begun = -(-self.state.micro_step // old_accum)  # ceil
+            self.state.micro_step = steps_begun * self.grad_accum
         if self.dist.is_main:
-            log.info("resumed from %s at step %d", folder, self.state.step)
+            changed = (f" (written by {saved_world} ranks, now {self.dist.world_size}: optimizer "
+                       "state re-partitioned)" if saved_world != self.dist.world_size else "")
+            log.info("resumed from %s at step %d%s", folder, self.state.step, changed)
 
     def save(self) -> Path:
         """Checkpoint the run; refused (TrainingStopped, nothing written) when the student or the
@@ -172,8 +207,10 @@ class Trainer:
             "train_state": vars(self.state).copy(),
             "config": to_dict(self.cfg),
         }
+        meta = {"run_id": self.run_id, "global_batch_size": self.cfg.run.global_batch_size,
+                "micro_batch_size": self.cfg.run.micro_batch_size}
         return ckpt.save_checkpoint(self.engine, self.run_dir, self.state.step, trainer_state,
-                                    self.dist.rank, self.cfg.run.keep_last)
+                                    self.dist.rank, self.cfg.run.keep_last, meta)
 
     # --------------------------------------------------------------------------------- one step
     def _teacher_context(self):
@@ -184,12 +221,14 @@ class Trainer:
     def _micro_step(self, batch: dict, teacher_temp: float) -> dict[str, torch.Tensor] | None:
         """Forward + backward of one micro-batch; None when its loss was non-finite (skipped)."""
         batch = _to_device(batch, self.dist.device)
+        marks = self.objective.center_marks()
         inputs = _cast(self.objective.student_inputs(batch), self.dtype)
         out = self.engine(**inputs)
         with self._teacher_context():
             targets = self.objective.teacher_targets(self.teacher, batch)
         loss, terms = self.objective(out, targets, batch, teacher_temp)
         if self.cfg.run.precision != "fp16" and not _all_finite(loss):
+            self.objective.drop_centers_since(marks)
             return None  # fp16 overflows are DeepSpeed's: its loss scaler skips the step
         # An overflow under any precision (ZeRO-2 checks the gradients every step) makes
         # DeepSpeed skip the optimizer step: train_step sees engine.skipped_steps grow.
@@ -236,6 +275,7 @@ class Trainer:
                 sums[k] = sums.get(k, 0.0) + v
                 counts[k] = counts.get(k, 0) + 1
         self._count_records(records)
+        self.objective.commit_centers()
         skipped = self.engine.skipped_steps > skipped_before  # same on every rank
         if not skipped:
             self.ema.update(values["ema_momentum"])  # a skipped step changed no student weight
