@@ -77,6 +77,16 @@ class ModelConfig:
     """Prototypes (K) of the representation and state-prediction heads."""
     frame_bidirectional: bool = False
     """Full attention inside one frame's patches, causal elsewhere (default: causal everywhere)."""
+    action_velocity_inputs: bool = False
+    """The action projector also reads each pose's velocity (3 channels, m/s; ours): 7 input
+    channels instead of the paper's 4 (x, y, z, visibility; Table 8). The tiny CPU demo uses it:
+    a frame's ~1 cm motion is otherwise a 1% ripple on the posture after the LayerNorm."""
+    action_head: Literal["linear", "anchored"] = "linear"
+    """The action head. "linear": the paper's one Linear h -> 4 x P x J (Table 8), its output the
+    poses themselves (metres). "anchored" (ours, the tiny CPU demo): step 0 has its own output
+    layer, both are zero-initialised, step 0 is an offset from a learned mean pose and later
+    steps are velocities (m/s) from each joint's last visible position, so the untrained agent
+    predicts zero velocity (docs/results.md)."""
     predict_head_init: Literal["random", "represent"] = "random"
     """Initial weights of the state-prediction head: its own random draw, or a copy of the
     representation head's (ours; separate weights either way), so that its K prototypes start
@@ -226,6 +236,9 @@ class LossConfig:
     """Iterations of the linear teacher-temperature warm-up."""
     center_momentum: float = 0.9
     """Momentum of the teacher centering buffer."""
+    center_init: Literal["zero", "first_batch"] = "zero"
+    """Start of the DINO center: zero, then EMA after each loss (the official DINO), or the first
+    batch's mean (ours, the tiny CPU demo: no zero-start transient in a short run's loss)."""
     koleo_weight: float = 0.0
     """DINOv2's KoLeo regulariser on the student's state features of the first global crop
     (pushes each feature away from its nearest neighbour in the batch, against feature collapse);

@@ -42,7 +42,7 @@ class EgoAgentObjective(nn.Module):
         self.cfg = loss_cfg
         k = model_cfg.head_out_dim
         dino = dict(student_temp=loss_cfg.student_temp, center_momentum=loss_cfg.center_momentum,
-                    centering=loss_cfg.centering)
+                    centering=loss_cfg.centering, center_init=loss_cfg.center_init)
         self.represent_loss = DINOLoss(k, **dino)
         self.predict_loss = DINOLoss(k, **dino)
         self.action_loss = ActionLoss(loss_cfg.visibility_weight, loss_cfg.act_motion_loss)

@@ -128,7 +128,7 @@ class Trainer:
         if dist_info.is_main:
             os.makedirs(self.run_dir, exist_ok=True)
             save_config(cfg, os.path.join(self.run_dir, "config.yaml"))
-        self.per_clip = {src: clip_flops(cfg, with_poses=src == "egoexo4d")
+        self.per_clip = {src: clip_flops(cfg, self.engine.module, with_poses=src == "egoexo4d")
                          for src in ("egoexo4d", "walking_tours")}
         self.device_name, self.peak_tflops = device_peak_tflops(cfg.run.precision)
 
