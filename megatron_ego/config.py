@@ -354,6 +354,12 @@ class RunConfig:
     """Steps between checkpoints (a checkpoint is also written at the end and on SIGTERM/SIGUSR1)."""
     keep_last: int = 3
     """Complete checkpoints kept; older ones are deleted."""
+    init_from: str = ""
+    """Start from another run's weights (the recipe's stage 2 from stage 1): a run folder (its
+    newest complete checkpoint), a checkpoint folder or an export folder. Loads the student's and
+    the teacher's trunk, image projector, state query and representation head; everything else
+    (other modules, optimizer, schedules, step, DINO centers) starts afresh. Not a resume: a run
+    that has a checkpoint of its own resumes from it and ignores this. Empty = from scratch."""
     max_nonfinite_retries: int = 3
     """Under bf16/fp32: consecutive non-finite losses tolerated (step skipped) before stopping."""
 

@@ -29,6 +29,14 @@ from megatron_ego.training.distributed import DistInfo
 from megatron_ego.training.ds_config import load_ds_config
 from megatron_ego.training.ema import EMA, make_teacher
 from megatron_ego.training.flops import clip_flops, device_peak_tflops
+from megatron_ego.training.init_from import (
+    InitSource,
+    check_model_config,
+    fresh_names,
+    load_shared,
+    read_init_source,
+    summary_line,
+)
 from megatron_ego.training.metrics import MetricsLogger
 from megatron_ego.training.optimizer import apply_schedules, build_optimizer
 from megatron_ego.training.preemption import PreemptionHandler
@@ -111,18 +119,25 @@ class Trainer:
         self.ds_config = load_ds_config(ds_config_path, cfg, dist_info.world_size)
         self.grad_accum = self.ds_config["gradient_accumulation_steps"]
         self.dtype = _DTYPES[cfg.run.precision]
+        if resume not in ("none", "auto") and not os.path.isdir(resume):
+            raise ConfigError(f"--resume {resume!r}: expected 'auto', 'none' or a checkpoint folder")
         seed_everything(cfg.run.seed)  # identical initial weights on every rank
         student = EgoAgent(cfg.model, precision=cfg.run.precision)
+        init_source = self._init_source(resume)
+        if init_source is not None:  # before DeepSpeed copies the weights into its partitions
+            loaded = load_shared(student, init_source.student, init_source, "student")
         optimizer = build_optimizer(student, cfg.optim)
         self.engine, self.optimizer, _, _ = deepspeed.initialize(
             model=student, optimizer=optimizer, config=self.ds_config)
         self.teacher = make_teacher(self.engine.module, cfg.model, dist_info.device)
+        if init_source is not None:
+            load_shared(self.teacher, init_source.teacher, init_source, "teacher")
+            if dist_info.is_main:
+                log.info(summary_line(cfg, init_source, loaded, fresh_names(student)))
         self.ema = EMA(self.teacher, self.engine.module)
         self.objective = EgoAgentObjective(cfg.model, cfg.loss).to(dist_info.device)
         self.schedules = build_schedules(cfg)
         self.state = TrainState()
-        if resume not in ("none", "auto") and not os.path.isdir(resume):
-            raise ConfigError(f"--resume {resume!r}: expected 'auto', 'none' or a checkpoint folder")
         if resume != "none":
             self._resume(resume)
         if dist_info.is_main:
@@ -133,6 +148,21 @@ class Trainer:
         self.device_name, self.peak_tflops = device_peak_tflops(cfg.run.precision)
 
     # ------------------------------------------------------------------------------ checkpoints
+    def _init_source(self, resume: str) -> InitSource | None:
+        """run.init_from's weights, unless this run resumes from a checkpoint of its own."""
+        path = self.cfg.run.init_from
+        if not path:
+            return None
+        own = resume != "none" and (resume != "auto"
+                                    or ckpt.find_resume_checkpoint(self.run_dir) is not None)
+        if own:
+            if self.dist.is_main:
+                log.info("run.init_from=%s ignored: the run resumes from its own checkpoint", path)
+            return None
+        source = read_init_source(path)
+        check_model_config(self.cfg.model, source)
+        return source
+
     def _resume(self, resume: str) -> None:
         folder = Path(resume) if resume != "auto" else ckpt.find_resume_checkpoint(self.run_dir)
         if folder is None:
