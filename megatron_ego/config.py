@@ -385,6 +385,16 @@ class Config:
     ema: EMAConfig = field(default_factory=EMAConfig)
     run: RunConfig = field(default_factory=RunConfig)
 
+    def __post_init__(self) -> None:
+        if self.data.walking_tours_ratio > 0 and self.loss.represent_weight == 0:
+            raise ConfigError(
+                f"data.walking_tours_ratio={self.data.walking_tours_ratio} with "
+                "loss.represent_weight=0: WalkingTours micro-batches train only the represent "
+                "loss, so they would have nothing to train; set data.walking_tours_ratio=0"
+            )
+        if self.data.walking_tours_ratio == 1 and self.loss.represent_weight == 0:
+            raise ConfigError("data.walking_tours_ratio=1 needs loss.represent_weight > 0")
+
 
 def load_config(path: str | None = None, overrides: list[str] | tuple[str, ...] = ()) -> Config:
     """Read a YAML run config, apply `--section.key=value` overrides, validate everything."""
