@@ -181,7 +181,15 @@ class DataConfig:
     walking_tours_path: str = ""
     """Directory of preprocessed WalkingTours frames (no poses); empty = none."""
     walking_tours_ratio: float = 0.0
-    """Fraction of micro-batches drawn from WalkingTours (representation loss only)."""
+    """Share of WalkingTours samples (representation loss only): of the micro-steps
+    (mix_mode "micro_step") or of every micro-batch's samples (mix_mode "within_batch")."""
+    mix_mode: Literal["micro_step", "within_batch"] = "micro_step"
+    """How the two sources mix. "micro_step": each micro-step draws one source for all ranks
+    (homogeneous micro-batches, as the authors' release); at one micro-batch per optimizer step
+    every step is then all WalkingTours or all Ego-Exo4D. "within_batch" (ours): every micro-batch
+    holds round(ratio x micro_batch_size) WalkingTours frames (rounding carried over micro-steps)
+    and the rest Ego-Exo4D clips, the crops of both in one trunk call and the clips' sequence in
+    another, so that every optimizer step carries both sources at the ratio (data/mix.py)."""
     num_global_crops: int = 2
     """DINO global crops per clip (224 px)."""
     num_local_crops: int = 6
@@ -394,6 +402,13 @@ class Config:
             )
         if self.data.walking_tours_ratio == 1 and self.loss.represent_weight == 0:
             raise ConfigError("data.walking_tours_ratio=1 needs loss.represent_weight > 0")
+        if self.data.mix_mode == "within_batch":
+            from megatron_ego.data.mix import SampleShares
+
+            try:
+                SampleShares(self.data.walking_tours_ratio, self.run.micro_batch_size)
+            except ValueError as err:
+                raise ConfigError(str(err)) from err
 
 
 def load_config(path: str | None = None, overrides: list[str] | tuple[str, ...] = ()) -> Config:

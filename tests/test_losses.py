@@ -163,6 +163,26 @@ def test_walking_tours_batches_train_representation_only(tiny_cfg, tiny_model):
     assert set(terms) == {"loss_represent", "loss_koleo", "loss"}  # tiny_cpu.yaml: KoLeo on
 
 
+def test_mixed_batch_trains_crops_of_all_samples_and_weighs_the_clips_by_their_share(
+        tiny_cfg, tiny_model):
+    """data.mix_mode=within_batch: 3 samples' crops (2 clips + 1 WalkingTours frame) in one
+    representation pass, the 2 clips' sequence in another; predict and act weigh 2/3."""
+    objective = EgoAgentObjective(tiny_cfg.model, tiny_cfg.loss)
+    clips, walk = random_clip_batch(tiny_cfg, b=2), random_clip_batch(tiny_cfg, b=1, seed=1)
+    mixed = {**clips, "source": "mixed", "sequence_share": 2 / 3,
+             **{k: torch.cat([clips[k], walk[k]]) for k in ("global_crops", "local_crops")}}
+    inputs = objective.student_inputs(mixed)
+    assert inputs["frames"].shape[0] == 2 and inputs["global_crops"].shape[0] == 3
+    out = tiny_model(**inputs)
+    assert out.global_logits.shape[0] == 3 and out.actions.shape[0] == 2
+    total, terms = objective(out, objective.teacher_targets(tiny_model, mixed), mixed, 0.04)
+    c = tiny_cfg.loss
+    want = (c.represent_weight * terms["loss_represent"] + c.koleo_weight * terms["loss_koleo"]
+            + 2 / 3 * (c.predict_weight * terms["loss_predict"] + c.act_weight * terms["loss_act"]
+                       + c.predict_contrastive_weight * terms["loss_predict_contrastive"]))
+    assert total.item() == pytest.approx(want.item(), rel=1e-5)
+
+
 def test_koleo_grows_as_features_crowd_together():
     from megatron_ego.losses.objective import koleo
 

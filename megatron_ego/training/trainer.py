@@ -230,7 +230,9 @@ class Trainer:
                 continue
             consecutive_bad = 0
             done += 1
-            sources[batch["source"]] += 1
+            counts = batch.get("counts") or {batch["source"]: self.cfg.run.micro_batch_size}
+            for source, n in counts.items():  # samples of this rank
+                sources[source] += n
             for k, v in terms.items():
                 sums[k] = sums.get(k, 0.0) + v
                 counts[k] = counts.get(k, 0) + 1
@@ -266,6 +268,7 @@ class Trainer:
                 elapsed = time.perf_counter() - t0
                 sources = scalars.pop("_sources")
                 scalars.update(self._speed(sources, elapsed))
+                scalars["walking_tours_share"] = sources["walking_tours"] / sum(sources.values())
                 scalars["grad_norm"] = float(self.engine.get_global_grad_norm() or float("nan"))
                 scalars["skipped_steps"] = float(self.engine.skipped_steps - skipped_fp16
                                                  + self.state.skipped_nonfinite)
@@ -287,11 +290,12 @@ class Trainer:
         return self.state
 
     def _speed(self, sources: dict[str, int], seconds: float) -> dict[str, float]:
-        """Throughput of the step just done, over all ranks."""
-        world, mb = self.dist.world_size, self.cfg.run.micro_batch_size
-        clips = sum(sources.values()) * mb * world
-        flops = sum(n * mb * world * self.per_clip[src]["train"] for src, n in sources.items())
-        tokens = sum(n * mb * world * self.per_clip[src]["tokens"] for src, n in sources.items())
+        """Throughput of the step just done, over all ranks (`sources`: this rank's samples of
+        each source; every rank draws as many)."""
+        world = self.dist.world_size
+        clips = sum(sources.values()) * world
+        flops = sum(n * world * self.per_clip[src]["train"] for src, n in sources.items())
+        tokens = sum(n * world * self.per_clip[src]["tokens"] for src, n in sources.items())
         out = {"clips_per_s": clips / seconds, "tokens_per_s": tokens / seconds,
                "tflops_per_device": flops / seconds / world / 1e12}
         if self.peak_tflops:
