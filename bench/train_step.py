@@ -113,7 +113,7 @@ def main(argv: list[str] | None = None) -> int:
         return 3
     if args.profile:
         profile_steps(trainer, loader, args.profile, on_gpu)
-    flops = clip_flops(cfg)
+    flops = clip_flops(cfg, trainer.engine.module)
     step = statistics.median(times)
     clips = mb * dist_info.world_size / step
     result = {

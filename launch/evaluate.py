@@ -11,7 +11,9 @@ Tasks:
   retrieval  future-state retrieval Top-1/mAP on preprocessed val clips (--data), with the
              representation-only baseline.
   motion     MPJPE/MPJVE at 30 and 10 fps of the 15 poses after the first 5 (--data), with the
-             zero- and constant-velocity baselines.
+             zero- and constant-velocity baselines; 10 fps scores clip frames 7, 10, .., 19;
+             averaged per sample, and pooled over all visible joints (*_pooled).
+  The paper's names work too: represent (knn), predict (retrieval), act (motion).
   all        every task whose inputs are given (k-NN is skipped without --knn-train/--knn-val).
 --data defaults to the val split next to the training data of the model's config
 (data.egoexo4d_path with its last folder 'train' replaced by 'val'), when that exists.
@@ -34,15 +36,17 @@ from pathlib import Path
 from megatron_ego.cli_help import make_parser
 
 TASKS = ("knn", "retrieval", "motion")
+PAPER_NAMES = {"represent": "knn", "predict": "retrieval", "act": "motion"}
+"""The paper's names of the three tasks, accepted by --task (results keep the names above)."""
 log = logging.getLogger("evaluate")
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p = make_parser(__doc__)
     p.add_argument("--model", required=True, help="export folder (model.safetensors, config.yaml)")
-    p.add_argument("--task", choices=(*TASKS, "all"), default="all",
-                   help="knn: represent (needs --knn-train/--knn-val); retrieval: predict; "
-                        "motion: act (both need --data or the val split beside the training "
+    p.add_argument("--task", choices=(*TASKS, *PAPER_NAMES, "all"), default="all",
+                   help="knn (= represent; needs --knn-train/--knn-val), retrieval (= predict), "
+                        "motion (= act) (both need --data or the val split beside the training "
                         "data); all: every task whose inputs are given")
     p.add_argument("--out", required=True, help="folder for results.json/.md, figures, caches")
     p.add_argument("--knn-train", "--knn_train", dest="knn_train", default=None,
@@ -68,6 +72,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--knn-k", type=int, default=20, help="neighbours of the k-NN vote (DINO: 20)")
     p.add_argument("--knn-temperature", type=float, default=0.07, help="k-NN vote temperature")
     args = p.parse_args(argv)
+    args.task = PAPER_NAMES.get(args.task, args.task)
     if args.batch_size < 1 or args.workers < 0 or (args.max_clips is not None and args.max_clips < 1):
         p.error("--batch-size and --max-clips must be >= 1 and --workers >= 0")
     return args

@@ -104,6 +104,16 @@ class ModelConfig:
     """Prototypes (K) of the representation and state-prediction heads."""
     frame_bidirectional: bool = False
     """Full attention inside one frame's patches, causal elsewhere (default: causal everywhere)."""
+    action_velocity_inputs: bool = False
+    """The action projector also reads each pose's velocity (3 channels, m/s; ours): 7 input
+    channels instead of the paper's 4 (x, y, z, visibility; Table 8). The tiny CPU demo uses it:
+    a frame's ~1 cm motion is otherwise a 1% ripple on the posture after the LayerNorm."""
+    action_head: Literal["linear", "anchored"] = "linear"
+    """The action head. "linear": the paper's one Linear h -> 4 x P x J (Table 8), its output the
+    poses themselves (metres). "anchored" (ours, the tiny CPU demo): step 0 has its own output
+    layer, both are zero-initialised, step 0 is an offset from a learned mean pose and later
+    steps are velocities (m/s) from each joint's last visible position, so the untrained agent
+    predicts zero velocity (docs/results.md)."""
     predict_head_init: Literal["random", "represent"] = "random"
     """Initial weights of the state-prediction head: its own random draw, or a copy of the
     representation head's (ours; separate weights either way), so that its K prototypes start
@@ -157,7 +167,15 @@ class DataConfig:
     walking_tours_path: str = ""
     """Directory of preprocessed WalkingTours frames (no poses); empty = none."""
     walking_tours_ratio: float = 0.0
-    """Fraction of micro-batches drawn from WalkingTours (representation loss only)."""
+    """Share of WalkingTours samples (representation loss only): of the micro-steps
+    (mix_mode "micro_step") or of every micro-batch's samples (mix_mode "within_batch")."""
+    mix_mode: Literal["micro_step", "within_batch"] = "micro_step"
+    """How the two sources mix. "micro_step": each micro-step draws one source for all ranks
+    (homogeneous micro-batches, as the authors' release); at one micro-batch per optimizer step
+    every step is then all WalkingTours or all Ego-Exo4D. "within_batch" (ours): every micro-batch
+    holds round(ratio x micro_batch_size) WalkingTours frames (rounding carried over micro-steps)
+    and the rest Ego-Exo4D clips, the crops of both in one trunk call and the clips' sequence in
+    another, so that every optimizer step carries both sources at the ratio (data/mix.py)."""
     num_global_crops: int = 2
     """DINO global crops per clip (224 px)."""
     num_local_crops: int = 6
@@ -221,6 +239,9 @@ class LossConfig:
     """Iterations of the linear teacher-temperature warm-up."""
     center_momentum: float = 0.9
     """Momentum of the teacher centering buffer."""
+    center_init: Literal["zero", "first_batch"] = "zero"
+    """Start of the DINO center: zero, then EMA after each loss (the official DINO), or the first
+    batch's mean (ours, the tiny CPU demo: no zero-start transient in a short run's loss)."""
     koleo_weight: float = 0.0
     """DINOv2's KoLeo regulariser on the student's state features of the first global crop
     (pushes each feature away from its nearest neighbour in the batch, against feature collapse);
@@ -348,6 +369,12 @@ class RunConfig:
     """Steps between checkpoints (a checkpoint is also written at the end and on SIGTERM/SIGUSR1)."""
     keep_last: int = 3
     """Complete checkpoints kept; older ones are deleted."""
+    init_from: str = ""
+    """Start from another run's weights (the recipe's stage 2 from stage 1): a run folder (its
+    newest complete checkpoint), a checkpoint folder or an export folder. Loads the student's and
+    the teacher's trunk, image projector, state query and representation head; everything else
+    (other modules, optimizer, schedules, step, DINO centers) starts afresh. Not a resume: a run
+    that has a checkpoint of its own resumes from it and ignores this. Empty = from scratch."""
     max_nonfinite_retries: int = 3
     """Under bf16/fp32: consecutive non-finite losses tolerated (the micro-batch is skipped,
     counted and logged, and the next one drawn instead) before the step counts as skipped."""
@@ -389,6 +416,19 @@ class Config:
         _check(self.loss.represent_weight == 0 or views >= 2,
                f"data.num_global_crops + data.num_local_crops = {views}: the DINO loss compares "
                "views in pairs, so it needs 2 or more (or loss.represent_weight=0)")
+        if self.data.walking_tours_ratio > 0 and self.loss.represent_weight == 0:
+            raise ConfigError(
+                f"data.walking_tours_ratio={self.data.walking_tours_ratio} with "
+                "loss.represent_weight=0: WalkingTours micro-batches train only the represent "
+                "loss, so they would have nothing to train; set data.walking_tours_ratio=0"
+            )
+        if self.data.mix_mode == "within_batch":
+            from megatron_ego.data.mix import SampleShares
+
+            try:
+                SampleShares(self.data.walking_tours_ratio, self.run.micro_batch_size)
+            except ValueError as err:
+                raise ConfigError(str(err)) from err
 
 
 def load_config(path: str | None = None, overrides: list[str] | tuple[str, ...] = ()) -> Config:

@@ -48,14 +48,22 @@ def test_resolved_config_round_trips(tmp_path):
 
 
 @pytest.mark.parametrize("name, weight", [
-    ("no_represent", "represent_weight"), ("no_predict", "predict_weight"), ("no_act", "act_weight"),
+    ("baseline", None), ("no_represent", "represent_weight"), ("no_predict", "predict_weight"),
+    ("no_act", "act_weight"),
 ])
 def test_ablation_configs_zero_exactly_one_weight(name, weight):
     cfg = load_config(f"configs/ablations/{name}.yaml")
     weights = {w: getattr(cfg.loss, w) for w in ("represent_weight", "predict_weight", "act_weight")}
-    assert weights.pop(weight) == 0.0
+    if weight is not None:
+        assert weights.pop(weight) == 0.0
     assert all(v == 1.0 for v in weights.values())
     assert cfg.model.hidden_size == 1024 and cfg.model.num_layers == 22
+    assert cfg.schedule.train_iters == 14400  # paper Sec. 4.6: the short schedule
+
+
+def test_walking_tours_without_the_represent_loss_is_refused():
+    with pytest.raises(ConfigError, match="walking_tours_ratio=0.5 with loss.represent_weight=0"):
+        load_config("configs/egoagent_300m.yaml", ["--loss.represent_weight=0"])
 
 
 @pytest.mark.parametrize("override, needle", [  # issue 14 item 8: each was accepted or crashed

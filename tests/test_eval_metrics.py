@@ -234,7 +234,7 @@ def test_motion_growing_offset_gives_known_position_and_velocity_errors():
     m = motion_metrics(true + drift, true, visible)
     assert m["mpjpe_30fps"] == pytest.approx(0.7)  # mean of 0.1 cm x (0..14)
     assert m["mpjve_30fps"] == pytest.approx(3.0)  # 0.1 cm x 30 fps
-    assert m["mpjpe_10fps"] == pytest.approx(0.6)  # frames 0, 3, .., 12: mean 0.1 cm x 6
+    assert m["mpjpe_10fps"] == pytest.approx(0.8)  # window 2, 5, .., 14: mean 0.1 cm x 8
     assert m["mpjve_10fps"] == pytest.approx(3.0)  # 0.3 cm x 10 fps
 
 
@@ -262,7 +262,7 @@ def test_motion_velocity_needs_both_endpoints_visible():
     pred[0, :, 0] += _walk(n=1, seed=1)[0, :, 0] * 0.1  # jitter joint 0 only
     m = motion_metrics(pred, true, visible)
     assert m["mpjpe_30fps"] > 0.1
-    assert m["mpjve_30fps"] == 0.0  # 10 fps frames 0,3,..: joint 0 at 0,6,12 -> no pair either
+    assert m["mpjve_30fps"] == 0.0  # 10 fps window 2,5,8,..: joint 0 at 2,8,14 -> no pair either
     assert m["mpjve_10fps"] == 0.0
 
 
@@ -278,8 +278,35 @@ def test_motion_per_sample_mean_versus_pooled_and_skipped_samples():
     m = motion_metrics(pred, true, visible)
     assert m["mpjpe_30fps"] == pytest.approx(5.5)  # (10 + 1) / 2 samples
     assert (m["num_samples"], m["num_skipped"]) == (2, 1)
-    pooled = motion_metrics(pred, true, visible, reduction="pooled")
-    assert pooled["mpjpe_30fps"] == pytest.approx((10 * 1 + 1 * 17) / 18)
+    assert m["mpjpe_30fps_pooled"] == pytest.approx((10 * 1 + 1 * 17) / 18)
+    assert m["mpjpe_10fps_pooled"] == pytest.approx((10 * 1 + 1 * 17) / 18)
+
+
+def test_motion_10fps_scores_clip_frames_7_to_19_and_pools_visible_joints():
+    """Hand-computed. Window index k = clip frame 5 + k (the last observed pose is frame 4).
+    Sample 0: every joint visible, x error k cm at window index k. Sample 1: only joint 0
+    visible, at window indices 0..4 (clip frames 5..9), x error 20 cm at each."""
+    true = torch.zeros(2, 15, 17, 3, dtype=torch.float64)
+    pred = true.clone()
+    visible = torch.zeros(2, 15, 17, dtype=torch.bool)
+    visible[0] = True
+    pred[0, :, :, 0] = torch.arange(15, dtype=torch.float64).view(15, 1) * 0.01
+    visible[1, :5, 0] = True
+    pred[1, :5, 0, 0] = 0.20
+    m = motion_metrics(pred, true, visible)
+    # 10 fps: clip frames 7, 10, 13, 16, 19 = window 2, 5, 8, 11, 14.
+    # sample 0: errors 2, 5, 8, 11, 14 cm -> 8; velocities 3 cm per 0.1 s = 30 cm/s.
+    # sample 1: joint 0 visible at window 2 only (frame 7): 20 cm; no velocity pair.
+    assert m["mpjpe_10fps"] == pytest.approx((8.0 + 20.0) / 2)
+    assert m["mpjpe_10fps_pooled"] == pytest.approx((17 * (2 + 5 + 8 + 11 + 14) + 20) / (17 * 5 + 1))
+    assert m["mpjve_10fps"] == pytest.approx(30.0)  # sample 1 has no 10 fps velocity term
+    assert m["mpjve_10fps_pooled"] == pytest.approx(30.0)
+    # 30 fps: sample 0 mean of 0..14 = 7 cm, 1 cm per frame x 30 = 30 cm/s; sample 1: 20 cm,
+    # 0 cm/s (4 velocity terms, constant error).
+    assert m["mpjpe_30fps"] == pytest.approx((7.0 + 20.0) / 2)
+    assert m["mpjpe_30fps_pooled"] == pytest.approx((17 * 105 + 5 * 20) / (17 * 15 + 5))
+    assert m["mpjve_30fps"] == pytest.approx((30.0 + 0.0) / 2)
+    assert m["mpjve_30fps_pooled"] == pytest.approx(17 * 14 * 30.0 / (17 * 14 + 4))
 
 
 def test_motion_rejects_bad_shapes():
@@ -318,7 +345,7 @@ def test_zero_velocity_error_on_linear_motion_is_known():
     m = motion_metrics(pred, poses[:, 5:], torch.ones(2, 15, 17, dtype=torch.bool))
     assert m["mpjpe_30fps"] == pytest.approx(8.0)  # mean of 1..15 cm
     assert m["mpjve_30fps"] == pytest.approx(30.0)  # 1 cm x 30 fps, all of it missed
-    assert m["mpjpe_10fps"] == pytest.approx(7.0)  # horizons 1, 4, 7, 10, 13
+    assert m["mpjpe_10fps"] == pytest.approx(9.0)  # clip frames 7, 10, .., 19: 3, 6, .., 15 cm
     assert m["mpjve_10fps"] == pytest.approx(30.0)
 
 

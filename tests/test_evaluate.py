@@ -196,3 +196,10 @@ def test_errors_are_one_clear_line(tiny_run, tmp_path, capsys, case, message):
     assert err.startswith("error: ") and "\n" not in err
     assert re.search(message, err), err
     assert not (tmp_path / "out" / "results.json").exists()
+
+
+@pytest.mark.parametrize("paper, ours", [("represent", "knn"), ("predict", "retrieval"),
+                                         ("act", "motion"), ("motion", "motion")])
+def test_task_accepts_the_paper_names(paper, ours):
+    args = evaluate.parse_args(["--model", "m", "--out", "o", "--task", paper])
+    assert args.task == ours  # TASK=act in launch/slurm/evaluate.sbatch

@@ -50,12 +50,13 @@ class FakeClips:
         return RawClip([self.pool[(i + t) % 7] for t in range(T)], self.poses[i], "take", i)
 
 
-def _dataset(seed=0, rank=0, world_size=1, ratio=0.0, b=3, spec=SPEC, ego=None):
+def _dataset(seed=0, rank=0, world_size=1, ratio=0.0, b=3, spec=SPEC, ego=None,
+             mix_mode="micro_step"):
     sources = {EGOEXO4D: ego or FakeClips(40)}
     if ratio:
         sources[WALKING_TOURS] = FakeClips(50, frame_size=(36, 64), clips=False, seed=1)
     return MicroBatchDataset(sources, spec, seed=seed, rank=rank, world_size=world_size,
-                             micro_batch_size=b, walking_tours_ratio=ratio)
+                             micro_batch_size=b, walking_tours_ratio=ratio, mix_mode=mix_mode)
 
 
 def _assert_same(a: dict, b: dict) -> None:
@@ -77,9 +78,10 @@ def test_egoexo4d_micro_batch_follows_the_contract():
     clips = dataset.sources[EGOEXO4D]
     batch = dataset[2]
     assert set(batch) == {"source", "frames", "poses", "global_crops", "local_crops",
-                          "anchor_step", "index", "bad_records", "drawn"}
+                          "anchor_step", "index", "bad_records", "drawn",
+                          "counts"}
     assert batch["bad_records"] == [] and batch["drawn"] == 3
-    assert batch["source"] == "egoexo4d"
+    assert batch["source"] == "egoexo4d" and batch["counts"] == {"egoexo4d": 3}
     assert batch["frames"].shape == (3, T, 3, 32, 32) and batch["frames"].dtype == torch.float32
     assert batch["poses"].shape == (3, T, 4, P, J) and batch["poses"].dtype == torch.float32
     assert batch["global_crops"].shape == (3, 2, 3, 32, 32)
@@ -133,7 +135,8 @@ def test_walking_tours_micro_batch_and_no_local_crops():
     spec = MultiCropSpec(global_size=32, local_size=16, num_global=2, num_local=0)
     dataset = _dataset(ratio=1.0, spec=spec)
     batch = dataset[0]
-    assert set(batch) == {"source", "global_crops", "local_crops", "index", "bad_records", "drawn"}
+    assert set(batch) == {"source", "global_crops", "local_crops", "index", "bad_records", "drawn",
+                          "counts"}
     assert batch["source"] == "walking_tours"
     assert batch["global_crops"].shape == (3, 2, 3, 32, 32)
     assert batch["local_crops"].shape == (3, 0, 3, 16, 16)
@@ -166,6 +169,31 @@ def test_sources_agree_across_ranks_and_ranks_read_disjoint_samples():
     for source, (count, per_epoch) in {EGOEXO4D: (40, 40), WALKING_TOURS: (50, 48)}.items():
         indices = torch.cat(seen[source][: per_epoch // 2]).tolist()  # within the first epoch
         assert len(indices) == len(set(indices)) and max(indices, default=0) < count
+
+
+def test_within_batch_micro_batches_hold_both_sources_in_the_same_numbers_on_every_rank():
+    ranks = [_dataset(seed=5, rank=r, world_size=2, ratio=0.4, b=5, mix_mode="within_batch")
+             for r in range(2)]
+    reference = _dataset(seed=5, rank=0, world_size=2, ratio=0.4, b=5)  # homogeneous mode
+    seen = {EGOEXO4D: [], WALKING_TOURS: []}
+    for k in range(6):
+        batches = [ranks[r][k] for r in range(2)]
+        counts = batches[0]["counts"]
+        assert counts == batches[1]["counts"] and counts[WALKING_TOURS] == 2  # 0.4 x 5
+        for batch in batches:
+            e = counts[EGOEXO4D]
+            assert batch["source"] == "mixed" and batch["sequence_share"] == e / 5
+            assert batch["frames"].shape[0] == batch["poses"].shape[0] == e
+            assert batch["global_crops"].shape[:2] == (5, SPEC.num_global)
+            assert batch["local_crops"].shape[:2] == (5, SPEC.num_local)
+            seen[EGOEXO4D].append(batch["index"][:e])
+            seen[WALKING_TOURS].append(batch["index"][e:])
+    for source in seen:  # 6 micro-steps x 2 ranks stay inside the first epoch: no repeats
+        indices = torch.cat(seen[source]).tolist()
+        assert len(indices) == len(set(indices))
+    again = _dataset(seed=5, rank=1, world_size=2, ratio=0.4, b=5, mix_mode="within_batch")
+    _assert_same(again[4], ranks[1][4])  # a pure function of (seed, step, rank): exact resume
+    assert reference[0]["counts"] == {reference[0]["source"]: 5}
 
 
 def test_clips_that_do_not_match_the_model_are_refused():

@@ -7,6 +7,7 @@ import math
 import pytest
 import torch
 
+from megatron_ego.config import load_config
 from megatron_ego.losses.action import ActionLoss
 from megatron_ego.losses.dino import DINOLoss
 from megatron_ego.losses.objective import EgoAgentObjective
@@ -33,7 +34,7 @@ def test_dino_loss_equals_hand_computed_cross_entropy():
     st, tt = 0.1, 0.04
     t = [[0.2, 0.1, -0.3], [0.0, 0.05, 0.02]]  # 2 teacher views, n = 1
     s = [[0.3, -0.2, 0.1], [0.0, 0.4, -0.1], [0.2, 0.2, 0.25]]  # 3 student views
-    center = [(t[0][k] + t[1][k]) / 2 for k in range(3)]  # the first batch sets the center
+    center = [(t[0][k] + t[1][k]) / 2 for k in range(3)]  # center_init="first_batch"
     expected, pairs = 0.0, 0
     for i, tv in enumerate(t):
         p = _softmax([(x - c) / tt for x, c in zip(tv, center)])
@@ -44,14 +45,14 @@ def test_dino_loss_equals_hand_computed_cross_entropy():
             expected += -sum(pk * math.log(qk) for pk, qk in zip(p, q))
             pairs += 1
     expected /= pairs
-    loss = DINOLoss(out_dim=3, student_temp=st)
+    loss = DINOLoss(out_dim=3, student_temp=st, center_init="first_batch")
     got = loss(torch.tensor(s)[:, None], torch.tensor(t)[:, None], teacher_temp=tt)
     assert pairs == 4
     assert got.item() == pytest.approx(expected, rel=1e-5)
 
 
 def test_center_moves_by_the_stated_momentum_and_is_used():
-    loss = DINOLoss(out_dim=2, student_temp=0.1, center_momentum=0.9)
+    loss = DINOLoss(out_dim=2, student_temp=0.1, center_momentum=0.9, center_init="first_batch")
     t1 = torch.tensor([[[1.0, 3.0], [3.0, 5.0]]])  # batch mean [2, 4]
     loss(torch.zeros(1, 2, 2), t1, 0.04, skip_same_view=False)
     torch.testing.assert_close(loss.center, torch.tensor([[2.0, 4.0]]))  # first batch: its mean
@@ -67,6 +68,31 @@ def test_center_moves_by_the_stated_momentum_and_is_used():
     q = _softmax([0.0, 10.0])
     assert value.item() == pytest.approx(-0.5 * (math.log(q[0]) + math.log(q[1])), rel=1e-5)
     assert {"center", "center_updates"} <= set(loss.state_dict())
+
+
+def _fixed_logits(views: int, phase: float, n: int = 3, k: int = 5) -> torch.Tensor:
+    """[views, n, k] deterministic logits: 0.5 sin(0.7 i + phase), i = 0, 1, ... row-major."""
+    i = torch.arange(views * n * k, dtype=torch.float64).view(views, n, k)
+    return (torch.sin(0.7 * i + phase) * 0.5).float()
+
+
+def test_dino_loss_defaults_match_the_official_dino_over_two_batches():
+    """Default settings = facebookresearch/dino's DINOLoss: center starts at 0, EMA (0.9) after
+    each loss. The expected numbers were computed with a separate script that follows
+    main_dino.py's DINOLoss line by line (float64, 4 student crops of which 2 are the teacher's
+    global views, student temperature 0.1, teacher temperature 0.04)."""
+    cfg = load_config("configs/egoagent_300m.yaml", ["--model.head_out_dim=5"])
+    loss = EgoAgentObjective(cfg.model, cfg.loss).represent_loss  # the configured DINO loss
+    expected = [
+        (2.8286272973898647,
+         [0.0074390729, 0.0054286301, 0.0008650178, -0.004105426, -0.0071450237]),
+        (2.9762061455217896,
+         [0.0115872896, 0.0050077244, -0.0039270518, -0.0110148742, -0.0129222292]),
+    ]
+    for (want_loss, want_center), phase in zip(expected, (0.3, 1.1)):
+        got = loss(_fixed_logits(4, phase), _fixed_logits(2, phase + 2.0), teacher_temp=0.04)
+        assert got.item() == pytest.approx(want_loss, abs=1e-5)
+        torch.testing.assert_close(loss.center[0], torch.tensor(want_center), rtol=0, atol=1e-5)
 
 
 def test_action_loss_ignores_invisible_joints():
@@ -135,6 +161,26 @@ def test_walking_tours_batches_train_representation_only(tiny_cfg, tiny_model):
     out = tiny_model(**inputs)
     total, terms = objective(out, objective.teacher_targets(tiny_model, wt), wt, 0.04)
     assert set(terms) == {"loss_represent", "loss_koleo", "loss"}  # tiny_cpu.yaml: KoLeo on
+
+
+def test_mixed_batch_trains_crops_of_all_samples_and_weighs_the_clips_by_their_share(
+        tiny_cfg, tiny_model):
+    """data.mix_mode=within_batch: 3 samples' crops (2 clips + 1 WalkingTours frame) in one
+    representation pass, the 2 clips' sequence in another; predict and act weigh 2/3."""
+    objective = EgoAgentObjective(tiny_cfg.model, tiny_cfg.loss)
+    clips, walk = random_clip_batch(tiny_cfg, b=2), random_clip_batch(tiny_cfg, b=1, seed=1)
+    mixed = {**clips, "source": "mixed", "sequence_share": 2 / 3,
+             **{k: torch.cat([clips[k], walk[k]]) for k in ("global_crops", "local_crops")}}
+    inputs = objective.student_inputs(mixed)
+    assert inputs["frames"].shape[0] == 2 and inputs["global_crops"].shape[0] == 3
+    out = tiny_model(**inputs)
+    assert out.global_logits.shape[0] == 3 and out.actions.shape[0] == 2
+    total, terms = objective(out, objective.teacher_targets(tiny_model, mixed), mixed, 0.04)
+    c = tiny_cfg.loss
+    want = (c.represent_weight * terms["loss_represent"] + c.koleo_weight * terms["loss_koleo"]
+            + 2 / 3 * (c.predict_weight * terms["loss_predict"] + c.act_weight * terms["loss_act"]
+                       + c.predict_contrastive_weight * terms["loss_predict_contrastive"]))
+    assert total.item() == pytest.approx(want.item(), rel=1e-5)
 
 
 def test_koleo_grows_as_features_crowd_together():

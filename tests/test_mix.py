@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from megatron_ego.data.mix import EGOEXO4D, WALKING_TOURS, EpochOrder, SourceSchedule
+from megatron_ego.data.mix import EGOEXO4D, WALKING_TOURS, EpochOrder, SampleShares, SourceSchedule
 
 
 def _sources(schedule: SourceSchedule, steps) -> np.ndarray:
@@ -79,3 +79,36 @@ def test_too_few_samples_and_bad_arguments_are_refused():
         order.indices(0, 2)
     with pytest.raises(ValueError, match="walking_tours_ratio"):
         SourceSchedule(seed=0, walking_tours_ratio=1.5)
+
+
+@pytest.mark.parametrize("ratio, b, accum", [(0.25, 8, 1), (0.25, 3, 2), (0.4, 5, 3),
+                                             (0.1, 4, 4), (0.5, 2, 1)])
+def test_within_batch_shares_hold_the_ratio_in_every_optimizer_step(ratio, b, accum):
+    shares = SampleShares(ratio, b, world_size=2)
+    for step in range(200):  # optimizer steps of `accum` micro-steps
+        counts = [shares.counts(k) for k in range(step * accum, (step + 1) * accum)]
+        walking = sum(c[WALKING_TOURS] for c in counts)
+        assert abs(walking - ratio * b * accum) <= 1.0 - 1e-9  # within one sample
+        assert all(c[EGOEXO4D] >= 1 and c[EGOEXO4D] + c[WALKING_TOURS] == b for c in counts)
+        if ratio * b * accum >= 1:
+            assert walking >= 1  # both sources in every optimizer step
+
+
+def test_within_batch_spans_tile_each_source_stream_over_ranks_and_steps():
+    shares = SampleShares(0.4, 5, world_size=3)
+    for source in (EGOEXO4D, WALKING_TOURS):
+        read = []
+        for k in range(50):
+            for rank in range(3):
+                start, count = shares.span(k, rank, source)
+                read += range(start, start + count)
+        assert read == list(range(len(read)))  # no gap, no overlap, in order
+    order = EpochOrder(10, seed=0, source=EGOEXO4D, world_size=1, micro_batch_size=2)
+    both = np.concatenate([order.permutation(0), order.permutation(1)])
+    np.testing.assert_array_equal(order.positions(7, 6), both[7:13])  # runs into epoch 1
+
+
+def test_within_batch_refuses_micro_batches_without_a_clip():
+    with pytest.raises(ValueError, match="without an Ego-Exo4D clip"):
+        SampleShares(0.75, 2)
+    SampleShares(1.0, 2)  # all WalkingTours: nothing to keep

@@ -59,6 +59,31 @@ def test_summary_cli_prints_json():
     assert summary["sequence_length"] == {"student": 796, "feature_global": 197,
                                           "feature_local": 50}
     assert summary["head_parameters"]["represent_head"] == summary["head_parameters"]["predict_head"]
+    # paper Table 8: the action projector reads 4 x 5 x 17, the action head writes 4 x 5 x 17
+    assert summary["action_projector_in_channels"] == 4
+    assert summary["action_head_out_features"] == 340
+    assert "initial_action_head" not in summary["head_parameters"]
+
+
+def test_paper_action_modules_are_one_conv_and_one_linear(tiny_cfg):
+    """model.action_head="linear", action_velocity_inputs=false (the defaults): the actions are
+    the Linear's output on the action query, nothing added; no step-0 head, no mean pose."""
+    import dataclasses
+
+    torch.manual_seed(0)
+    cfg = dataclasses.replace(tiny_cfg.model, action_head="linear", action_velocity_inputs=False)
+    model = EgoAgent(cfg).eval()
+    assert model.action_projector.proj.in_channels == 4
+    assert not hasattr(model, "initial_action_head") and not hasattr(model, "mean_pose")
+    assert model.action_head.proj.weight.abs().sum() > 0  # not zero-initialised
+    batch = random_clip_batch(tiny_cfg, 2)
+    captured = {}
+    hook = model.action_head.register_forward_hook(lambda m, i, o: captured.update(out=o))
+    with torch.no_grad():
+        actions, _ = model.act_and_predict(batch["frames"], batch["poses"])
+    hook.remove()
+    assert captured["out"].shape == (2, cfg.num_steps, 4, 5, 17)
+    assert torch.equal(actions, captured["out"])
 
 
 def test_forward_backward_shapes(tiny_cfg, tiny_model):
@@ -167,7 +192,7 @@ def test_untrained_agent_holds_every_joint_at_its_last_visible_position(tiny_cfg
 def test_action_projector_reads_velocity_in_metres_per_second():
     from megatron_ego.model.embeddings import ActionProjector
 
-    proj = ActionProjector(hidden_size=8, pose_rate=30.0)
+    proj = ActionProjector(hidden_size=8, pose_rate=30.0, velocity_inputs=True)
     poses = torch.zeros(1, 4, 5, 17)  # [n, x/y/z/visibility, P, J]
     poses[0, 0, :, 0] = torch.arange(5) * 0.01  # joint 0 walks 1 cm per frame along x
     poses[0, 3] = 1.0

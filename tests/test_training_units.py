@@ -11,6 +11,7 @@ import pytest
 import torch
 
 from megatron_ego.config import ConfigError, load_config
+from megatron_ego.model.summary import build_on_meta
 from megatron_ego.training.checkpoint import (
     find_resume_checkpoint,
     mark_complete,
@@ -128,8 +129,20 @@ def test_flop_count_matches_the_documented_formula():
     cfg = load_config("configs/egoagent_300m.yaml")
     h, f, s = 1024, 2816, 197
     assert trunk_forward_flops(cfg, s) == 22 * (2 * (4 * h * h + 3 * h * f) * s + 4 * s * s * h)
-    per_clip = clip_flops(cfg)
+    model = build_on_meta(cfg)
+    per_clip = clip_flops(cfg, model)
     assert per_clip["train"] == 3 * per_clip["student_forward"] + per_clip["teacher_forward"]
     # docs/paper_facts.md: 3.31 TFLOP per Ego-Exo4D clip for the 300M model.
     assert 1.5e12 < per_clip["train"] < 3.5e12
-    assert clip_flops(cfg, with_poses=False)["train"] < per_clip["train"]
+    assert clip_flops(cfg, model, with_poses=False)["train"] < per_clip["train"]
+
+
+def test_flop_count_reads_the_built_action_modules():
+    """The 7-channel projector and the extra step-0 head of the tiny config's switches show in
+    the count: 3 more channels x P x J x h per step token, nothing else changes."""
+    paper = load_config("configs/egoagent_300m.yaml")
+    ours = load_config("configs/egoagent_300m.yaml", ["--model.action_velocity_inputs=true",
+                                                      "--model.action_head=anchored"])
+    a, b = clip_flops(paper, build_on_meta(paper)), clip_flops(ours, build_on_meta(ours))
+    t, p, j, h = 4, 5, 17, 1024
+    assert b["student_forward"] - a["student_forward"] == t * 2 * 3 * p * j * h

@@ -29,6 +29,13 @@ A record that fails to decode (a corrupt JPEG, raw pixels or poses of the wrong 
 poses) is replaced by the next sample of the dataset (index + 1, + 2, ...: deterministic, so
 resume stays exact) and named in `bad_records`; the trainer logs and counts them
 (data.max_bad_record_share).
+
+data.mix_mode="within_batch" (`SampleShares`): micro-step k holds e Ego-Exo4D clips and w
+WalkingTours frames on every rank (e + w = b). With both, the batch is "source" = "mixed":
+frames, poses and anchor_step of the e clips; global_crops, local_crops and index of all b
+samples, the e clips' first; "counts" = {"egoexo4d": e, "walking_tours": w}; and
+"sequence_share" = e / b (the objective weighs the predict and act terms by it, so that each
+sample counts as in the homogeneous mode). Every batch carries "counts".
 """
 
 from __future__ import annotations
@@ -54,7 +61,13 @@ from megatron_ego.data.augment import (
 )
 from megatron_ego.data.clips import RawClip
 from megatron_ego.data.decode import decode_rgb, resize_frames
-from megatron_ego.data.mix import EGOEXO4D, WALKING_TOURS, EpochOrder, SourceSchedule
+from megatron_ego.data.mix import (
+    EGOEXO4D,
+    WALKING_TOURS,
+    EpochOrder,
+    SampleShares,
+    SourceSchedule,
+)
 from megatron_ego.data.photometric import normalize_into, photometric, warm_up
 
 __all__ = [
@@ -120,6 +133,7 @@ class MicroBatchDataset(Dataset):
         walking_tours_ratio: P(a micro-step is WalkingTours); forced to 0 without that source.
         num_steps, poses_per_step, num_joints: T, P and J of the model (Ego-Exo4D clips
             must match).
+        mix_mode: "micro_step" (one source per micro-step) or "within_batch" (both in each).
     """
 
     def __init__(
@@ -136,7 +150,10 @@ class MicroBatchDataset(Dataset):
         num_steps: int = 4,
         poses_per_step: int = 5,
         num_joints: int = 17,
+        mix_mode: str = "micro_step",
     ) -> None:
+        if mix_mode not in ("micro_step", "within_batch"):
+            raise ValueError(f"mix_mode={mix_mode!r}: expected 'micro_step' or 'within_batch'")
         if not 0 <= rank < world_size:
             raise ValueError(f"rank={rank} must lie in [0, world_size={world_size})")
         ratio = walking_tours_ratio if WALKING_TOURS in sources else 0.0
@@ -148,23 +165,47 @@ class MicroBatchDataset(Dataset):
         slots = world_size * grad_accum  # micro-batches per optimizer step
         self.num_steps, self.poses_per_step, self.num_joints = num_steps, poses_per_step, num_joints
         self.schedule = SourceSchedule(seed, ratio)
+        self.shares = (SampleShares(ratio, micro_batch_size, world_size)
+                       if mix_mode == "within_batch" else None)
         self.orders = {
             name: EpochOrder(len(ds), seed, name, slots, micro_batch_size)
             for name, ds in sources.items()
         }
 
     def __getitem__(self, micro_step: int) -> dict[str, Any]:
+        if self.shares is not None:
+            return self._mixed(int(micro_step))
         step, accum = divmod(int(micro_step), self.grad_accum)
         slot = accum * self.world_size + self.rank  # place in the global batch of `step`
         source, n = self.schedule.position(step)
         indices = self.orders[source].indices(n, slot)  # int64 [b]
         rngs = [sample_rng(self.seed, step, slot, j) for j in range(len(indices))]
         bad: list[str] = []
-        if source == EGOEXO4D:
-            batch = self._egoexo4d(indices, rngs, bad)
-        else:
-            batch = self._walking_tours(indices, rngs, bad)
-        return {**batch, "bad_records": bad, "drawn": len(indices) + len(bad)}
+        build = self._egoexo4d if source == EGOEXO4D else self._walking_tours
+        batch = build(indices, rngs, bad)
+        return {**batch, "counts": {source: len(indices)}, "bad_records": bad,
+                "drawn": len(indices) + len(bad)}
+
+    def _mixed(self, micro_step: int) -> dict[str, Any]:
+        """data.mix_mode="within_batch": both sources' samples of this micro-step, merged."""
+        rngs = [sample_rng(self.seed, micro_step, self.rank, j)
+                for j in range(self.micro_batch_size)]
+        counts = self.shares.counts(micro_step)
+        parts, bad = {}, []
+        for source, build in ((EGOEXO4D, self._egoexo4d), (WALKING_TOURS, self._walking_tours)):
+            if counts[source]:
+                start, count = self.shares.span(micro_step, self.rank, source)
+                indices = self.orders[source].positions(start, count)  # int64 [count]
+                parts[source] = build(indices, rngs[:count], bad)
+                rngs = rngs[count:]
+        extra = {"counts": counts, "bad_records": bad, "drawn": self.micro_batch_size + len(bad)}
+        if len(parts) == 1:
+            (only,) = parts.values()
+            return {**only, **extra}
+        ego, walk = parts[EGOEXO4D], parts[WALKING_TOURS]
+        crops = {k: torch.cat([ego[k], walk[k]]) for k in ("global_crops", "local_crops", "index")}
+        return {**ego, **crops, **extra, "source": "mixed",
+                "sequence_share": counts[EGOEXO4D] / self.micro_batch_size}
 
     @property
     def num_records(self) -> int:
@@ -407,6 +448,7 @@ def build_train_loader(
         num_steps=cfg.model.num_steps,
         poses_per_step=cfg.model.poses_per_step,
         num_joints=cfg.model.num_joints,
+        mix_mode=data.mix_mode,
     )
     batches = make_loader(dataset, start_micro_step, data.num_workers, data.prefetch_factor)
     return TrainBatches(batches, dataset.num_records)

@@ -1,11 +1,18 @@
-"""Which samples each micro-step draws: homogeneous micro-batches and per-epoch sample order.
+"""Which samples each micro-step draws: the source mix and the per-epoch sample order.
 
-The training loader (loader.py) calls them with the optimizer step as "micro-step" and the
-micro-batch's slot in the global batch as "rank" (W = slots per step), which is the same thing
-with one accumulation step and makes the stream independent of the number of ranks.
+Pure functions of the seed and the micro-step decide everything, so a run resumed at micro-step N
+draws what an uninterrupted run draws from N on, on any number of DataLoader workers. Two mixes
+(`data.mix_mode`):
 
-Two pure functions of the seed decide everything, so a run resumed at micro-step N draws what an
-uninterrupted run draws from N on, on any number of DataLoader workers:
+- "micro_step" (homogeneous micro-batches, as the authors' release): `SourceSchedule` draws one
+  source per micro-step for all ranks;
+- "within_batch" (ours): `SampleShares` gives every micro-batch of every rank the same number of
+  samples of each source, so that every optimizer step carries both at the ratio.
+
+In data.mix_mode=micro_step the training loader (loader.py) calls them with the optimizer step
+as "micro-step" and the micro-batch's slot in the global batch as "rank" (W = slots per step),
+which is the same thing with one accumulation step and makes the stream independent of the number
+of ranks (resume on another world size). within_batch draws per (micro-step, rank).
 
 - `SourceSchedule`: the source (Ego-Exo4D or WalkingTours) of micro-step k depends on
   (seed, k) only, P(WalkingTours) = the mixing ratio, and is the same on every rank (DeepSpeed
@@ -24,9 +31,11 @@ uninterrupted run draws from N on, on any number of DataLoader workers:
 
 from __future__ import annotations
 
+import math
+
 import numpy as np
 
-__all__ = ["EGOEXO4D", "WALKING_TOURS", "EpochOrder", "SourceSchedule"]
+__all__ = ["EGOEXO4D", "WALKING_TOURS", "EpochOrder", "SampleShares", "SourceSchedule"]
 
 EGOEXO4D = "egoexo4d"
 WALKING_TOURS = "walking_tours"
@@ -84,6 +93,51 @@ class SourceSchedule:
         return self.position(step)[0]
 
 
+class SampleShares:
+    """data.mix_mode="within_batch": how many samples of each source micro-step k holds per rank.
+
+    The WalkingTours samples of one rank before micro-step k are round(k r b) (r the ratio, b the
+    micro-batch size), so micro-step k holds n_k = round((k+1) r b) - round(k r b) of them, either
+    floor(r b) or ceil(r b), and b - n_k Ego-Exo4D clips; any run of consecutive micro-steps (an
+    optimizer step's) holds its share r to within one sample. Every rank has the same counts
+    (ZeRO-2: every rank runs the same parameters), and with 0 < r < 1 every micro-batch keeps at
+    least one Ego-Exo4D clip, so every rank also runs the sequence's parameters.
+
+    Stream positions: source s has consumed W C_s(k) samples over W ranks before micro-step k;
+    rank r reads positions [W C_s(k) + r n, W C_s(k) + (r + 1) n) of that source's stream.
+    """
+
+    def __init__(self, walking_tours_ratio: float, micro_batch_size: int, world_size: int = 1):
+        r, b = float(walking_tours_ratio), micro_batch_size
+        if not 0.0 <= r <= 1.0:
+            raise ValueError(f"walking_tours_ratio={r} must lie in [0, 1]")
+        if 0.0 < r < 1.0 and math.ceil(r * b) > b - 1:
+            raise ValueError(
+                f"data.walking_tours_ratio={r} x run.micro_batch_size={b} leaves some "
+                "micro-batches without an Ego-Exo4D clip in data.mix_mode=within_batch: use a "
+                "larger micro-batch or a smaller ratio"
+            )
+        self.ratio, self.micro_batch_size, self.world_size = r, b, world_size
+
+    def walking_before(self, step: int) -> int:
+        """WalkingTours samples of one rank in micro-steps [0, step)."""
+        if step < 0:
+            raise ValueError(f"micro-step {step} must be >= 0")
+        return math.floor(step * self.ratio * self.micro_batch_size + 0.5)
+
+    def counts(self, step: int) -> dict[str, int]:
+        """{EGOEXO4D: clips, WALKING_TOURS: frames} of micro-step `step` on each rank."""
+        walking = self.walking_before(step + 1) - self.walking_before(step)
+        return {EGOEXO4D: self.micro_batch_size - walking, WALKING_TOURS: walking}
+
+    def span(self, step: int, rank: int, source: str) -> tuple[int, int]:
+        """(first stream position, count) that `rank` reads of `source` in micro-step `step`."""
+        walking = self.walking_before(step)
+        before = walking if source == WALKING_TOURS else step * self.micro_batch_size - walking
+        count = self.counts(step)[source]
+        return before * self.world_size + rank * count, count
+
+
 class EpochOrder:
     """Sample order of one source: per-epoch permutations split over ranks and micro-steps.
 
@@ -124,6 +178,17 @@ class EpochOrder:
             rng = np.random.default_rng([self.seed, _ORDER_TAG, _SOURCE_TAG[self.source], epoch])
             self._cached = (epoch, rng.permutation(self.num_samples))
         return self._cached[1]
+
+    def positions(self, start: int, count: int) -> np.ndarray:
+        """int64 [count]: the samples at stream positions [start, start + count), which may run
+        into the next epoch (data.mix_mode=within_batch)."""
+        out = []
+        while count > 0:
+            epoch, offset = divmod(start, self.samples_per_epoch)
+            take = min(count, self.samples_per_epoch - offset)
+            out.append(self.permutation(epoch)[offset : offset + take])
+            start, count = start + take, count - take
+        return np.concatenate(out) if out else np.zeros(0, dtype=np.int64)
 
     def indices(self, n: int, rank: int) -> np.ndarray:
         """int64 [b]: the samples that rank `rank` reads in the n-th micro-step of this source."""

@@ -1,19 +1,24 @@
 """Act: MPJPE (cm) and MPJVE (cm/s) of predicted 3D body poses (paper Sec. 4.3, Table 3).
 
 Errors are Euclidean distances in the egocentric camera frame, over the joints visible in the
-TRUE pose (prediction visibility is ignored). As docs/paper_facts.md ("Evaluation conventions")
-records, each sample first averages over its own visible joints and frames, then samples are averaged
-(``reduction="per_sample"``). Ego-Exo4D's public body-pose script (``bodypose/evaluation/
-evaluate.py``) instead pools every visible joint of the whole split into one sum / count;
-``reduction="pooled"`` reproduces that weighting for comparison.
+TRUE pose (prediction visibility is ignored). Two averages, both reported:
+
+- ``mpjpe_30fps`` etc.: each sample first averages over its own visible joints and frames, then
+  samples are averaged (as Ego-Exo4D's body-pose baseline, ``bodypose/test.py``; docs/paper_facts.md,
+  "Evaluation conventions");
+- ``mpjpe_30fps_pooled`` etc.: one sum over every visible joint of the whole split divided by
+  their count (as Ego-Exo4D's challenge script, ``bodypose/evaluation/evaluate.py``).
+
+Frames. The predicted window follows the last observed pose (clip frame 4 of 20): window index k
+is clip frame 5 + k. 10 fps continues the observed 10 fps grid (..., 1, 4): clip frames 7, 10,
+13, 16, 19, i.e. window indices 2, 5, 8, 11, 14 (``low_fps_offset`` defaults to stride - 1).
 
 Velocity (documented choice): a finite difference between consecutive evaluated frames INSIDE the
-predicted window, times the frame rate: at 30 fps the 15 predicted poses give 14 velocities; at
-10 fps the window is subsampled to every 3rd pose starting at its first pose (frames 0, 3, 6, 9,
-12: ``low_fps_offset`` moves the start) giving 5 poses and 4 velocities. The jump from the last
-observed pose to the first predicted one is not scored, so every method is judged on its own
-outputs only. A velocity term counts only where the joint is visible at both endpoints, as in the
-official script. MPJPE at 10 fps is the MPJPE over the subsampled frames.
+predicted window, times the frame rate: at 30 fps the 15 predicted poses give 14 velocities, at
+10 fps the 5 poses give 4. The jump from the last observed pose to the first predicted one is not
+scored, so every method is judged on its own outputs only. A velocity term counts only where the
+joint is visible at both endpoints, as in the official script.
+MPJPE at 10 fps is the MPJPE over the subsampled frames.
 
 A sample with no visible joint in the whole window is skipped and counted (``num_skipped``); a
 sample that has visible joints but no valid term for one metric (e.g. no joint visible at two
@@ -23,7 +28,7 @@ sample is NaN.
 Usage::
 
     m = motion_metrics(pred_poses, true_poses, visible)   # [n, 15, 17, 3] metres, [n, 15, 17] bool
-    m["mpjpe_30fps"], m["mpjve_10fps"], m["num_samples"]
+    m["mpjpe_30fps"], m["mpjve_10fps"], m["mpjpe_30fps_pooled"], m["num_samples"]
 """
 
 from __future__ import annotations
@@ -83,8 +88,7 @@ def motion_metrics(
     true_poses: torch.Tensor,
     visible: torch.Tensor,
     low_fps_stride: int = 3,
-    low_fps_offset: int = 0,
-    reduction: str = "per_sample",
+    low_fps_offset: int | None = None,
 ) -> dict[str, float]:
     """MPJPE / MPJVE at 30 fps and 10 fps over the visible joints of the predicted window.
 
@@ -93,18 +97,20 @@ def motion_metrics(
         true_poses: [n, F, J, 3] true joint positions, metres; values at invisible joints ignored.
         visible: [n, F, J] bool, True where the true joint is annotated.
         low_fps_stride: 30 fps poses per 10 fps pose (3).
-        low_fps_offset: first predicted frame kept at 10 fps.
-        reduction: "per_sample" (docs/paper_facts.md) or "pooled" (the official script's weighting).
+        low_fps_offset: first window index kept at 10 fps; None = stride - 1 (clip frame 7
+            when the last observed pose is clip frame 4).
     Returns:
-        {"mpjpe_30fps": cm, "mpjve_30fps": cm/s, "mpjpe_10fps": cm, "mpjve_10fps": cm/s,
-         "num_samples": samples scored, "num_skipped": samples with no visible joint}.
+        {"mpjpe_30fps": cm, "mpjve_30fps": cm/s, "mpjpe_10fps": cm, "mpjve_10fps": cm/s}
+        averaged per sample then over samples, the same four with the suffix "_pooled"
+        averaged over every visible joint, "num_samples": samples scored, "num_skipped":
+        samples with no visible joint.
     """
     pred = torch.as_tensor(pred_poses, dtype=torch.float64)
     true = torch.as_tensor(true_poses, dtype=torch.float64, device=pred.device)
     vis = torch.as_tensor(visible, device=pred.device).bool()
     _check(pred, true, vis)
-    if reduction not in ("per_sample", "pooled"):
-        raise ValueError(f"reduction must be 'per_sample' or 'pooled'; got {reduction!r}")
+    if low_fps_offset is None:
+        low_fps_offset = low_fps_stride - 1
     if low_fps_stride < 1 or not 0 <= low_fps_offset < max(1, pred.shape[1]):
         raise ValueError(
             f"need low_fps_stride >= 1 and 0 <= low_fps_offset < F={pred.shape[1]}; got "
@@ -122,8 +128,9 @@ def motion_metrics(
         (pos_sum, pos_count), (vel_sum, vel_count) = _error_sums(
             pred[:, frames], true[:, frames], vis[:, frames], fps
         )
-        metrics[f"mpjpe_{name}"] = _reduce(pos_sum, pos_count, scored, reduction)
-        metrics[f"mpjve_{name}"] = _reduce(vel_sum, vel_count, scored, reduction)
+        for suffix, reduction in (("", "per_sample"), ("_pooled", "pooled")):
+            metrics[f"mpjpe_{name}{suffix}"] = _reduce(pos_sum, pos_count, scored, reduction)
+            metrics[f"mpjve_{name}{suffix}"] = _reduce(vel_sum, vel_count, scored, reduction)
     metrics["num_samples"] = int(scored.sum())
     metrics["num_skipped"] = int((~scored).sum())
     return metrics

@@ -25,9 +25,11 @@ import tempfile
 from pathlib import Path
 
 METHODS = ("egoagent", "zero_velocity", "constant_velocity", "representation_only")
-METRICS = ("top1", "top5", "map", "mpjpe_30fps", "mpjve_30fps", "mpjpe_10fps", "mpjve_10fps")
-UNITS = {"top1": "%", "top5": "%", "map": "%", "mpjpe_30fps": "cm", "mpjve_30fps": "cm/s",
-         "mpjpe_10fps": "cm", "mpjve_10fps": "cm/s"}
+_MOTION = ("mpjpe_30fps", "mpjve_30fps", "mpjpe_10fps", "mpjve_10fps")
+METRICS = ("top1", "top5", "map", *_MOTION, *(f"{m}_pooled" for m in _MOTION))
+UNITS = {"top1": "%", "top5": "%", "map": "%",
+         **{f"{m}{suffix}": "cm" if m.startswith("mpjpe") else "cm/s"
+            for m in _MOTION for suffix in ("", "_pooled")}}
 Results = dict[str, dict[str, dict[str, float | int | None]]]
 PROVENANCE = "provenance"  # the top-level key of results.json that is not a task
 

@@ -3,9 +3,10 @@
     H(t, s) = - sum_k softmax((t - c) / tau_t)_k * log_softmax(s / tau_s)_k
 
 The center c is a buffer (state_dict-able) updated after each call from the teacher's batch mean,
-all-reduced over data-parallel ranks: c <- m c + (1 - m) mean(t). The first update sets c to the
-first batch mean (ours; DINO starts from c = 0, which makes the first steps' targets and losses
-an artefact of the zero start: the loss climbs towards ln K while c catches up).
+all-reduced over data-parallel ranks: c <- m c + (1 - m) mean(t). By default c starts at 0, as
+the official DINO; `center_init="first_batch"` (ours) sets c to the first batch mean before the
+first loss instead, which removes the zero-start transient of a short run (the loss climbs
+towards ln K while c catches up).
 
 With `defer_center_updates()` (the trainer's choice) the teacher sums of every micro-batch of an
 optimizer step are kept and `commit_center()` applies one update with the mean over the whole
@@ -32,10 +33,14 @@ class DINOLoss(nn.Module):
     """Multi-view DINO loss with teacher centering (facebookresearch/dino's DINOLoss semantics)."""
 
     def __init__(self, out_dim: int, student_temp: float = 0.1, center_momentum: float = 0.9,
-                 centering: str = "ema", sinkhorn_iterations: int = 3):
+                 centering: str = "ema", sinkhorn_iterations: int = 3,
+                 center_init: str = "zero"):
         super().__init__()
         if centering not in ("ema", "sinkhorn_knopp"):
             raise ValueError(f"centering={centering!r}: expected 'ema' or 'sinkhorn_knopp'")
+        if center_init not in ("zero", "first_batch"):
+            raise ValueError(f"center_init={center_init!r}: expected 'zero' or 'first_batch'")
+        self.center_init = center_init
         self.centering = centering
         self.sinkhorn_iterations = sinkhorn_iterations
         self.student_temp = student_temp
@@ -67,7 +72,8 @@ class DINOLoss(nn.Module):
                 f"{tuple(teacher.shape)} must agree in [n, K]"
             )
         teacher = teacher.detach().float()
-        if self.centering == "ema" and self.center_updates == 0:
+        first_batch = self.center_init == "first_batch"
+        if self.centering == "ema" and first_batch and self.center_updates == 0:
             self.update_center(teacher)  # the first batch defines the starting center
         if self.centering == "sinkhorn_knopp":
             t_prob = sinkhorn_knopp(teacher.flatten(0, 1), teacher_temp,
@@ -123,7 +129,7 @@ class DINOLoss(nn.Module):
             dist.all_reduce(batch_sum)
             dist.all_reduce(count)
         batch_center = batch_sum / count
-        if self.center_updates == 0:
+        if self.center_init == "first_batch" and self.center_updates == 0:
             self.center.copy_(batch_center)
         else:
             self.center.mul_(self.center_momentum).add_(batch_center * (1 - self.center_momentum))

@@ -8,8 +8,9 @@
 - L_act: L1 on visible joints (or, loss.act_motion_loss, squared cm on steps >= 1) + visibility
   BCE, for every step's action query.
 
-A micro-batch without poses (WalkingTours) trains L_rep only. A term whose weight is 0 is not
-computed at all (the paper's leave-one-out ablations).
+A micro-batch without poses (WalkingTours) trains L_rep only; a mixed one (data.mix_mode
+within_batch) trains L_rep on all its samples' crops and the rest on its clips. A term whose
+weight is 0 is not computed at all (the paper's leave-one-out ablations).
 """
 
 from __future__ import annotations
@@ -42,7 +43,7 @@ class EgoAgentObjective(nn.Module):
         self.cfg = loss_cfg
         k = model_cfg.head_out_dim
         dino = dict(student_temp=loss_cfg.student_temp, center_momentum=loss_cfg.center_momentum,
-                    centering=loss_cfg.centering)
+                    centering=loss_cfg.centering, center_init=loss_cfg.center_init)
         self.represent_loss = DINOLoss(k, **dino)
         self.predict_loss = DINOLoss(k, **dino)
         self.action_loss = ActionLoss(loss_cfg.visibility_weight, loss_cfg.act_motion_loss)
@@ -126,6 +127,9 @@ class EgoAgentObjective(nn.Module):
         c = self.cfg
         terms: dict[str, torch.Tensor] = {}
         total = None
+        # data.mix_mode=within_batch: the clips are a share of the micro-batch's samples; their
+        # terms weigh by it, so that every sample counts as in homogeneous micro-batches.
+        share = float(batch.get("sequence_share", 1.0))
 
         def add(weight: float, name: str, value: torch.Tensor) -> None:
             nonlocal total
@@ -145,14 +149,14 @@ class EgoAgentObjective(nn.Module):
             s = student.future_logits.flatten(0, 1)[None]  # [1, b*(T-1), K]
             t = targets["next_frames"].flatten(0, 1)[None]  # [1, b*(T-1), K]
             if c.predict_weight > 0:
-                add(c.predict_weight, "loss_predict",
+                add(c.predict_weight * share, "loss_predict",
                     self.predict_loss(s, t, teacher_temp, skip_same_view=False))
             if c.predict_contrastive_weight > 0:
-                add(c.predict_contrastive_weight, "loss_predict_contrastive",
+                add(c.predict_contrastive_weight * share, "loss_predict_contrastive",
                     predict_infonce(s[0], t[0], c.predict_contrastive_temp))
         if student.actions is not None and c.act_weight > 0:
             act, parts = self.action_loss(student.actions, batch["poses"])
-            add(c.act_weight, "loss_act", act)
+            add(c.act_weight * share, "loss_act", act)
             terms.update(parts)
         if total is None:
             raise ValueError("no loss term was computed for this micro-batch")

@@ -73,7 +73,8 @@ class EgoAgent(nn.Module):
         self.layout = StudentLayout(cfg.num_steps, cfg.patches_per_image, cfg.frame_bidirectional)
         self.image_projector = ImageProjector(h, cfg.patch_size)
         self.action_projector = ActionProjector(
-            h, cfg.pose_channels, cfg.poses_per_step, cfg.num_joints, cfg.pose_rate_hz
+            h, cfg.pose_channels, cfg.poses_per_step, cfg.num_joints, cfg.pose_rate_hz,
+            velocity_inputs=cfg.action_velocity_inputs,
         )
         self.queries = QueryTokens(h)
         self.backbone = Backbone(cfg, max_sequence_length=self.layout.seq_len, precision=precision)
@@ -83,13 +84,20 @@ class EgoAgent(nn.Module):
         self.predict_head = DINOHead(h, **head)
         if cfg.predict_head_init == "represent":
             self.predict_head.load_state_dict(self.represent_head.state_dict())
+        # The paper's action head: one Linear from the action query's output to 4 x P x J.
         self.action_head = ActionHead(h, cfg.pose_channels, cfg.poses_per_step, cfg.num_joints)
+        if cfg.action_head == "anchored":
+            self._build_anchored_action_head()
+
+    def _build_anchored_action_head(self) -> None:
+        """model.action_head="anchored" (ours; the tiny CPU demo, docs/results.md)."""
+        cfg = self.cfg
         # A_0 has no pose history: its action is a posture estimated from I_0 alone, with errors
         # of decimetres, where the later steps' motion offsets are centimetres. Its own output
-        # layer keeps those errors' gradients off the motion layer (ours; one layer for both
-        # made the rollout worse than zero velocity on the demo world, docs/results.md).
-        self.initial_action_head = ActionHead(h, cfg.pose_channels, cfg.poses_per_step,
-                                              cfg.num_joints)
+        # layer keeps those errors' gradients off the motion layer (one layer for both made the
+        # rollout worse than zero velocity on the demo world, docs/results.md).
+        self.initial_action_head = ActionHead(cfg.hidden_size, cfg.pose_channels,
+                                              cfg.poses_per_step, cfg.num_joints)
         # Zero-initialised: with the offsets of `_anchor_actions`, the untrained agent predicts
         # zero velocity (and visibility 0.5), and training starts from that baseline.
         for head in (self.action_head, self.initial_action_head):
@@ -117,14 +125,17 @@ class EgoAgent(nn.Module):
         action_out = hidden[self.layout.action_query_positions.to(seq.device)]  # [T, b, h]
         future = hidden[self.layout.future_query_positions.to(seq.device)]  # [T, b, h]
         action_out = action_out.transpose(0, 1)  # [b, T, h]
+        if self.cfg.action_head == "linear":
+            return self.action_head(action_out), future.transpose(0, 1)  # [b, T, 4, P, J]
         actions = torch.cat([self.initial_action_head(action_out[:, :1]),
                              self.action_head(action_out[:, 1:])], dim=1)  # [b, T, 4, P, J]
         return self._anchor_actions(actions, poses), future.transpose(0, 1)
 
     def _anchor_actions(self, actions: torch.Tensor, poses: torch.Tensor) -> torch.Tensor:
-        """Action head outputs -> poses (ours). An anchor the action query of step t already
-        sees: each joint's last visible position in A_<t (`last_visible_anchor`), the learned
-        mean pose where there is none (every joint at step 0).
+        """Anchored action head outputs -> poses (ours, model.action_head="anchored"). An anchor the
+        action query of step t already sees: each joint's last visible position in A_<t
+        (`last_visible_anchor`), the learned mean pose where there is none (every joint at
+        step 0).
 
         - step 0 (`initial_action_head`): x, y, z are a posture, metres from the mean pose;
         - steps t >= 1 (`action_head`): x, y, z of pose k = 1..P are a mean velocity (m/s)

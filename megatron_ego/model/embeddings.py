@@ -31,19 +31,22 @@ class ImageProjector(nn.Module):
 class ActionProjector(nn.Module):
     """Pose tensor [n, 4, 5, 17] -> Conv2d kernel (5, 17) -> LayerNorm -> GELU -> one token [n, h].
 
-    Ours: the conv also reads each pose's velocity (m/s at the 30 fps pose rate, from the pose
-    before it in the same step; 0 for the first pose and where either pose is invisible), i.e.
-    7 input channels. Positions are metres from the camera (~0.5 m) and a frame's motion is
-    ~1 cm, so after the LayerNorm the motion the next action depends on would be a 1% ripple
-    on the posture; in m/s it is on the posture's scale from the first step.
+    The paper's conv reads the 4 pose channels. With `velocity_inputs` (ours) it also reads each
+    pose's velocity (m/s at the 30 fps pose rate, from the pose before it in the same step; 0
+    for the first pose and where either pose is invisible), i.e. 7 input channels. Positions are
+    metres from the camera (~0.5 m) and a frame's motion is ~1 cm, so after the LayerNorm the
+    motion the next action depends on would be a 1% ripple on the posture; in m/s it is on the
+    posture's scale from the first step.
     """
 
     def __init__(self, hidden_size: int, pose_channels: int = 4, poses: int = 5, joints: int = 17,
-                 pose_rate: float = 30.0):
+                 pose_rate: float = 30.0, velocity_inputs: bool = False):
         super().__init__()
         self.expected = (pose_channels, poses, joints)
         self.pose_rate = pose_rate
-        self.proj = nn.Conv2d(pose_channels + 3, hidden_size, kernel_size=(poses, joints))
+        self.velocity_inputs = velocity_inputs
+        in_channels = pose_channels + (3 if velocity_inputs else 0)
+        self.proj = nn.Conv2d(in_channels, hidden_size, kernel_size=(poses, joints))
         self.norm = nn.LayerNorm(hidden_size)
         self.act = nn.GELU()
 
@@ -60,7 +63,9 @@ class ActionProjector(nn.Module):
                 f"poses must be [n, {', '.join(map(str, self.expected))}] "
                 f"(x,y,z,visibility; poses; joints), got {tuple(poses.shape)}"
             )
-        x = self.proj(torch.cat([poses, self.velocity(poses)], dim=1)).flatten(1)  # [n, h]
+        if self.velocity_inputs:
+            poses = torch.cat([poses, self.velocity(poses)], dim=1)  # [n, 7, P, J]
+        x = self.proj(poses).flatten(1)  # [n, h]
         return self.act(self.norm(x))  # [n, h]
 
 

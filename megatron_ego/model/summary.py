@@ -40,8 +40,12 @@ def summarize(model: EgoAgent, cfg: Config) -> dict:
             "represent_head": count(model.represent_head),
             "predict_head": count(model.predict_head),
             "action_head": count(model.action_head),
-            "initial_action_head": count(model.initial_action_head),
+            **({"initial_action_head": count(model.initial_action_head),
+                "mean_pose": model.mean_pose.numel()}
+               if hasattr(model, "initial_action_head") else {}),
         },
+        "action_projector_in_channels": model.action_projector.proj.in_channels,
+        "action_head_out_features": model.action_head.proj.out_features,
         "trainable_parameters": count(model, trainable_only=True),
         "sequence_length": {
             "student": model.layout.seq_len,

@@ -35,6 +35,14 @@ from megatron_ego.training.guards import (
     TrainingStopped,
     check_finite_weights,
 )
+from megatron_ego.training.init_from import (
+    InitSource,
+    check_model_config,
+    fresh_names,
+    load_shared,
+    read_init_source,
+    summary_line,
+)
 from megatron_ego.training.metrics import MetricsLogger, truncate_metrics
 from megatron_ego.training.optimizer import apply_schedules, build_optimizer
 from megatron_ego.training.preemption import PreemptionHandler
@@ -129,11 +137,18 @@ class Trainer:
         folder, self.run_id = self._select_resume(resume, overwrite)
         seed_everything(cfg.run.seed)  # identical initial weights on every rank
         student = EgoAgent(cfg.model, precision=cfg.run.precision)
+        init_source = self._init_source(folder)
+        if init_source is not None:  # before DeepSpeed copies the weights into its partitions
+            loaded = load_shared(student, init_source.student, init_source, "student")
         optimizer = build_optimizer(student, cfg.optim)
         self.engine, self.optimizer, _, _ = deepspeed.initialize(
             model=student, optimizer=optimizer, config=self.ds_config)
         ckpt.install_safe_checkpoint_engine(self.engine)
         self.teacher = make_teacher(self.engine.module, cfg.model, dist_info.device)
+        if init_source is not None:
+            load_shared(self.teacher, init_source.teacher, init_source, "teacher")
+            if dist_info.is_main:
+                log.info(summary_line(cfg, init_source, loaded, fresh_names(student)))
         self.ema = EMA(self.teacher, self.engine.module)
         self.objective = EgoAgentObjective(cfg.model, cfg.loss).to(dist_info.device)
         self.objective.defer_center_updates()  # once per step: the same on any world size
@@ -149,11 +164,24 @@ class Trainer:
                 ckpt.write_run_id(self.run_dir, self.run_id)
             truncate_metrics(self.run_dir, self.state.step)
             save_config(cfg, os.path.join(self.run_dir, "config.yaml"))
-        self.per_clip = {src: clip_flops(cfg, with_poses=src == "egoexo4d")
+        self.per_clip = {src: clip_flops(cfg, self.engine.module, with_poses=src == "egoexo4d")
                          for src in ("egoexo4d", "walking_tours")}
         self.device_name, self.peak_tflops = device_peak_tflops(cfg.run.precision)
 
     # ------------------------------------------------------------------------------ checkpoints
+    def _init_source(self, resume_from: Path | None) -> InitSource | None:
+        """run.init_from's weights, unless this run resumes from a checkpoint of its own."""
+        path = self.cfg.run.init_from
+        if not path:
+            return None
+        if resume_from is not None:
+            if self.dist.is_main:
+                log.info("run.init_from=%s ignored: the run resumes from its own checkpoint", path)
+            return None
+        source = read_init_source(path)
+        check_model_config(self.cfg.model, source)
+        return source
+
     def _select_resume(self, resume: str, overwrite: bool) -> tuple[Path | None, str]:
         """(checkpoint to resume from or None, run id): decided by rank 0, told to every rank
         (a shared file system may show the ranks different things mid-write)."""
@@ -184,6 +212,11 @@ class Trainer:
         self.teacher.load_state_dict(state["teacher"])
         self.objective.load_state_dict(state["objective"])
         self.state = TrainState(**state["train_state"])
+        if saved_world != self.dist.world_size and self.cfg.data.mix_mode == "within_batch":
+            raise ConfigError(
+                f"{folder} was written by {saved_world} ranks, this run has "
+                f"{self.dist.world_size}: data.mix_mode=within_batch draws per rank, so its data "
+                f"position does not carry over; resume on {saved_world} ranks")
         if saved_world != self.dist.world_size:
             # The data stream is a function of (optimizer step, slot in the global batch), so
             # the position carries over: the next step's first micro-step on the new world.
@@ -270,7 +303,9 @@ class Trainer:
                 continue
             consecutive_bad = 0
             done += 1
-            sources[batch["source"]] += 1
+            drawn = batch.get("counts") or {batch["source"]: self.cfg.run.micro_batch_size}
+            for source, n in drawn.items():  # samples of this rank
+                sources[source] += n
             for k, v in terms.items():
                 sums[k] = sums.get(k, 0.0) + v
                 counts[k] = counts.get(k, 0) + 1
@@ -335,6 +370,7 @@ class Trainer:
                 elapsed = time.perf_counter() - t0
                 sources = scalars.pop("_sources")
                 scalars.update(self._speed(sources, elapsed))
+                scalars["walking_tours_share"] = sources["walking_tours"] / sum(sources.values())
                 scalars["grad_norm"] = float(self.engine.get_global_grad_norm() or float("nan"))
                 scalars["skipped_steps"] = float(self.state.skipped_steps)
                 scalars["skipped_microbatches"] = float(self.state.skipped_nonfinite)
@@ -363,11 +399,12 @@ class Trainer:
         return self.state
 
     def _speed(self, sources: dict[str, int], seconds: float) -> dict[str, float]:
-        """Throughput of the step just done, over all ranks."""
-        world, mb = self.dist.world_size, self.cfg.run.micro_batch_size
-        clips = sum(sources.values()) * mb * world
-        flops = sum(n * mb * world * self.per_clip[src]["train"] for src, n in sources.items())
-        tokens = sum(n * mb * world * self.per_clip[src]["tokens"] for src, n in sources.items())
+        """Throughput of the step just done, over all ranks (`sources`: this rank's samples of
+        each source; every rank draws as many)."""
+        world = self.dist.world_size
+        clips = sum(sources.values()) * world
+        flops = sum(n * world * self.per_clip[src]["train"] for src, n in sources.items())
+        tokens = sum(n * world * self.per_clip[src]["tokens"] for src, n in sources.items())
         out = {"clips_per_s": clips / seconds, "tokens_per_s": tokens / seconds,
                "tflops_per_device": flops / seconds / world / 1e12}
         if self.peak_tflops:
