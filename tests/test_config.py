@@ -107,7 +107,8 @@ def test_too_few_views_for_the_dino_loss_is_a_cross_field_error():
                                               "--data.num_local_crops=0"])
     cfg = load_config("configs/tiny_cpu.yaml", ["--data.num_global_crops=1",
                                                 "--data.num_local_crops=0",
-                                                "--loss.represent_weight=0"])
+                                                "--loss.represent_weight=0",
+                                                "--data.walking_tours_ratio=0"])
     assert cfg.data.num_global_crops == 1
 
 

@@ -24,7 +24,7 @@ SMALL = ["--model.num_layers=2", "--model.hidden_size=64", "--model.num_attentio
 PROBE = """
 import logging, sys, torch
 from megatron_ego.config import load_config
-from megatron_ego.model.cpu import seed_everything
+from megatron_ego.runtime.device import seed_everything
 from megatron_ego.model.egoagent import EgoAgent
 from megatron_ego.training.distributed import init_distributed
 from megatron_ego.training.init_from import shared_names
@@ -72,7 +72,7 @@ def stage1(demo_data, tmp_path_factory) -> Path:  # noqa: F811
 
 
 def test_stage2_starts_from_stage1_weights_with_a_fresh_optimizer(demo_data, stage1, tmp_path):  # noqa: F811
-    from megatron_ego.eval.export_checkpoint import checkpoint_networks, resolve_checkpoint
+    from megatron_ego.export.checkpoint import checkpoint_networks, resolve_checkpoint
 
     probe = tmp_path / "probe.pt"
     run = _run([PY, "-c", PROBE, str(probe), "configs/egoagent_300m.yaml", *SMALL,
