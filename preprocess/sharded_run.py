@@ -23,13 +23,14 @@ from typing import Any
 from tqdm import tqdm
 
 from preprocess.parallel import Ranks, world
-from preprocess.shards import ShardWriter, merge_shards, write_json_atomic
+from preprocess.shards import ShardWriter, file_names, merge_shards, write_json_atomic
 from preprocess.stats import Stats
 
 __all__ = ["FORMAT_VERSION", "Unit", "run_sharded"]
 
-FORMAT_VERSION = 1
+FORMAT_VERSION = 2  # 2: Ego-Exo4D datasets hold `camera` (camera motion per clip)
 SHARD_DIR = ".shards"
+TAKE_FIELDS = ("name", "uid", "first_frame", "num_frames", "num_clips", "aria_camera")
 log = logging.getLogger("preprocess")
 
 
@@ -42,7 +43,8 @@ class Unit:
     inputs: dict[str, Any] = field(default_factory=dict)
 
 
-# process(unit, writer, stats) -> {"name", "uid", "num_frames", "num_clips"}, or None if skipped
+# process(unit, writer, stats) -> {"name", "uid", "num_frames", "num_clips"[, "aria_camera"]},
+# or None if skipped
 ProcessFn = Callable[[Unit, ShardWriter, Stats], "dict[str, Any] | None"]
 
 
@@ -70,7 +72,7 @@ def _finished(prefix: str, fingerprint: dict[str, Any], names: list[str]) -> dic
 
 def _write_shards(shards: list[list[Unit]], shard_dir: str, process: ProcessFn,
                   options: dict, with_clips: bool, ranks: Ranks, desc: str) -> None:
-    names = ["frames", "poses", "clips"] if with_clips else ["frames"]
+    names = file_names(with_clips)
     mine = list(range(ranks.rank, len(shards), ranks.size))
     progress = tqdm(total=sum(len(shards[k]) for k in mine), desc=f"{desc} rank {ranks.rank}",
                     unit="take", position=ranks.rank, leave=ranks.size == 1)
@@ -114,8 +116,7 @@ def _merge(out_dir: str, shard_dir: str, num_shards: int, with_clips: bool,
         "format_version": FORMAT_VERSION, **manifest,
         "num_frames": sum(t["num_frames"] for t in takes),
         "num_clips": sum(t["num_clips"] for t in takes),
-        "takes": [{k: t[k] for k in ("name", "uid", "first_frame", "num_frames", "num_clips")}
-                  for t in takes],
+        "takes": [{k: t[k] for k in TAKE_FIELDS if k in t} for t in takes],
     }
     write_json_atomic(os.path.join(out_dir, "stats.json"), stats.to_dict())
     write_json_atomic(os.path.join(out_dir, "manifest.json"), manifest)

@@ -4,10 +4,11 @@
     clip = ds[0]                 # RawClip
     clip.frames                  # T x (1-D uint8 JPEG buffer | [H, W, 3] uint8)
     clip.poses                   # float32 [20, 17, 4] (x, y, z metres in the camera frame; vis)
+    clip.camera                  # float32 [20, 3, 4] each frame's camera pose in frame 0's frame
     images = [decode_frame(f) for f in clip.frames]  # T x [H, W, 3] uint8 RGB
 
 An Ego-Exo4D directory yields clips (T images at 6 fps + 20 poses at 30 fps); a WalkingTours
-directory yields single frames (`frames` has one entry, `poses` is None). Opening reads
+directory yields single frames (`frames` has one entry, `poses` and `camera` are None). Opening reads
 manifest.json and memory-maps the files; the object pickles by path, so DataLoader workers
 re-open the maps instead of copying data.
 """
@@ -26,7 +27,7 @@ from megatron_ego.data.indexed import IndexedDataError, open_indexed
 
 __all__ = ["ClipDataset", "RawClip", "decode_frame"]
 
-FORMAT_VERSION = 1
+FORMAT_VERSION = 2  # 2 added `camera` (each clip's camera motion); older datasets are refused
 
 
 @dataclass
@@ -44,12 +45,16 @@ class RawClip:
         take: name of the Ego-Exo4D take or WalkingTours video the sample comes from.
         start_frame: Ego-Exo4D: the 30 fps frame number of the clip's first image and pose.
             WalkingTours: the index of the frame among its video's stored 6 fps frames.
+        camera: float32 [20, 3, 4] (one per pose, 30 fps): [R | t] of that frame's camera in
+            the camera frame of the clip's first frame (p_first = R p_frame + t; t in metres;
+            index 0 is [I | 0]), or None for WalkingTours.
     """
 
     frames: list[np.ndarray]
     poses: np.ndarray | None
     take: str
     start_frame: int
+    camera: np.ndarray | None = None
 
 
 def decode_frame(frame: np.ndarray) -> np.ndarray:
@@ -68,11 +73,12 @@ class ClipDataset:
     Args:
         path: the directory written by `python -m preprocess.egoexo4d --out` or
             `python -m preprocess.walking_tours --out` (holds manifest.json, frames.bin/.idx and,
-            for Ego-Exo4D, poses.bin/.idx and clips.bin/.idx).
+            for Ego-Exo4D, poses, camera and clips .bin/.idx).
 
     Raises:
         FileNotFoundError: no manifest.json in `path` (preprocessing not run or not finished).
-        ValueError: the manifest is of an unknown format version or source.
+        ValueError: the manifest is of another format version (an older preprocessing run:
+            re-run it) or of an unknown source.
         IndexedDataError: a `.bin`/`.idx` file is missing or damaged.
     """
 
@@ -90,19 +96,22 @@ class ClipDataset:
         if version != FORMAT_VERSION:
             raise ValueError(
                 f"{manifest_path} has format_version={version}, this code reads "
-                f"{FORMAT_VERSION}: re-run preprocessing with this version of the code"
+                f"{FORMAT_VERSION} (version 2 stores each clip's camera motion): re-run "
+                f"preprocessing (python -m preprocess.egoexo4d / preprocess.walking_tours --out "
+                f"{path}) with this version of the code"
             )
         if self.source not in ("egoexo4d", "walking_tours"):
             raise ValueError(f"{manifest_path}: unknown source {self.source!r}")
         self._frames = open_indexed(os.path.join(path, "frames"), np.uint8)
-        self._poses = self._clips = None
+        self._poses = self._camera = self._clips = None
         if self.source == "egoexo4d":
             self._poses = open_indexed(os.path.join(path, "poses"), np.float32)
+            self._camera = open_indexed(os.path.join(path, "camera"), np.float32)
             self._clips = open_indexed(os.path.join(path, "clips"), np.int64)
-            if len(self._clips) != len(self._poses):
+            if not len(self._clips) == len(self._poses) == len(self._camera):
                 raise IndexedDataError(
-                    f"{path}: clips ({len(self._clips)}) and poses ({len(self._poses)}) disagree; "
-                    f"re-run preprocessing"
+                    f"{path}: clips ({len(self._clips)}), poses ({len(self._poses)}) and camera "
+                    f"({len(self._camera)}) disagree; re-run preprocessing"
                 )
         takes = self._manifest["takes"]
         self._take_names = [t["name"] for t in takes]
@@ -157,11 +166,13 @@ class ClipDataset:
         num_steps = int(self._manifest["num_steps"])
         num_poses = num_steps * int(self._manifest["poses_per_step"])
         poses = np.array(self._poses[i]).reshape(num_poses, -1, 4)  # [20, 17, 4]
+        camera = np.array(self._camera[i]).reshape(num_poses, 3, 4)  # [20, 3, 4]
         return RawClip(
             frames=[self._frame(int(f)) for f in row[2 : 2 + num_steps]],
             poses=poses,
             take=self._take_names[int(row[0])],
             start_frame=int(row[1]),
+            camera=camera,
         )
 
     def __repr__(self) -> str:
