@@ -2,7 +2,9 @@
 
 Both files are written atomically (a temporary file in the same folder, fsync, then rename), so a
 reader never sees half a report. Non-finite values (e.g. a metric with no valid sample) are stored
-as JSON null and shown as "n/a".
+as JSON null and shown as "n/a". Metrics split by camera motion (``top1_rot_ge10``,
+``num_transitions_trans_lt5cm``, ...) get a table of their own in results.md, one row per method
+and bin.
 
 Usage::
 
@@ -15,13 +17,18 @@ from __future__ import annotations
 import json
 import math
 import os
+import re
 import tempfile
 from pathlib import Path
 
 METHODS = ("egoagent", "zero_velocity", "constant_velocity", "representation_only")
 METRICS = ("top1", "top5", "map", "mpjpe_30fps", "mpjve_30fps", "mpjpe_10fps", "mpjve_10fps")
 UNITS = {"top1": "%", "top5": "%", "map": "%", "mpjpe_30fps": "cm", "mpjve_30fps": "cm/s",
-         "mpjpe_10fps": "cm", "mpjve_10fps": "cm/s"}
+         "mpjpe_10fps": "cm", "mpjve_10fps": "cm/s", "direction_accuracy": "%",
+         "direction_accuracy_rot_ge10": "%"}
+BINNED = re.compile(r"^(top1|map|num_queries|num_transitions)_(rot|trans)_(\w+)$")
+BIN_COLUMNS = ("num_queries", "num_transitions", "top1", "map")
+MOTION_NAMES = {"rot": "rotation", "trans": "translation"}
 Results = dict[str, dict[str, dict[str, float | int | None]]]
 
 
@@ -63,11 +70,33 @@ def _format(value: float | int | None) -> str:
     return str(value) if isinstance(value, int) else f"{value:.2f}"
 
 
+def _binned_table(task: str, methods: dict) -> list[str]:
+    """Rows (method, motion, bin) of the metrics split by camera motion; [] when there are none."""
+    bins: dict[tuple[str, str], None] = {}
+    for values in methods.values():
+        for metric in values:
+            match = BINNED.match(metric)
+            if match:
+                bins[(match.group(2), match.group(3))] = None
+    if not bins:
+        return []
+    lines = [f"### {task} by camera motion between I_t and I_t+1", "",
+             "| method | motion | bin | queries | transitions | top1 (%) | map (%) |",
+             "|---|---|---|---|---|---|---|"]
+    for method in _ordered(methods, METHODS):
+        for tag, name in bins:
+            row = [_format(methods[method].get(f"{c}_{tag}_{name}")) for c in BIN_COLUMNS]
+            lines.append(f"| {method} | {MOTION_NAMES[tag]} | {name} | " + " | ".join(row) + " |")
+    return lines + [""]
+
+
 def results_markdown(results: Results) -> str:
-    """One markdown table per task: methods as rows, metrics (with units) as columns."""
+    """One markdown table per task: methods as rows, metrics (with units) as columns; metrics
+    split by camera motion in a second table (method, motion, bin) per task."""
     lines = ["# Evaluation results", ""]
     for task, methods in results.items():
-        metrics = _ordered([m for values in methods.values() for m in values], METRICS)
+        metrics = _ordered([m for values in methods.values() for m in values
+                            if not BINNED.match(m)], METRICS)
         header = [f"{m} ({UNITS[m]})" if m in UNITS else m for m in metrics]
         lines += [f"## {task}", "", "| method | " + " | ".join(header) + " |",
                   "|---|" + "---|" * len(metrics)]
@@ -75,6 +104,7 @@ def results_markdown(results: Results) -> str:
             row = [_format(methods[method].get(m)) for m in metrics]
             lines.append(f"| {method} | " + " | ".join(row) + " |")
         lines.append("")
+        lines += _binned_table(task, methods)
     return "\n".join(lines)
 
 
