@@ -1,23 +1,29 @@
 #!/usr/bin/env bash
 # The whole job on the embedded demo world, on CPU: demo world -> preprocessing -> pretraining
 # (2 processes, DeepSpeed ZeRO-2 over gloo) -> export -> evaluation -> summary table.
-# Everything goes under runs/demo/. A second run resumes where the first stopped (each stage
-# skips finished work); if the demo's settings changed, it starts clean instead of mixing.
+# Everything goes under runs/demo/ (or DEMO_DIR). A second run resumes where the first stopped
+# (each stage skips finished work); if the demo's settings changed, it starts clean instead of
+# mixing.
 #   make demo            (runs `make setup` first)
 #   bash launch/demo.sh  (with .venv already set up)
+#   DEMO_DIR=runs/demo2 bash launch/demo.sh   (another folder; the config's paths follow it)
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
 py=.venv/bin/python
-demo=runs/demo
+demo="${DEMO_DIR:-runs/demo}"
 config=configs/tiny_cpu.yaml
-world=(--takes 8 --seconds 20 --resolution 160 --seed 0)
+# 20 takes, every 4th to val: 5 val takes whose clips hold 239 distinct transitions where the
+# camera turns 10 degrees or more between I_t and I_t+1 (tests/test_demo_world.py counts them)
+world=(--takes 20 --seconds 20 --resolution 160 --seed 0)
 size=128
+paths=("--data.egoexo4d_path=$demo/data/egoexo4d/train"
+       "--data.walking_tours_path=$demo/data/walking_tours" "--run.output_dir=$demo")
 
 # Start clean when the settings that produced runs/demo changed (never mix two demos).
 stamp="$(printf '%s\n' "${world[*]}" "$size" | cat - "$config" configs/zero2.json | sha256sum | cut -c1-16)"
 if [ -d "$demo" ] && [ "$(cat "$demo/DEMO_STAMP" 2>/dev/null)" != "$stamp" ]; then
-  echo "== runs/demo was made with other settings: starting clean"
+  echo "== $demo was made with other settings: starting clean"
   rm -rf "$demo"
 fi
 mkdir -p "$demo"
@@ -41,7 +47,7 @@ done
 echo "== 3/5 pretraining $config (2 processes, ZeRO-2, CPU)"
 port="$("$py" -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1])')"
 .venv/bin/deepspeed --num_gpus 2 --master_port "$port" launch/pretrain.py \
-  --ds_config configs/zero2.json --config "$config" --resume auto
+  --ds_config configs/zero2.json --config "$config" --resume auto "${paths[@]}"
 
 echo "== 4/5 export (teacher: represent; student: predict and act -> safetensors)"
 "$py" launch/export.py --checkpoint "$demo" --out "$demo/export"
