@@ -17,8 +17,10 @@ config=configs/tiny_cpu.yaml
 # camera turns 10 degrees or more between I_t and I_t+1 (tests/test_demo_world.py counts them)
 world=(--takes 20 --seconds 20 --resolution 160 --seed 0)
 size=128
+# the run folder is run.output_dir/run.name: $demo itself
 paths=("--data.egoexo4d_path=$demo/data/egoexo4d/train"
-       "--data.walking_tours_path=$demo/data/walking_tours" "--run.output_dir=$demo")
+       "--data.walking_tours_path=$demo/data/walking_tours"
+       "--run.output_dir=$(dirname "$demo")" "--run.name=$(basename "$demo")")
 
 # Start clean when the settings that produced runs/demo changed (never mix two demos).
 stamp="$(printf '%s\n' "${world[*]}" "$size" | cat - "$config" configs/zero2.json | sha256sum | cut -c1-16)"

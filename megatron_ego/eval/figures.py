@@ -183,7 +183,7 @@ def plot_top1_by_bin(
         raise ValueError("need at least one method and one bin")
     figure = _new_figure(6.4, 4.0, dpi)
     ax = figure.subplots()
-    width = 0.8 / len(methods)
+    width, highest = 0.8 / len(methods), 0.0
     for k, (method, metrics) in enumerate(methods.items()):
         for b, (name, _) in enumerate(bins):
             value = metrics.get(f"top1_{tag}_{name}")
@@ -195,6 +195,8 @@ def plot_top1_by_bin(
             text = f"{value:.1f}" if finite else "n/a"
             ax.text(x, (value if finite else 0.0) + 0.5, f"{text}\nn={count}", ha="center",
                     va="bottom", fontsize=6)
+            highest = max(highest, value if finite else 0.0)
+    ax.set_ylim(0.0, highest * 1.15 + 5.0)  # room for the labels above the bars
     ax.set_xticks(range(len(bins)), [label for _, label in bins])
     ax.set_ylabel("Top-1 (%)")
     ax.set_xlabel("camera rotation between I_t and I_t+1" if tag == "rot"
