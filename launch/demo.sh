@@ -1,14 +1,16 @@
 #!/usr/bin/env bash
 # The whole job on the embedded demo world, on CPU: demo world -> preprocessing -> pretraining
 # (2 processes, DeepSpeed ZeRO-2 over gloo) -> export -> evaluation -> summary table.
-# Everything goes under runs/demo/. A second run resumes where the first stopped (each stage
-# skips finished work); if the demo's settings changed, it starts clean instead of mixing.
+# Everything goes under runs/demo/ (or DEMO_DIR). A second run resumes where the first stopped
+# (each stage skips finished work); if the demo's settings changed, it starts clean instead of
+# mixing.
 #
 # Usage:
 #   make demo                   (runs `make setup` first)
 #   bash launch/demo.sh         (with .venv already set up)
+#   DEMO_DIR=runs/demo2 bash launch/demo.sh   (another folder; the config's paths follow it)
 #   bash launch/demo.sh --help  (this text)
-# Takes no other arguments. About 8 minutes on 2 CPU cores; `make clean-demo` removes runs/demo.
+# Takes no other arguments. `make clean-demo` removes runs/demo.
 set -euo pipefail
 
 usage() { sed -n '2,/^set -euo/{/^set -euo/d;s/^# \{0,1\}//;p;}' "$0"; }
@@ -26,15 +28,21 @@ if ! command -v nvidia-smi > /dev/null 2>&1; then
 fi
 
 py=.venv/bin/python
-demo=runs/demo
+demo="${DEMO_DIR:-runs/demo}"
 config=configs/tiny_cpu.yaml
-world=(--takes 8 --seconds 20 --resolution 160 --seed 0)
+# 20 takes, every 4th to val: 5 val takes whose clips hold 239 distinct transitions where the
+# camera turns 10 degrees or more between I_t and I_t+1 (tests/test_demo_world.py counts them)
+world=(--takes 20 --seconds 20 --resolution 160 --seed 0)
 size=128
+# the run folder is run.output_dir/run.name: $demo itself
+paths=("--data.egoexo4d_path=$demo/data/egoexo4d/train"
+       "--data.walking_tours_path=$demo/data/walking_tours"
+       "--run.output_dir=$(dirname "$demo")" "--run.name=$(basename "$demo")")
 
 # Start clean when the settings that produced runs/demo changed (never mix two demos).
 stamp="$(printf '%s\n' "${world[*]}" "$size" | cat - "$config" configs/zero2.json | sha256sum | cut -c1-16)"
 if [ -d "$demo" ] && [ "$(cat "$demo/DEMO_STAMP" 2>/dev/null)" != "$stamp" ]; then
-  echo "== runs/demo was made with other settings: starting clean"
+  echo "== $demo was made with other settings: starting clean"
   rm -rf "$demo"
 fi
 mkdir -p "$demo"
@@ -60,7 +68,7 @@ port="$("$py" -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1", 0)); pr
 # --log_level error: the launcher's own INFO lines and its "no hostfile" warning say nothing a
 # demo user can act on; its errors (a rank that failed) still show.
 .venv/bin/deepspeed --log_level error --num_gpus 2 --master_port "$port" launch/pretrain.py \
-  --ds_config configs/zero2.json --config "$config" --resume auto
+  --ds_config configs/zero2.json --config "$config" --resume auto "${paths[@]}"
 
 echo "== 4/5 export (teacher: represent; student: predict and act -> safetensors)"
 "$py" launch/export.py --checkpoint "$demo" --out "$demo/export"

@@ -16,7 +16,9 @@ import numpy as np
 
 from preprocess.ego_pose import BODY_JOINTS
 
-__all__ = ["TakeLabels", "plan_labels", "write_body_json", "write_camera_json"]
+ARIA = "aria01"  # the wearer's camera: takes.json metadata, camera_pose key, video file name
+
+__all__ = ["ARIA", "TakeLabels", "plan_labels", "write_body_json", "write_camera_json"]
 
 AUTOMATIC_NOISE = 0.05  # metres: automatic labels where a manual one overrides them
 
@@ -124,7 +126,7 @@ def write_camera_json(
     if labels.camera_layout == "per_camera":
         data = {
             "metadata": meta,
-            "aria01": {
+            ARIA: {
                 "camera_intrinsics": K.tolist(),
                 "camera_extrinsics": {str(k): extrinsics[k].tolist() for k in frames},
             },

@@ -6,7 +6,9 @@ A walker strolls, turns, stops and looks around in a room whose walls show real 
 (scikit-image's bundled samples); the camera rides the head; the 17 joints follow a gait, the
 torso turning before the head (`demo_motion`). Written under --out:
 
-  takes.json                                                  take_name / take_uid per take
+  takes.json                                                  take_name / take_uid per take (and
+                                                              capture.cameras: aria01 is_ego,
+                                                              except every third take)
   takes/<take>/frame_aligned_videos/downscaled/448/aria01_214-1.mp4   H.264, 30 fps, pinhole
   annotations/ego_pose/{train,val}/body/{annotation,automatic}/<uid>.json
   annotations/ego_pose/{train,val}/camera_pose/<uid>.json     both layouts (`demo_layout`)
@@ -35,7 +37,7 @@ from PIL import Image
 
 from megatron_ego.cli_help import make_parser
 from megatron_ego.progress import progress
-from preprocess.demo_layout import plan_labels, write_body_json, write_camera_json
+from preprocess.demo_layout import ARIA, plan_labels, write_body_json, write_camera_json
 from preprocess.demo_motion import body_and_camera, simulate_walk
 from preprocess.demo_scene import Room, pinhole_intrinsics
 
@@ -45,7 +47,7 @@ __all__ = [
 
 FPS = 30
 FOV_DEG = 90.0
-VIDEO_NAME = "aria01_214-1.mp4"
+VIDEO_NAME = f"{ARIA}_214-1.mp4"
 
 
 def take_video_path(root: str, take_name: str) -> str:
@@ -121,8 +123,13 @@ def _write_take(root: str, room: Room, index: int, split: str, seconds: float, s
         frame_index=np.arange(0, num_frames, 5), frames=np.stack(kept), intrinsics=K,
         split=split, camera_layout=labels.camera_layout,
     )
-    return {"take_uid": uid, "take_name": name, "root_dir": f"takes/{name}",
-            "task_name": "Demo world walk", "duration_sec": seconds}
+    entry = {"take_uid": uid, "take_name": name, "root_dir": f"takes/{name}",
+             "task_name": "Demo world walk", "duration_sec": seconds}
+    if index % 3 != 2:  # the others leave the reader to find the only Aria camera itself
+        entry["capture"] = {"cameras": [
+            {"cam_id": ARIA, "is_ego": True, "device_type": "aria"},
+            {"cam_id": "cam01", "is_ego": False, "device_type": "gopro"}]}
+    return entry
 
 
 def _write_walking_tours(root: str, room: Room, count: int, seconds: float, size: int,

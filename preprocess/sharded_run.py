@@ -22,13 +22,14 @@ from typing import Any
 
 from megatron_ego.progress import progress
 from preprocess.parallel import Ranks, world
-from preprocess.shards import ShardWriter, merge_shards, write_json_atomic
+from preprocess.shards import ShardWriter, file_names, merge_shards, write_json_atomic
 from preprocess.stats import Stats
 
 __all__ = ["FORMAT_VERSION", "Unit", "run_sharded"]
 
-FORMAT_VERSION = 1
+FORMAT_VERSION = 2  # 2: Ego-Exo4D datasets hold `camera` (camera motion per clip)
 SHARD_DIR = ".shards"
+TAKE_FIELDS = ("name", "uid", "first_frame", "num_frames", "num_clips", "aria_camera")
 log = logging.getLogger("preprocess")
 
 
@@ -41,7 +42,8 @@ class Unit:
     inputs: dict[str, Any] = field(default_factory=dict)
 
 
-# process(unit, writer, stats) -> {"name", "uid", "num_frames", "num_clips"}, or None if skipped
+# process(unit, writer, stats) -> {"name", "uid", "num_frames", "num_clips"[, "aria_camera"]},
+# or None if skipped
 ProcessFn = Callable[[Unit, ShardWriter, Stats], "dict[str, Any] | None"]
 
 
@@ -69,7 +71,7 @@ def _finished(prefix: str, fingerprint: dict[str, Any], names: list[str]) -> dic
 
 def _write_shards(shards: list[list[Unit]], shard_dir: str, process: ProcessFn,
                   options: dict, with_clips: bool, ranks: Ranks, desc: str) -> None:
-    names = ["frames", "poses", "clips"] if with_clips else ["frames"]
+    names = file_names(with_clips)
     mine = list(range(ranks.rank, len(shards), ranks.size))
     # One report per job: rank 0's own shards (the ranks take shards in turn, so it is typical).
     label = desc if ranks.size == 1 else f"{desc} (rank 0 of {ranks.size})"
@@ -115,8 +117,7 @@ def _merge(out_dir: str, shard_dir: str, num_shards: int, with_clips: bool,
         "format_version": FORMAT_VERSION, **manifest,
         "num_frames": sum(t["num_frames"] for t in takes),
         "num_clips": sum(t["num_clips"] for t in takes),
-        "takes": [{k: t[k] for k in ("name", "uid", "first_frame", "num_frames", "num_clips")}
-                  for t in takes],
+        "takes": [{k: t[k] for k in TAKE_FIELDS if k in t} for t in takes],
     }
     write_json_atomic(os.path.join(out_dir, "stats.json"), stats.to_dict())
     write_json_atomic(os.path.join(out_dir, "manifest.json"), manifest)

@@ -40,10 +40,17 @@ def require_projectaria():
     return calibration, data_provider
 
 
-def find_calibration(take_dir: str) -> str | None:
-    """The take's `*_noimagestreams.vrs` (Aria calibration), or None if it has none."""
+def find_calibration(take_dir: str, camera: str | None = None) -> str | None:
+    """The take's Aria calibration `<camera>_noimagestreams.vrs`, or None if it has none.
+
+    Without a camera name, the take's only `*_noimagestreams.vrs` (None when there are several:
+    the wrong device's calibration must not be used).
+    """
+    if camera is not None:
+        path = os.path.join(take_dir, f"{camera}_noimagestreams.vrs")
+        return path if os.path.isfile(path) else None
     found = sorted(glob.glob(os.path.join(take_dir, "*_noimagestreams.vrs")))
-    return found[0] if found else None
+    return found[0] if len(found) == 1 else None
 
 
 def pinhole_undistorter(source, width: int, height: int) -> Callable[[np.ndarray], np.ndarray]:

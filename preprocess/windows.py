@@ -2,7 +2,8 @@
 
 A window starting at 30 fps frame s covers poses s .. s+19 and images s, s+5, s+10, s+15
 (docs/data_format.md). It is kept only if every one of its 20 frames has a body pose and the
-Aria extrinsics, so every pose can be put in the camera frame of its own frame.
+Aria extrinsics, so every pose can be put in the camera frame of its own frame, and every
+frame's camera pose relative to the window's first frame is known (`window_camera`).
 """
 
 from __future__ import annotations
@@ -13,7 +14,8 @@ import numpy as np
 
 from preprocess.ego_pose import BodyPoses, to_camera_frame
 
-__all__ = ["IMAGE_STEP", "image_frames", "plan_windows", "window_poses"]
+__all__ = ["IMAGE_STEP", "image_frames", "plan_windows", "relative_camera", "window_camera",
+           "window_poses"]
 
 IMAGE_STEP = 5  # one image every 5 frames of the 30 fps video: 6 fps
 
@@ -66,3 +68,25 @@ def window_poses(
         out[i, :, :3] = np.where(visible[:, None], camera, 0.0)
         out[i, :, 3] = visible
     return out
+
+
+def relative_camera(first: np.ndarray, other: np.ndarray) -> np.ndarray:
+    """Pose [3, 4] of camera `other` in the camera frame of `first` (both world->camera E).
+
+    [R | t] maps a point from `other`'s camera frame into `first`'s: p_first = R p_other + t;
+    R = R_first R_other^T is the camera's rotation since `first`, t its centre in `first`'s frame.
+    """
+    rotation = first[:, :3] @ other[:, :3].T  # [3, 3]
+    return np.concatenate([rotation, (first[:, 3] - rotation @ other[:, 3])[:, None]], axis=1)
+
+
+def window_camera(extrinsics: dict[int, np.ndarray], start: int, length: int) -> np.ndarray:
+    """Camera pose of frames start .. start+length-1 relative to frame `start`.
+
+    Returns:
+        float32 [length, 3, 4]: `relative_camera(E_start, E_frame)` per frame (identity rotation
+        and zero translation at index 0); translation in metres.
+    """
+    first = extrinsics[start]
+    return np.stack([relative_camera(first, extrinsics[f])
+                     for f in range(start, start + length)]).astype(np.float32)

@@ -6,6 +6,7 @@ import filecmp
 import glob
 import json
 import os
+import re
 
 import av
 import numpy as np
@@ -20,6 +21,7 @@ from preprocess.ego_pose import (
     read_body_poses,
     to_camera_frame,
 )
+from preprocess.windows import plan_windows, relative_camera
 
 TAKES, SECONDS, SIZE = 3, 3, 64
 
@@ -132,3 +134,43 @@ def test_torso_turn_tells_where_the_view_goes_next():
     future_turn = view[lag:] - view[:-lag]  # > 0: the view turns left
     assert np.corrcoef(torso_vs_view[:-lag], future_turn)[0, 1] > 0.5
     assert walk.speed.min() < 0.05 and walk.speed.max() > 1.0  # it stops and it walks
+
+
+def _demo_world_args() -> dict:
+    """The `world=(...)` settings of launch/demo.sh."""
+    with open(os.path.join(os.path.dirname(__file__), "..", "launch", "demo.sh")) as f:
+        script = f.read()
+    words = re.search(r"^world=\((.*)\)$", script, re.MULTILINE).group(1).split()
+    return {words[i].lstrip("-"): float(words[i + 1]) for i in range(0, len(words), 2)}
+
+
+def test_demo_val_takes_hold_200_turning_transitions(tmp_path, monkeypatch):
+    """launch/demo.sh's world: >= 4 val takes and >= 200 distinct (I_t, I_t+1) val transitions
+    whose camera turns 10 degrees or more, counted on the clips preprocessing keeps (rendering
+    and video encoding are left out: they do not draw from the world's random stream)."""
+    import preprocess.demo_world as demo_world
+
+    def blank(self, R, centre, K, height, width):
+        return np.zeros((height, width, 3), np.uint8), np.zeros((height, width), int)
+
+    monkeypatch.setattr(Room, "render", blank)
+    monkeypatch.setattr(demo_world, "encode_video", lambda path, frames, fps: list(frames))
+    args = _demo_world_args()
+    takes = write_demo_world(str(tmp_path), takes=int(args["takes"]), seconds=args["seconds"],
+                             seed=int(args["seed"]), resolution=32, walking_tours=0,
+                             knn_train=0, knn_val=0)
+    val_takes, turning = 0, 0
+    for take in takes:
+        gt = np.load(os.path.join(tmp_path, "ground_truth", f"{take['take_uid']}.npz"))
+        if str(gt["split"]) != "val":
+            continue
+        val_takes += 1
+        starts, _ = plan_windows(set(np.flatnonzero(gt["labelled"]).tolist()),
+                                 set(np.flatnonzero(gt["has_extrinsics"]).tolist()), 20, 5)
+        pairs = {(s + 5 * t, s + 5 * t + 5) for s in starts for t in range(3)}
+        for a, b in pairs:  # rotation angle of camera b in camera a's frame
+            rotation = relative_camera(gt["extrinsics"][a], gt["extrinsics"][b])[:, :3]
+            cosine = np.clip((np.trace(rotation) - 1) / 2, -1.0, 1.0)
+            turning += bool(np.degrees(np.arccos(cosine)) >= 10)
+    assert val_takes >= 4
+    assert turning >= 200, f"{turning} turning val transitions"

@@ -6,7 +6,11 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from megatron_ego.eval.figures import plot_retrieval_examples, plot_skeleton_sequence
+from megatron_ego.eval.figures import (
+    plot_retrieval_examples,
+    plot_skeleton_sequence,
+    plot_top1_by_bin,
+)
 
 GREEN = np.array([44, 160, 44])  # matplotlib "tab:green", the true-target frame
 
@@ -82,3 +86,17 @@ def test_retrieval_with_target_and_baseline_rows(tmp_path):
     assert pixels.shape == (2 * 50, 7 * 50, 3)  # two rows: query, 5 ranks, the true I_t+1
     green = (np.abs(pixels.astype(int) - GREEN).sum(axis=-1) < 60).sum()
     assert green > 0
+
+
+def test_top1_by_rotation_bars_for_both_methods(tmp_path):
+    bins = [("lt2", "< 2 deg"), ("2to10", "2-10 deg"), ("ge10", ">= 10 deg")]
+    methods = {"egoagent": {"top1_rot_lt2": 20.0, "top1_rot_2to10": 12.0, "top1_rot_ge10": 11.7,
+                            "num_queries_rot_ge10": 250},
+               "representation_only": {"top1_rot_lt2": 40.0, "top1_rot_2to10": None,
+                                       "top1_rot_ge10": 8.0}}
+    pixels = _pixels(plot_top1_by_bin(methods, "rot", bins, tmp_path / "bins.png", dpi=50))
+    assert pixels.shape == (200, 320, 3)  # 6.4 x 4 in at 50 dpi
+    for colour in ([31, 119, 180], [255, 127, 14]):  # C0 and C1: one colour per method
+        assert (np.abs(pixels.astype(int) - colour).sum(axis=-1) < 30).sum() > 50
+    with pytest.raises(ValueError, match="at least one method"):
+        plot_top1_by_bin({}, "rot", bins, tmp_path / "none.png")

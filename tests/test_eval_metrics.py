@@ -8,6 +8,7 @@ import math
 import os
 import socket
 
+import numpy as np
 import pytest
 import torch
 import torch.distributed as dist
@@ -17,7 +18,19 @@ from megatron_ego.eval.baselines import constant_velocity, zero_velocity
 from megatron_ego.eval.knn import knn_accuracy, knn_classify, list_image_folder
 from megatron_ego.eval.motion import motion_metrics
 from megatron_ego.eval.report import read_results, results_markdown, write_results
-from megatron_ego.eval.retrieval import average_precision, retrieval_metrics, retrieve_topk
+from megatron_ego.eval.retrieval import (
+    ROTATION_BINS,
+    TRANSLATION_BINS,
+    average_precision,
+    bin_label,
+    direction_hits,
+    direction_metrics,
+    motion_breakdown,
+    retrieval_metrics,
+    retrieve_topk,
+    step_motion,
+)
+from megatron_ego.eval.run_retrieval import _previous_rows
 
 # ----------------------------------------------------------------------------------- k-NN
 
@@ -207,6 +220,68 @@ def test_retrieval_rejects_target_that_is_excluded():
         retrieval_metrics(_unit([0.0]), GALLERY, torch.tensor([1]), torch.tensor([1]))
 
 
+def _about_y(degrees: float, t=(0.0, 0.0, 0.0)) -> np.ndarray:
+    """[3, 4] camera pose: a turn of `degrees` about the camera's y axis, translation t."""
+    a = np.radians(degrees)
+    rotation = np.array([[np.cos(a), 0, np.sin(a)], [0, 1, 0], [-np.sin(a), 0, np.cos(a)]])
+    return np.concatenate([rotation, np.array(t, float)[:, None]], axis=1)
+
+
+def test_step_motion_hand_computed():
+    # T = 3 images 2 frames apart (F = 6): images at frames 0, 2, 4
+    camera = np.stack([_about_y(0), _about_y(1), _about_y(5, (0, 0, 0.03)), _about_y(9),
+                       _about_y(20, (0.1, 0, 0.03)), _about_y(25)])[None]  # [1, 6, 3, 4]
+    rotation, translation = step_motion(camera, image_step=2)
+    np.testing.assert_allclose(rotation, [[5.0, 15.0]], atol=1e-6)  # degrees
+    np.testing.assert_allclose(translation, [[0.03, 0.1]], atol=1e-12)  # metres
+    with pytest.raises(ValueError, match="camera must be"):
+        step_motion(camera[:, :5], image_step=2)
+
+
+def test_motion_breakdown_bins_counts_and_distinct_transitions():
+    top1 = torch.tensor([True, False, True, False])
+    ap = torch.tensor([1.0, 0.5, 1.0, 1 / 3], dtype=torch.float64)
+    rotation = torch.tensor([1.0, 2.0, 10.0, 30.0])  # 2 and 10 fall in the upper bin
+    transitions = torch.tensor([[0, 1], [1, 2], [2, 3], [2, 3]])  # the last two: one pair
+    got = motion_breakdown(top1, ap, rotation, ROTATION_BINS, "rot", transitions)
+    assert got["top1_rot_lt2"] == 100.0 and got["map_rot_lt2"] == 100.0
+    assert got["top1_rot_2to10"] == 0.0 and got["map_rot_2to10"] == 50.0
+    assert got["top1_rot_ge10"] == 50.0 and got["map_rot_ge10"] == pytest.approx(200 / 3)
+    assert [got[f"num_queries_rot_{b}"] for b in ("lt2", "2to10", "ge10")] == [1, 1, 2]
+    assert [got[f"num_transitions_rot_{b}"] for b in ("lt2", "2to10", "ge10")] == [1, 1, 1]
+    still = motion_breakdown(top1, ap, torch.zeros(4), TRANSLATION_BINS, "trans", transitions)
+    assert still["top1_trans_lt5cm"] == 50.0 and still["num_transitions_trans_lt5cm"] == 3
+    assert math.isnan(still["top1_trans_ge15cm"]) and still["num_queries_trans_ge15cm"] == 0
+    assert [bin_label(lo, hi, "deg") for _, lo, hi in ROTATION_BINS] == [
+        "< 2 deg", "2-10 deg", ">= 10 deg"]
+
+
+def test_direction_hits_and_accuracy_hand_computed():
+    gallery = _unit([0.0, 10.0, 20.0, 90.0])
+    queries = _unit([14.0, 16.0, 0.0, 80.0])
+    next_index = torch.tensor([2, 2, 1, 3])
+    previous = torch.tensor([1, 1, -1, 0])  # query 2: its I_{t-1} is not in the gallery
+    hit, counted = direction_hits(queries, gallery, next_index, previous)
+    # 14 deg: 6 from I_{t+1}, 4 from I_{t-1}: no; 16 deg: 4 vs 6: yes; 80 deg: 10 vs 80: yes
+    assert hit.tolist() == [False, True, False, True]
+    assert counted.tolist() == [True, True, False, True]
+    got = direction_metrics(hit, counted, torch.tensor([12.0, 3.0, 20.0, 10.0]))
+    assert got["direction_accuracy"] == pytest.approx(200 / 3)
+    assert got["direction_accuracy_rot_ge10"] == 50.0  # queries 0 (no) and 3 (yes)
+    assert got["num_direction_queries"] == 3 and got["num_direction_queries_rot_ge10"] == 2
+
+
+def test_previous_frame_is_found_across_clips_of_the_same_take():
+    table = np.array([[0, 0, 0, 1, 2, 3],  # take 0 from frame 0: stored frames 0..3
+                      [0, 5, 1, 2, 3, 4],  # take 0 from frame 5: its I_{-1} is clip 0's frame 0
+                      [1, 0, 5, 6, 7, 8]])  # take 1: nothing before its first image
+    frame_ids = np.arange(9)
+    previous = _previous_rows(table, np.arange(3), np.arange(3), frame_ids, image_step=5)
+    assert previous.tolist() == [[-1, 0, 1], [0, 1, 2], [-1, 5, 6]]
+    only_last = _previous_rows(table, np.array([1]), np.array([1]), np.arange(1, 5), 5)
+    assert only_last.tolist() == [[-1, 0, 1]]  # clip 0 not evaluated: frame 0 not in the gallery
+
+
 # --------------------------------------------------------------------------------- motion
 
 
@@ -388,3 +463,16 @@ def test_results_round_trip_and_markdown(tmp_path):
     assert "mpjpe_30fps (cm)" in results_markdown(loaded)
     with pytest.raises(ValueError, match="not a number"):
         write_results({"act": {"egoagent": {"mpjpe_30fps": "12"}}}, tmp_path / "bad")
+
+
+def test_markdown_puts_motion_bins_in_their_own_table():
+    methods = {m: {"top1": 10.0, "direction_accuracy": 45.8, "top1_rot_ge10": top,
+                   "map_rot_ge10": 20.0, "num_queries_rot_ge10": 250,
+                   "num_transitions_rot_ge10": 210, "top1_trans_lt5cm": None}
+               for m, top in (("representation_only", 8.0), ("egoagent", 11.7))}
+    markdown = results_markdown({"retrieval": methods})
+    main, binned = markdown.split("### retrieval by camera motion")
+    assert "| method | top1 (%) | direction_accuracy (%) |" in main and "rot_ge10" not in main
+    assert "| egoagent | rotation | ge10 | 250 | 210 | 11.70 | 20.00 |" in binned
+    assert "| representation_only | translation | lt5cm | n/a | n/a | n/a | n/a |" in binned
+    assert binned.index("| egoagent |") < binned.index("| representation_only |")

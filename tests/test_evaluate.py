@@ -50,6 +50,18 @@ def test_all_tasks_write_every_method_and_metric(evaluated):
                 if metric in ("top1", "top5", "map"):
                     assert 0.0 <= value <= 100.0
     assert results["retrieval"]["egoagent"]["num_queries"] == 8 * 3  # 8 val clips x (T - 1)
+    for method in ("egoagent", "representation_only"):  # split by the camera's motion
+        got = results["retrieval"][method]
+        for key in ("top1_rot_lt2", "top1_rot_2to10", "top1_rot_ge10", "map_rot_ge10",
+                    "direction_accuracy", "direction_accuracy_rot_ge10",
+                    "num_queries_rot_ge10", "num_transitions_rot_ge10"):
+            assert key in got, (method, key)
+        assert sum(got[f"num_queries_rot_{b}"] for b in ("lt2", "2to10", "ge10")) == 8 * 3
+        assert sum(got[f"num_queries_trans_{b}"] for b in ("lt5cm", "5to15cm", "ge15cm")) == 24
+        assert got["num_transitions_rot_ge10"] <= got["num_queries_rot_ge10"]
+        assert got["num_direction_queries"] >= 8 * 2  # steps 1 and 2 always have I_{t-1}
+    assert "### retrieval by camera motion" in (out / "results.md").read_text()
+    assert (out / "figures" / "top1_by_rotation.png").stat().st_size > 1000
     assert results["motion"]["egoagent"]["num_samples"] == 8
     assert "| representation_only |" in (out / "results.md").read_text()
     figures = sorted(p.name for p in (out / "figures").glob("*.png"))

@@ -32,28 +32,31 @@ def raw_dataset(tmp_path):
     rng = np.random.default_rng(0)
     frames = [rng.integers(0, 256, (H, W, 3), dtype=np.uint8) for _ in range(6)]
     poses = [rng.standard_normal((20, 17, 4)).astype(np.float32) for _ in range(2)]
+    camera = [rng.standard_normal((20, 3, 4)).astype(np.float32) for _ in range(2)]
     clips = [np.array([0, 5, 0, 1, 2, 3]), np.array([1, 0, 4, 5, 4, 5])]
     _write(str(tmp_path / "frames"), np.uint8, frames, [4, 6])
     _write(str(tmp_path / "poses"), np.float32, poses, [2])
+    _write(str(tmp_path / "camera"), np.float32, camera, [2])
     _write(str(tmp_path / "clips"), np.int64, clips, [2])
     manifest = dict(
-        format_version=1, source="egoexo4d", split="train", encoding="raw", frame_height=H,
+        format_version=2, source="egoexo4d", split="train", encoding="raw", frame_height=H,
         frame_width=W, frame_fps=6, pose_fps=30, num_steps=T, poses_per_step=5, num_frames=6,
         num_clips=2, preprocess={},
         takes=[dict(name="a", uid="ua", first_frame=0, num_frames=4, num_clips=1),
                dict(name="b", uid="ub", first_frame=4, num_frames=2, num_clips=1)],
     )
     (tmp_path / "manifest.json").write_text(json.dumps(manifest))
-    return tmp_path, frames, poses
+    return tmp_path, frames, poses, camera
 
 
 def test_clip_dataset_reads_what_was_written(raw_dataset):
-    path, frames, poses = raw_dataset
+    path, frames, poses, camera = raw_dataset
     ds = ClipDataset(str(path))
     assert len(ds) == 2 and ds.encoding == "raw" and ds.frame_size == (H, W)
     clip = ds[1]
     assert clip.take == "b" and clip.start_frame == 0
     np.testing.assert_array_equal(clip.poses, poses[1])
+    np.testing.assert_array_equal(clip.camera, camera[1])  # [20, 3, 4]
     for got, want in zip(clip.frames, [frames[i] for i in (4, 5, 4, 5)]):
         np.testing.assert_array_equal(decode_frame(got), want)
     again = pickle.loads(pickle.dumps(ds))  # DataLoader workers receive a pickled copy
@@ -78,3 +81,14 @@ def test_wrong_dtype_and_missing_files_are_refused(raw_dataset):
         open_indexed(str(path / "poses"), np.float32)
     with pytest.raises(FileNotFoundError, match="manifest.json"):
         ClipDataset(str(path / "nowhere"))
+
+
+def test_dataset_of_the_old_format_is_refused_with_one_line(raw_dataset):
+    path = raw_dataset[0]
+    manifest = json.loads((path / "manifest.json").read_text())
+    (path / "manifest.json").write_text(json.dumps({**manifest, "format_version": 1}))
+    os.remove(path / "camera.bin")  # a version-1 dataset has no camera motion
+    with pytest.raises(ValueError, match=r"format_version=1, this code reads 2 .* re-run "
+                                         r"preprocessing \(python -m preprocess\.egoexo4d") as err:
+        ClipDataset(str(path))
+    assert "\n" not in str(err.value)

@@ -226,7 +226,8 @@ def _write_preprocessed(out: str, walking: bool) -> None:
             writer.end_take()
             return {"name": unit.name, "uid": unit.uid, "num_frames": 7, "num_clips": 0}
         clips = np.array([[0, 5 * i] + [(i + t) % 7 for t in range(T)] for i in range(12)])
-        writer.add_take(fake.pool, clips, fake.poses)
+        camera = np.tile(np.eye(3, 4, dtype=np.float32), (12, T * P, 1, 1))  # [12, 20, 3, 4]
+        writer.add_take(fake.pool, clips, fake.poses, camera)
         return {"name": unit.name, "uid": unit.uid, "num_frames": 7, "num_clips": 12}
 
     manifest = {"source": "walking_tours" if walking else "egoexo4d", "split": "train",

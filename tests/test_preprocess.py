@@ -34,7 +34,7 @@ def test_round_trip_poses_and_frames_match_ground_truth(demo):
     ds = ClipDataset(out)
     assert ds.source == "egoexo4d" and ds.encoding == "jpeg" and ds.frame_size == (SIZE, SIZE)
     assert len(ds) >= 6
-    errors, mse, overridden = [], [], 0
+    errors, mse, overridden, motion = [], [], 0, []
     for i in range(len(ds)):  # every clip: the demo is tiny
         clip = ds[i]
         uid = uids[clip.take]
@@ -48,11 +48,20 @@ def test_round_trip_poses_and_frames_match_ground_truth(demo):
         np.testing.assert_array_equal(clip.poses[..., 3], visible)
         want = np.where(visible[..., None], gt["joints_cam"][frames], 0.0)  # [20, 17, 3]
         errors.append(np.abs(clip.poses[..., :3] - want).max())
+        E = gt["extrinsics"][frames]  # [20, 3, 4] world->camera
+        rotation = np.einsum("ij,nkj->nik", E[0, :, :3], E[:, :, :3])  # R_0 R_k^T
+        centres = -np.einsum("nji,nj->ni", E[:, :, :3], E[:, :, 3])  # [20, 3] world
+        moved = np.einsum("ij,nj->ni", E[0, :, :3], centres - centres[0])  # in camera 0
+        assert clip.camera.shape == (20, 3, 4) and clip.camera.dtype == np.float32
+        np.testing.assert_allclose(clip.camera[..., :3], rotation, atol=1e-5)
+        np.testing.assert_allclose(clip.camera[..., 3], moved, atol=1e-5)  # metres
+        motion.append(np.abs(clip.camera[-1] - np.eye(3, 4)).max())
         for t, frame in enumerate(clip.frames):
             image = decode_frame(frame)  # [H, W, 3]
             reference = gt["frames"][(clip.start_frame + 5 * t) // 5]
             mse.append(np.mean((image.astype(np.float64) - reference) ** 2))
     assert max(errors) < 1e-5  # metres
+    assert max(motion) > 0.05  # the camera moves within clips: the test can fail
     assert overridden > 0  # clips where manual labels had to win over (noisy) automatic ones
     assert 10 * np.log10(255.0**2 / np.mean(mse)) > 30.0  # dB over the sampled frames
 
@@ -64,6 +73,7 @@ def test_clips_follow_the_format(demo):
     assert manifest["num_clips"] == len(ds) and manifest["preprocess"]["stride"] == 5
     for take in manifest["takes"]:
         assert take["uid"] == uids[take["name"]]
+        assert take["aria_camera"] == "aria01"  # recorded: the wearer's camera
     index = IndexedDataset(os.path.join(out, "clips"))  # keep it alive: deleting it unmaps
     clips = np.stack(index[:])  # [n, 6]
     assert (clips[:, 1] % 5 == 0).all()
@@ -77,6 +87,8 @@ def test_clips_follow_the_format(demo):
     assert stats["windows_kept"] == len(ds) and stats["takes_kept"] == len(manifest["takes"])
     assert stats["windows_skipped"]["pose_gap"] > 0  # the demo leaves a 1 s hole per take
     assert stats["pose_frames"]["manual"] > 0 and stats["pose_frames"]["automatic"] > 0
+    # takes 0 and 1 name aria01 in takes.json; take 2 has no capture metadata
+    assert stats["aria_camera"] == {"takes_json": 2, "inferred": 1}
 
 
 def test_megatron_indexed_dataset_opens_every_output(demo, tmp_path):
@@ -85,7 +97,7 @@ def test_megatron_indexed_dataset_opens_every_output(demo, tmp_path):
     walking_tours.main(["--videos", os.path.join(root, "walking_tours"), "--out", wt,
                         "--size", "48"])
     for prefix, dtype, items in (("frames", np.uint8, None), ("poses", np.float32, 20 * 17 * 4),
-                                 ("clips", np.int64, 6)):
+                                 ("camera", np.float32, 20 * 3 * 4), ("clips", np.int64, 6)):
         dataset = IndexedDataset(os.path.join(out, prefix))
         assert dataset.index.dtype == dtype and len(dataset) > 0
         if items:

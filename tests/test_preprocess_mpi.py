@@ -33,7 +33,7 @@ def test_two_ranks_write_the_same_clips_as_one_process(tmp_path):
                           timeout=300)
     assert done.returncode == 0, done.stderr[-3000:]
     assert "[rank 1/2] INFO wrote shard 1" in done.stderr  # rank 1 did its share
-    for name in ("frames", "poses", "clips"):
+    for name in ("frames", "poses", "camera", "clips"):
         for ext in (".bin", ".idx"):
             assert filecmp.cmp(os.path.join(one, name + ext), os.path.join(two, name + ext),
                                shallow=False), f"{name}{ext} differs between 1 and 2 ranks"

@@ -6,6 +6,7 @@ import json
 import os
 
 import av
+import numpy as np
 import pytest
 
 from megatron_ego.data.clips import ClipDataset
@@ -69,3 +70,86 @@ def test_truncated_bin_is_refused_on_open(broken):
     _truncate(os.path.join(out, "frames.bin"), 0.9)
     with pytest.raises(IndexedDataError, match=r"frames\.bin holds .* re-run preprocessing"):
         ClipDataset(out)
+
+
+def _edit_json(path: str, edit) -> None:
+    with open(path) as f:
+        data = json.load(f)
+    edit(data)
+    with open(path, "w") as f:
+        json.dump(data, f)
+
+
+@pytest.fixture(scope="module")
+def planted(tmp_path_factory):
+    """5 takes (index 3: val). 0: per-camera extrinsics with 2 null frames and 1 malformed, and
+    "bouldering" in its name; 1: takes.json lists two ego Aria cameras; 2: no metadata and a
+    camera file with two Aria cameras; 4: two ego Aria cameras in takes.json, only aria01
+    frame-aligned, and a wrong aria02 in the camera file."""
+    root = str(tmp_path_factory.mktemp("raw"))
+    takes = make_world(root, takes=5, seconds=3)
+    uid = [t["take_uid"] for t in takes]
+
+    def camera_file(k):
+        return os.path.join(root, "annotations", "ego_pose", "train", "camera_pose",
+                            f"{uid[k]}.json")
+
+    def nulls(data):
+        data["aria01"]["camera_extrinsics"]["40"] = None
+        data["aria01"]["camera_extrinsics"]["41"] = None
+        data["aria01"]["camera_extrinsics"]["60"] = [[1.0, 2.0]]
+
+    def second_aria(data):
+        data["aria02"] = {"camera_extrinsics": {k: (np.array(v) + 1.0).tolist() for k, v in
+                                                data["aria01"]["camera_extrinsics"].items()}}
+
+    def metadata(entries):
+        entries[0]["take_name"] = entries[0]["take_name"].replace("walk", "bouldering")
+        two = [{"cam_id": f"aria0{i}", "is_ego": True} for i in (1, 2)]
+        entries[1]["capture"] = {"cameras": two}
+        entries[4]["capture"] = {"cameras": two}
+        entries[4]["frame_aligned_videos"] = {"aria01": {}, "cam01": {}}
+
+    _edit_json(camera_file(0), nulls)
+    _edit_json(camera_file(2), second_aria)
+    _edit_json(camera_file(4), second_aria)
+    _edit_json(os.path.join(root, "takes.json"), metadata)
+    with open(os.path.join(root, "takes.json")) as f:
+        names = [t["take_name"] for t in json.load(f)]
+    return root, names, uid
+
+
+def test_null_extrinsics_skip_frames_and_two_aria_cameras_choose_or_skip(planted, tmp_path):
+    root, names, uid = planted
+    out = str(tmp_path / "out")
+    run_egoexo4d(root, out)
+    with open(os.path.join(out, "stats.json")) as f:
+        stats = json.load(f)
+    assert stats["extrinsics_frames_skipped"] == {"null": 2, "malformed": 1}
+    assert stats["takes_skipped"] == {"aria_camera_ambiguous": 2}
+    assert {s["take"] for s in stats["skipped"]} == {names[1], names[2]}
+    assert stats["aria_camera"] == {"takes_json": 2}  # takes 0 and 4 name it in takes.json
+    dataset = ClipDataset(out)
+    kept = {t["name"]: t["aria_camera"] for t in dataset.manifest["takes"]}
+    assert kept == {names[0]: "aria01", names[4]: "aria01"}  # bouldering kept by default
+    starts = [dataset[i].start_frame for i in range(len(dataset)) if dataset[i].take == names[0]]
+    assert starts and all(not {40, 41, 60} & set(range(s, s + 20)) for s in starts)
+    gt = np.load(os.path.join(root, "ground_truth", f"{uid[4]}.npz"))
+    for i in range(len(dataset)):  # take 4 read aria01, not the wrong aria02
+        clip = dataset[i]
+        if clip.take == names[4]:
+            frames = range(clip.start_frame, clip.start_frame + 20)
+            want = np.where(gt["visible"][frames][..., None], gt["joints_cam"][frames], 0.0)
+            np.testing.assert_allclose(clip.poses[..., :3], want, atol=1e-5)
+
+
+def test_exclude_bouldering_leaves_those_takes_out_counted(planted, tmp_path):
+    root, names, _ = planted
+    out = str(tmp_path / "out")
+    run_egoexo4d(root, out, "--exclude-bouldering")
+    with open(os.path.join(out, "stats.json")) as f:
+        stats = json.load(f)
+    assert stats["takes_excluded"] == {"bouldering": 1} and stats["takes_found"] == 4
+    kept = [t["name"] for t in ClipDataset(out).manifest["takes"]]
+    assert kept == [names[4]]
+    assert ClipDataset(out).manifest["preprocess"]["exclude_bouldering"] is True

@@ -80,7 +80,7 @@ def test_preprocess_for_real_on_two_mpi_ranks(fake_bin, tmp_path):
     manifest = json.loads((out / "manifest.json").read_text())
     assert manifest["source"] == "egoexo4d" and manifest["split"] == "train"
     assert manifest["num_clips"] > 0
-    for name in ("frames", "poses", "clips"):
+    for name in ("frames", "poses", "camera", "clips"):
         assert (out / f"{name}.bin").stat().st_size > 0 and (out / f"{name}.idx").exists()
 
 

@@ -4,10 +4,11 @@
     clip = ds[0]                 # RawClip
     clip.frames                  # T x (1-D uint8 JPEG buffer | [H, W, 3] uint8)
     clip.poses                   # float32 [20, 17, 4] (x, y, z metres in the camera frame; vis)
+    clip.camera                  # float32 [20, 3, 4] each frame's camera pose in frame 0's frame
     images = [decode_frame(f) for f in clip.frames]  # T x [H, W, 3] uint8 RGB
 
 An Ego-Exo4D directory yields clips (T images at 6 fps + 20 poses at 30 fps); a WalkingTours
-directory yields single frames (`frames` has one entry, `poses` is None). Opening reads
+directory yields single frames (`frames` has one entry, `poses` and `camera` are None). Opening reads
 manifest.json and memory-maps the files; the object pickles by path, so DataLoader workers
 re-open the maps instead of copying data.
 """
@@ -26,7 +27,7 @@ from megatron_ego.data.indexed import IndexedDataError, open_indexed
 
 __all__ = ["ClipDataset", "RawClip", "decode_frame"]
 
-FORMAT_VERSION = 1
+FORMAT_VERSION = 2  # 2 added `camera` (each clip's camera motion); older datasets are refused
 
 
 @dataclass
@@ -46,6 +47,9 @@ class RawClip:
             WalkingTours: the index of the frame among its video's stored 6 fps frames.
         frame_ids: the record index of each frame in frames.bin (to name a frame that fails
             to decode).
+        camera: float32 [20, 3, 4] (one per pose, 30 fps): [R | t] of that frame's camera in
+            the camera frame of the clip's first frame (p_first = R p_frame + t; t in metres;
+            index 0 is [I | 0]), or None for WalkingTours.
     """
 
     frames: list[np.ndarray]
@@ -53,6 +57,7 @@ class RawClip:
     take: str
     start_frame: int
     frame_ids: tuple[int, ...] = ()
+    camera: np.ndarray | None = None
 
 
 def decode_frame(frame: np.ndarray) -> np.ndarray:
@@ -71,11 +76,12 @@ class ClipDataset:
     Args:
         path: the directory written by `python -m preprocess.egoexo4d --out` or
             `python -m preprocess.walking_tours --out` (holds manifest.json, frames.bin/.idx and,
-            for Ego-Exo4D, poses.bin/.idx and clips.bin/.idx).
+            for Ego-Exo4D, poses, camera and clips .bin/.idx).
 
     Raises:
         FileNotFoundError: no manifest.json in `path` (preprocessing not run or not finished).
-        ValueError: the manifest is of an unknown format version or source.
+        ValueError: the manifest is of another format version (an older preprocessing run:
+            re-run it) or of an unknown source.
         IndexedDataError: a `.bin`/`.idx` file is missing or damaged.
     """
 
@@ -93,19 +99,22 @@ class ClipDataset:
         if version != FORMAT_VERSION:
             raise ValueError(
                 f"{manifest_path} has format_version={version}, this code reads "
-                f"{FORMAT_VERSION}: re-run preprocessing with this version of the code"
+                f"{FORMAT_VERSION} (version 2 stores each clip's camera motion): re-run "
+                f"preprocessing (python -m preprocess.egoexo4d / preprocess.walking_tours --out "
+                f"{path}) with this version of the code"
             )
         if self.source not in ("egoexo4d", "walking_tours"):
             raise ValueError(f"{manifest_path}: unknown source {self.source!r}")
         self._frames = open_indexed(os.path.join(path, "frames"), np.uint8)
-        self._poses = self._clips = None
+        self._poses = self._camera = self._clips = None
         if self.source == "egoexo4d":
             self._poses = open_indexed(os.path.join(path, "poses"), np.float32)
+            self._camera = open_indexed(os.path.join(path, "camera"), np.float32)
             self._clips = open_indexed(os.path.join(path, "clips"), np.int64)
-            if len(self._clips) != len(self._poses):
+            if not len(self._clips) == len(self._poses) == len(self._camera):
                 raise IndexedDataError(
-                    f"{path}: clips ({len(self._clips)}) and poses ({len(self._poses)}) disagree; "
-                    f"re-run preprocessing"
+                    f"{path}: clips ({len(self._clips)}), poses ({len(self._poses)}) and camera "
+                    f"({len(self._camera)}) disagree; re-run preprocessing"
                 )
         takes = self._manifest["takes"]
         self._take_names = [t["name"] for t in takes]
@@ -116,7 +125,8 @@ class ClipDataset:
     def _check_clip_table(self) -> None:
         """Every clip row is [take, start frame, T frame ids] with ids that exist (vectorised:
         one read of clips.bin, ~8 (2 + T) bytes per clip), and every poses record has T P
-        poses; a damaged clips.bin would otherwise fail hours in, or read another clip."""
+        poses and one 3x4 camera pose per pose; a damaged clips.bin would otherwise fail hours in, or
+        read another clip."""
         T = int(self._manifest["num_steps"])
         num_poses = T * int(self._manifest["poses_per_step"])
         where = f"{os.path.join(self.path, 'clips.bin')}"
@@ -131,6 +141,12 @@ class ClipDataset:
             bad = int(np.flatnonzero(pose_lengths % (num_poses * 4))[0])
             raise IndexedDataError(f"{os.path.join(self.path, 'poses.bin')}: clip {bad} holds "
                                    f"{int(pose_lengths[bad])} values, not {num_poses} poses: {hint}")
+        camera_lengths = self._camera.index.sequence_lengths  # [clips] int32
+        if len(camera_lengths) and not (camera_lengths == num_poses * 12).all():
+            bad = int(np.flatnonzero(camera_lengths != num_poses * 12)[0])
+            raise IndexedDataError(f"{os.path.join(self.path, 'camera.bin')}: clip {bad} holds "
+                                   f"{int(camera_lengths[bad])} values, not {num_poses} 3x4 camera "
+                                   f"poses: {hint}")
         table = np.fromfile(where, dtype=np.int64).reshape(-1, 2 + T)  # [clips, 2 + T]
         takes_ok = (table[:, 0] >= 0) & (table[:, 0] < len(self._take_names))
         frames_ok = ((table[:, 2:] >= 0) & (table[:, 2:] < len(self._frames))).all(axis=1)
@@ -192,12 +208,14 @@ class ClipDataset:
         num_poses = num_steps * int(self._manifest["poses_per_step"])
         poses = np.array(self._poses[i]).reshape(num_poses, -1, 4)  # [20, 17, 4]
         frame_ids = tuple(int(f) for f in row[2 : 2 + num_steps])
+        camera = np.array(self._camera[i]).reshape(num_poses, 3, 4)  # [20, 3, 4]
         return RawClip(
             frames=[self._frame(f) for f in frame_ids],
             poses=poses,
             take=self._take_names[int(row[0])],
             start_frame=int(row[1]),
             frame_ids=frame_ids,
+            camera=camera,
         )
 
     def __repr__(self) -> str:

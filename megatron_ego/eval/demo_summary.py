@@ -6,7 +6,8 @@ Training: each loss term's mean over the first and the last 20 optimizer steps (
 only on the steps that trained it: WalkingTours micro-batches train the representation only);
 the check is that every term went down. Evaluation: results.json of launch/evaluate.py, with the
 comparisons the project claims (EgoAgent vs zero-velocity MPJPE, vs representation-only
-retrieval Top-1). A failed check is printed as such; with --strict it also makes the exit
+retrieval Top-1, overall and by camera rotation between I_t and I_t+1, with the direction
+accuracy). A failed check is printed as such; with --strict it also makes the exit
 status 1 (the demo itself reports and goes on).
 """
 
@@ -31,6 +32,27 @@ def loss_trend(metrics_path: Path, window: int = WINDOW) -> dict[str, tuple[floa
         if len(values) >= 2 * window:
             trend[term] = (sum(values[:window]) / window, sum(values[-window:]) / window)
     return trend
+
+
+def _print_motion(retrieval: dict) -> None:
+    """Retrieval Top-1 by camera rotation between I_t and I_t+1, and direction accuracy."""
+    ego, rep = retrieval.get("egoagent", {}), retrieval.get("representation_only", {})
+    if "top1_rot_ge10" not in ego:
+        return
+
+    def cell(metrics: dict, key: str) -> str:
+        value = metrics.get(key)
+        return "n/a" if value is None else f"{value:.2f}"
+
+    print(f"\n{'retrieval by camera rotation':<32}{'queries':>9}{'transitions':>13}"
+          f"{'EgoAgent':>10}{'repr. only':>12}")
+    for name, label in (("lt2", "< 2 deg"), ("2to10", "2-10 deg"), ("ge10", ">= 10 deg")):
+        print(f"{'top-1 %, ' + label:<32}{ego.get(f'num_queries_rot_{name}', 0):>9}"
+              f"{ego.get(f'num_transitions_rot_{name}', 0):>13}"
+              f"{cell(ego, f'top1_rot_{name}'):>10}{cell(rep, f'top1_rot_{name}'):>12}")
+    for key, label in (("direction_accuracy", "direction %, all"),
+                       ("direction_accuracy_rot_ge10", "direction %, >= 10 deg")):
+        print(f"{label:<32}{'':>22}{cell(ego, key):>10}{cell(rep, key):>12}")
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -65,6 +87,7 @@ def main(argv: list[str] | None = None) -> int:
         ]
         for name, value in rows:
             print(f"{name:<44}{'n/a' if value is None else f'{value:.2f}':>10}")
+        _print_motion(res.get("retrieval", {}))
         ego, zero = rows[4][1], rows[5][1]
         if ego is not None and zero is not None:
             print(f"act: EgoAgent {'beats' if ego < zero else 'does NOT beat'} zero velocity")

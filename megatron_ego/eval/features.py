@@ -140,6 +140,13 @@ def clip_table(path: str) -> np.ndarray:
         np.zeros((0, 2), dtype=np.int64)
 
 
+def camera_table(path: str, num_frames: int) -> np.ndarray:
+    """float32 [clips, num_frames, 3, 4]: each clip's camera motion (docs/data_format.md)."""
+    camera = open_indexed(os.path.join(path, "camera"), np.float32)
+    return np.stack([np.array(camera[i]).reshape(num_frames, 3, 4) for i in range(len(camera))]) \
+        if len(camera) else np.zeros((0, num_frames, 3, 4), dtype=np.float32)
+
+
 def make_loader(dataset: Dataset, batch_size: int, workers: int) -> DataLoader:
     """In-order batches; ``workers`` decoding processes (0: in this process)."""
     return DataLoader(dataset, batch_size=batch_size, shuffle=False, num_workers=workers,

@@ -8,6 +8,7 @@ Usage::
 
     plot_skeleton_sequence(pred, true, visible, "runs/x/act_example.png")   # [F, 17, 3] metres
     plot_retrieval_examples(query, top5_images, true_rank, "runs/x/retrieval_example.png")
+    plot_top1_by_bin(results["retrieval"], "rot", [("lt2", "< 2 deg"), ...], "runs/x/t.png")
 """
 
 from __future__ import annotations
@@ -194,4 +195,50 @@ def plot_retrieval_examples(
         _retrieval_row(axes[1], query_img, np.asarray(base_retrieved), base_marker,
                        "representation only", target_img, base_rank)
     figure.tight_layout(rect=(0, 0, 1, 1 - 0.15 / rows))
+    return _save(figure, path)
+
+
+def plot_top1_by_bin(
+    methods: dict[str, dict[str, float | int | None]],
+    tag: str,
+    bins: list[tuple[str, str]],
+    path: str | Path,
+    dpi: int = 100,
+) -> Path:
+    """Grouped bars: Top-1 (%) of every method per bin of camera motion, query counts on top.
+
+    Args:
+        methods: {method: metrics} as run_retrieval returns them (keys ``top1_<tag>_<bin>`` and
+            ``num_queries_<tag>_<bin>``); a missing or non-finite Top-1 is drawn as an empty
+            bar labelled "n/a".
+        tag: "rot" or "trans"; bins: (bin name, axis label) in order.
+        path: PNG to write.
+    Returns:
+        ``path``; image size 6.4 x 4 inches at ``dpi``.
+    """
+    if not methods or not bins:
+        raise ValueError("need at least one method and one bin")
+    figure = _new_figure(6.4, 4.0, dpi)
+    ax = figure.subplots()
+    width, highest = 0.8 / len(methods), 0.0
+    for k, (method, metrics) in enumerate(methods.items()):
+        for b, (name, _) in enumerate(bins):
+            value = metrics.get(f"top1_{tag}_{name}")
+            finite = value is not None and np.isfinite(value)
+            x = b + (k - (len(methods) - 1) / 2) * width
+            ax.bar(x, value if finite else 0.0, width, color=f"C{k}",
+                   label=method if b == 0 else None)
+            count = metrics.get(f"num_queries_{tag}_{name}")
+            text = f"{value:.1f}" if finite else "n/a"
+            ax.text(x, (value if finite else 0.0) + 0.5, f"{text}\nn={count}", ha="center",
+                    va="bottom", fontsize=6)
+            highest = max(highest, value if finite else 0.0)
+    ax.set_ylim(0.0, highest * 1.15 + 5.0)  # room for the labels above the bars
+    ax.set_xticks(range(len(bins)), [label for _, label in bins])
+    ax.set_ylabel("Top-1 (%)")
+    ax.set_xlabel("camera rotation between I_t and I_t+1" if tag == "rot"
+                  else "camera translation between I_t and I_t+1")
+    ax.set_title("Future-state retrieval by camera motion", fontsize=9)
+    ax.legend(fontsize=7)
+    figure.tight_layout()
     return _save(figure, path)

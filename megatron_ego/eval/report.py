@@ -8,7 +8,9 @@ task), and as a section of results.md; ``read_results`` returns the tasks only,
 
 Both files are written atomically (a temporary file in the same folder, fsync, then rename), so a
 reader never sees half a report. Non-finite values (e.g. a metric with no valid sample) are stored
-as JSON null and shown as "n/a".
+as JSON null and shown as "n/a". Metrics split by camera motion (``top1_rot_ge10``,
+``num_transitions_trans_lt5cm``, ...) get a table of their own in results.md, one row per method
+and bin.
 
 Usage::
 
@@ -21,6 +23,7 @@ from __future__ import annotations
 import json
 import math
 import os
+import re
 import tempfile
 from pathlib import Path
 
@@ -29,7 +32,11 @@ _MOTION = ("mpjpe_30fps", "mpjve_30fps", "mpjpe_10fps", "mpjve_10fps")
 METRICS = ("top1", "top5", "map", *_MOTION, *(f"{m}_pooled" for m in _MOTION))
 UNITS = {"top1": "%", "top5": "%", "map": "%",
          **{f"{m}{suffix}": "cm" if m.startswith("mpjpe") else "cm/s"
-            for m in _MOTION for suffix in ("", "_pooled")}}
+            for m in _MOTION for suffix in ("", "_pooled")},
+         "direction_accuracy": "%", "direction_accuracy_rot_ge10": "%"}
+BINNED = re.compile(r"^(top1|map|num_queries|num_transitions)_(rot|trans)_(\w+)$")
+BIN_COLUMNS = ("num_queries", "num_transitions", "top1", "map")
+MOTION_NAMES = {"rot": "rotation", "trans": "translation"}
 Results = dict[str, dict[str, dict[str, float | int | None]]]
 PROVENANCE = "provenance"  # the top-level key of results.json that is not a task
 
@@ -72,10 +79,31 @@ def _format(value: float | int | None) -> str:
     return str(value) if isinstance(value, int) else f"{value:.2f}"
 
 
+def _binned_table(task: str, methods: dict) -> list[str]:
+    """Rows (method, motion, bin) of the metrics split by camera motion; [] when there are none."""
+    bins: dict[tuple[str, str], None] = {}
+    for values in methods.values():
+        for metric in values:
+            match = BINNED.match(metric)
+            if match:
+                bins[(match.group(2), match.group(3))] = None
+    if not bins:
+        return []
+    lines = [f"### {task} by camera motion between I_t and I_t+1", "",
+             "| method | motion | bin | queries | transitions | top1 (%) | map (%) |",
+             "|---|---|---|---|---|---|---|"]
+    for method in _ordered(methods, METHODS):
+        for tag, name in bins:
+            row = [_format(methods[method].get(f"{c}_{tag}_{name}")) for c in BIN_COLUMNS]
+            lines.append(f"| {method} | {MOTION_NAMES[tag]} | {name} | " + " | ".join(row) + " |")
+    return lines + [""]
+
+
 def task_table(task: str, methods: dict) -> str:
     """One task's markdown table: methods as rows, metrics (with units) as columns, 2 decimals."""
     methods = _clean({task: methods})[task]
-    metrics = _ordered([m for values in methods.values() for m in values], METRICS)
+    metrics = _ordered([m for values in methods.values() for m in values
+                        if not BINNED.match(m)], METRICS)
     header = [f"{m} ({UNITS[m]})" if m in UNITS else m for m in metrics]
     lines = ["| method | " + " | ".join(header) + " |", "|---|" + "---|" * len(metrics)]
     for method in _ordered(methods, METHODS):
@@ -103,10 +131,12 @@ def _provenance_markdown(provenance: dict) -> list[str]:
 
 
 def results_markdown(results: Results, provenance: dict | None = None) -> str:
-    """One markdown table per task, then where the numbers came from (when given)."""
+    """One markdown table per task (metrics split by camera motion in a second table per
+    task), then where the numbers came from (when given)."""
     lines = ["# Evaluation results", ""]
     for task, methods in results.items():
         lines += [f"## {task}", "", task_table(task, methods), ""]
+        lines += _binned_table(task, methods)
     if provenance:
         lines += ["## Provenance", ""]
         records: list[tuple[list[str], dict]] = []  # tasks that share one record

@@ -11,8 +11,17 @@ similarities, the space the prediction loss aligns (see megatron_ego/inference.p
 Ranks: each extracts a block of the gallery and of the clips; the gallery is gathered on every
 rank, queries are scored where they were computed and the per-query results gathered.
 
+Beside overall Top-1 and mAP, every method is split by the camera's motion between I_t and
+I_{t+1} (from the dataset's `camera` file; `retrieval.step_motion`): Top-1, mAP, query and
+distinct-transition counts per rotation bin (<2, 2-10, >=10 degrees: `top1_rot_ge10`, ...) and
+per translation bin (`top1_trans_ge15cm`, ...), and the direction accuracy: of the queries
+whose I_{t-1} (the stored frame one step before I_t in the same take) is in the gallery, the
+share closer to I_{t+1} than to I_{t-1}, overall and for rotations of 10 degrees or more. A
+figure `figures/top1_by_rotation.png` shows Top-1 per rotation bin for both methods.
+
     results = run_retrieval(agent, "data/egoexo4d/val", "runs/eval", ranks)
     results["egoagent"]["top1"], results["representation_only"]["map"]
+    results["egoagent"]["top1_rot_ge10"], results["egoagent"]["direction_accuracy_rot_ge10"]
 """
 
 from __future__ import annotations
@@ -26,13 +35,24 @@ from megatron_ego.data.clips import decode_frame
 from megatron_ego.eval.features import (
     StoredFrames,
     ValClips,
+    camera_table,
     clip_table,
     extract,
     make_loader,
     open_val_clips,
     select_clips,
 )
-from megatron_ego.eval.retrieval import average_precision, retrieve_topk
+from megatron_ego.eval.retrieval import (
+    ROTATION_BINS,
+    TRANSLATION_BINS,
+    average_precision,
+    bin_label,
+    direction_hits,
+    direction_metrics,
+    motion_breakdown,
+    retrieve_topk,
+    step_motion,
+)
 from megatron_ego.runtime.processes import Processes
 
 
@@ -93,6 +113,24 @@ def _figures(agent, query, gallery, target, exclude, query_frames, gallery_ids, 
     return paths
 
 
+def _previous_rows(table: np.ndarray, clip_ids: np.ndarray, clips: np.ndarray,
+                   frame_ids: np.ndarray, image_step: int) -> np.ndarray:
+    """Gallery row of each query's I_{t-1} (the same take's image one step before I_t), -1 when
+    no evaluated clip uses that frame. Returns [c, T-1] for this rank's ``clips``."""
+    T = table.shape[1] - 2
+    where = {}  # (take, 30 fps frame) -> stored frame id, over every evaluated clip
+    for row in table[clip_ids]:
+        for t in range(T):
+            where[(int(row[0]), int(row[1]) + image_step * t)] = int(row[2 + t])
+    previous = np.full((len(clips), T - 1), -1, dtype=np.int64)
+    for i, row in enumerate(table[clips]):
+        for t in range(T - 1):
+            frame = where.get((int(row[0]), int(row[1]) + image_step * (t - 1)))
+            if frame is not None:
+                previous[i, t] = int(np.searchsorted(frame_ids, frame))
+    return previous
+
+
 def run_retrieval(agent, data_dir: str, out_dir: str | Path, ranks: Processes,
                   batch_size: int = 64, workers: int = 4, max_clips: int | None = None,
                   num_figures: int = 3) -> dict[str, dict[str, float]]:
@@ -111,16 +149,39 @@ def run_retrieval(agent, data_dir: str, out_dir: str | Path, ranks: Processes,
     query = predicted.flatten(0, 1).to(ranks.device)  # [c*(T-1), K]
     exclude = rows[:, :-1].flatten()  # [q]: the input frame I_t
     target = rows[:, 1:].flatten()  # [q]: the real next frame I_{t+1}
+    image_step = int(dataset.manifest["poses_per_step"])
+    local = clips.numpy()
+    rotation, translation = step_motion(camera_table(data_dir, T * image_step)[local], image_step) \
+        if len(local) else (np.zeros((0, T - 1)), np.zeros((0, T - 1)))
+    previous = torch.from_numpy(_previous_rows(table, clip_ids, local, frame_ids, image_step)
+                                ).flatten().to(ranks.device)  # [q]: I_{t-1}, -1 if not shown
+    motion = {name: ranks.gather(torch.from_numpy(values).flatten().to(ranks.device))
+              for name, values in (("rot", rotation), ("trans", translation))}  # [Q] each
+    transitions = ranks.gather(torch.stack([exclude, target], dim=1))  # [Q, 2]
     results = {}
     for method, q in (("egoagent", query), ("representation_only", gallery[exclude])):
         if len(q):
             top1, ap = average_precision(q, gallery, target, exclude)
+            hit, counted = direction_hits(q, gallery, target, previous)
         else:
             top1, ap = torch.zeros(0, dtype=torch.bool), torch.zeros(0, dtype=torch.float64)
+            hit = counted = torch.zeros(0, dtype=torch.bool)
         top1, ap = ranks.gather(top1.to(ranks.device)), ranks.gather(ap.to(ranks.device))
+        hit, counted = ranks.gather(hit.to(ranks.device)), ranks.gather(counted.to(ranks.device))
         results[method] = {"top1": 100.0 * top1.double().mean().item(),
                            "map": 100.0 * ap.mean().item(),
-                           "num_queries": int(top1.numel()), "gallery_size": int(len(frame_ids))}
+                           "num_queries": int(top1.numel()), "gallery_size": int(len(frame_ids)),
+                           **motion_breakdown(top1, ap, motion["rot"], ROTATION_BINS, "rot",
+                                              transitions),
+                           **motion_breakdown(top1, ap, motion["trans"], TRANSLATION_BINS,
+                                              "trans", transitions),
+                           **direction_metrics(hit, counted, motion["rot"])}
+    if ranks.is_main:
+        from megatron_ego.eval.figures import plot_top1_by_bin
+
+        labels = [(name, bin_label(low, high, "deg")) for name, low, high in ROTATION_BINS]
+        plot_top1_by_bin(results, "rot", labels,
+                         Path(out_dir) / "figures" / "top1_by_rotation.png")
     if ranks.is_main and num_figures and len(query):
         stored = StoredFrames(data_dir, frame_ids, agent.image_size, *frames_info)
         _figures(agent, query, gallery, target, exclude, frame_ids[exclude.cpu().numpy()],
