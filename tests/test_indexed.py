@@ -88,7 +88,7 @@ def test_dataset_of_the_old_format_is_refused_with_one_line(raw_dataset):
     manifest = json.loads((path / "manifest.json").read_text())
     (path / "manifest.json").write_text(json.dumps({**manifest, "format_version": 1}))
     os.remove(path / "camera.bin")  # a version-1 dataset has no camera motion
-    with pytest.raises(ValueError, match=r"format_version=1, this code reads 2 .* re-run "
+    with pytest.raises(IndexedDataError, match=r"format_version=1, this code reads 2 .* re-run "
                                          r"preprocessing \(python -m preprocess\.egoexo4d") as err:
         ClipDataset(str(path))
     assert "\n" not in str(err.value)

@@ -64,7 +64,7 @@ def make_dataset(path: Path, takes: int = 2, frames_per_take: int = 8) -> Path:
     path.mkdir(parents=True, exist_ok=True)
     rng = np.random.default_rng(0)
     frames = [_jpeg(rng) for _ in range(takes * frames_per_take)]
-    clips, poses, meta = [], [], []
+    clips, poses, camera, meta = [], [], [], []
     for take in range(takes):
         first = take * frames_per_take
         starts = range(frames_per_take - T + 1)
@@ -73,12 +73,14 @@ def make_dataset(path: Path, takes: int = 2, frames_per_take: int = 8) -> Path:
             p = rng.standard_normal((T * P, J, 4)).astype(np.float32)
             p[..., 3] = 1.0
             poses.append(p)
+            camera.append(np.tile(np.eye(3, 4, dtype=np.float32), (T * P, 1, 1)))  # [T P, 3, 4]
         meta.append(dict(name=f"take{take}", uid=f"u{take}", first_frame=first,
                          num_frames=frames_per_take, num_clips=len(starts)))
     _write(path / "frames", np.uint8, frames, [(t + 1) * frames_per_take for t in range(takes)])
     _write(path / "poses", np.float32, poses, [len(poses)])
+    _write(path / "camera", np.float32, camera, [len(camera)])
     _write(path / "clips", np.int64, clips, [len(clips)])
-    manifest = dict(format_version=1, source="egoexo4d", split="train", encoding="jpeg",
+    manifest = dict(format_version=2, source="egoexo4d", split="train", encoding="jpeg",
                     frame_height=SIDE, frame_width=SIDE, frame_fps=6, pose_fps=30, num_steps=T,
                     poses_per_step=P, num_frames=len(frames), num_clips=len(clips),
                     preprocess={}, takes=meta)

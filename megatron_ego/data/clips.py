@@ -97,7 +97,7 @@ class ClipDataset:
             self._manifest: dict[str, Any] = json.load(f)
         version = self._manifest.get("format_version")
         if version != FORMAT_VERSION:
-            raise ValueError(
+            raise IndexedDataError(
                 f"{manifest_path} has format_version={version}, this code reads "
                 f"{FORMAT_VERSION} (version 2 stores each clip's camera motion): re-run "
                 f"preprocessing (python -m preprocess.egoexo4d / preprocess.walking_tours --out "
