@@ -2,6 +2,13 @@
 
     python bench/train_step.py --config configs/egoagent_300m.yaml --micro-batch 32 --steps 30
     python bench/train_step.py --config configs/tiny_cpu.yaml --micro-batch 4 --steps 5   # CPU
+    python bench/train_step.py --config configs/egoagent_300m.yaml --count-ops \
+        --model.recompute=true --model.hidden_size=64 --model.num_attention_heads=8 \
+        --model.head_hidden_dim=128 --model.head_bottleneck_dim=64 --model.head_out_dim=256
+
+--count-ops prints the leaf non-view aten operators of one trainer step (after --warmup steps,
+micro-batch 1 unless given, fp32, local spec: the host-op count of issue 15), counted with the
+torch profiler on CPU, and exits; the rest of the options are ignored except the overrides.
 
 Runs the real trainer step (DeepSpeed ZeRO-2 engine, fp32 EMA teacher, the three losses) on one
 process, on generated Ego-Exo4D-shaped micro-batches kept on the device, so it measures the model
@@ -59,6 +66,47 @@ def profile_steps(trainer, loader, steps: int, on_gpu: bool) -> None:
     print(table.table(sort_by="self_cpu_time_total", row_limit=15, max_name_column_width=60))
 
 
+# Run no kernel and allocate nothing: type queries, and a view whose schema does not say so.
+_NO_WORK = {"aten::result_type", "aten::_has_compatible_shallow_copy_type", "aten::_unsafe_view"}
+
+
+def view_op_names() -> set[str]:
+    """aten operators whose every output aliases an input (views, and no-op `to`/`contiguous`),
+    and the few that do no work (_NO_WORK)."""
+    names = set(_NO_WORK)
+    for schema in torch._C._jit_get_all_schemas():
+        rets = schema.returns
+        if rets and all(r.alias_info is not None and not r.alias_info.is_write for r in rets):
+            names.add(schema.name)
+    return names
+
+
+def count_ops(trainer, loader, steps: int = 1) -> dict:
+    """Leaf non-view aten operators per trainer step on CPU (torch.profiler, `steps` steps).
+
+    A leaf is an aten event with no aten event under it (what reaches a kernel or the
+    allocator); views and aliasing no-ops are left out, so what is counted is the work the host
+    issues one operator at a time.
+    """
+    from torch.profiler import ProfilerActivity, profile
+
+    with profile(activities=[ProfilerActivity.CPU]) as prof:
+        for _ in range(steps):
+            trainer.train_step(loader)
+    views = view_op_names()
+    by_name: dict[str, int] = {}
+    for event in prof.events():
+        if not event.name.startswith("aten::") or event.name in views:
+            continue
+        if any(c.name.startswith("aten::") for c in event.cpu_children):
+            continue
+        by_name[event.name] = by_name.get(event.name, 0) + 1
+    total = sum(by_name.values())
+    top = sorted(by_name.items(), key=lambda kv: -kv[1])[:15]
+    return {"leaf_ops_per_step": total / steps, "steps": steps,
+            "top": {k: v / steps for k, v in top}}
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--config", required=True)
@@ -72,7 +120,17 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--profile", type=int, default=0,
                         help="after the timed steps, profile this many steps and print the top "
                              "operators by device time and by CPU time")
+    parser.add_argument("--count-ops", action="store_true",
+                        help="CPU: print leaf non-view aten ops per trainer step (after --warmup "
+                             "steps; micro-batch 1, fp32, local spec unless overridden) and exit")
     args, overrides = parser.parse_known_args(argv)
+    if args.count_ops:
+        os.environ.setdefault("CUDA_VISIBLE_DEVICES", "")  # host ops are counted on CPU
+        if "--micro-batch" not in " ".join(argv if argv is not None else sys.argv):
+            args.micro_batch = 1
+        args.precision = args.precision or "fp32"
+        args.steps, args.warmup = 0, min(args.warmup, 2)
+        overrides = ["--model.transformer_impl=local", *overrides]
 
     from megatron_ego.config import load_config
     from megatron_ego.training.distributed import init_distributed
@@ -92,6 +150,19 @@ def main(argv: list[str] | None = None) -> int:
     trainer = Trainer(cfg, args.ds_config, dist_info, resume="none")
     loader = itertools.repeat(synthetic_batch(cfg, mb, dist_info.device))
     on_gpu = dist_info.device.type == "cuda"
+    if args.count_ops:
+        for _ in range(args.warmup):
+            trainer.train_step(loader)
+        result = {"config": args.config, "overrides": overrides, "micro_batch": mb,
+                  "precision": cfg.run.precision, "num_layers": cfg.model.num_layers,
+                  "hidden_size": cfg.model.hidden_size,
+                  "layer_spec": trainer.engine.module.backbone.spec_name,
+                  **count_ops(trainer, loader)}
+        print(json.dumps(result), flush=True)
+        if args.json:
+            with open(args.json, "a") as f:
+                f.write(json.dumps(result) + "\n")
+        return 0
     times, losses = [], []
     try:
         for i in range(total):
