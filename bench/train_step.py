@@ -169,12 +169,12 @@ def main(argv: list[str] | None = None) -> int:
             if on_gpu:
                 torch.cuda.synchronize()
             t0 = time.perf_counter()
-            scalars = trainer.train_step(loader)
+            result = trainer.train_step(loader)
             if on_gpu:
                 torch.cuda.synchronize()
             if i >= args.warmup:
                 times.append(time.perf_counter() - t0)
-            losses.append(scalars["loss"])
+            losses.append(float(result.terms.means()["loss"]))
     except torch.cuda.OutOfMemoryError as e:
         print(json.dumps({"config": args.config, "micro_batch": mb, "error": "oom",
                           "detail": str(e).splitlines()[0]}), flush=True)

@@ -54,8 +54,10 @@ class DINOLoss(nn.Module):
                 f"{tuple(teacher.shape)} must agree in [n, K]"
             )
         teacher = teacher.detach().float()
-        if self.centering == "ema" and self.center_updates == 0:
-            self.update_center(teacher)  # the first batch defines the starting center
+        # The center's bookkeeping stays on the device (no host read of `center_updates`).
+        batch_center = self._batch_center(teacher)  # [1, K], all ranks
+        if self.centering == "ema":
+            self._update_center(batch_center, first_only=True)  # the first batch starts it
         if self.centering == "sinkhorn_knopp":
             t_prob = sinkhorn_knopp(teacher.flatten(0, 1), teacher_temp,
                                     self.sinkhorn_iterations).view_as(teacher)  # [Vt, n, K]
@@ -68,29 +70,56 @@ class DINOLoss(nn.Module):
                 raise ValueError("DINO loss: no view pairs left (need more than one view)")
             # ce[i, v] = mean over n of H(teacher view i, student view v), all pairs at once.
             ce = -torch.einsum("ink,vnk->iv", t_prob, s_logp) / t_prob.shape[1]  # [Vt, Vs]
-            keep = ~torch.eye(vt, vs, dtype=torch.bool, device=ce.device)  # skip i == v
-            loss = ce[keep].mean()
+            keep = _off_diagonal(vt, vs, ce.device)  # skip i == v (indices, not a bool mask)
+            loss = ce.flatten()[keep].mean()
         else:
             if student.shape[0] != teacher.shape[0]:
                 raise ValueError("paired DINO loss needs as many student as teacher views")
             loss = -(t_prob * s_logp).sum(-1).mean()
-        self.update_center(teacher)
+        self._update_center(batch_center)
         return loss
 
     @torch.no_grad()
     def update_center(self, teacher: torch.Tensor) -> None:
         """teacher [V, n, K]: EMA of the batch mean, averaged over all data-parallel ranks."""
+        self._update_center(self._batch_center(teacher))
+
+    @torch.no_grad()
+    def _batch_center(self, teacher: torch.Tensor) -> torch.Tensor:
+        """teacher [V, n, K] -> [1, K]: the mean over all views, samples and ranks."""
         batch_sum = teacher.reshape(-1, teacher.shape[-1]).sum(0, keepdim=True)  # [1, K]
-        count = torch.tensor(float(teacher.shape[0] * teacher.shape[1]), device=teacher.device)
+        count = torch.full((), float(teacher.shape[0] * teacher.shape[1]), device=teacher.device)
         if dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1:
             dist.all_reduce(batch_sum)
             dist.all_reduce(count)
-        batch_center = batch_sum / count
-        if self.center_updates == 0:
-            self.center.copy_(batch_center)
+        return batch_sum / count
+
+    @torch.no_grad()
+    def _update_center(self, batch_center: torch.Tensor, first_only: bool = False) -> None:
+        """c <- batch mean on the first update, else m c + (1 - m) batch mean, chosen on the
+        device. `first_only`: only the first update (a later center is left as it is)."""
+        first = self.center_updates == 0  # bool, on the device
+        if first_only:
+            new = torch.where(first, batch_center, self.center)
+            self.center_updates += first.long()
         else:
-            self.center.mul_(self.center_momentum).add_(batch_center * (1 - self.center_momentum))
-        self.center_updates += 1
+            ema = self.center * self.center_momentum + batch_center * (1 - self.center_momentum)
+            new = torch.where(first, batch_center, ema)
+            self.center_updates += 1
+        self.center.copy_(new)
+
+
+_OFF_DIAGONAL: dict[tuple[int, int, torch.device], torch.Tensor] = {}
+
+
+def _off_diagonal(vt: int, vs: int, device: torch.device) -> torch.Tensor:
+    """int64 indices of the (i, v), i != v entries of a flattened [vt, vs] matrix, row-major,
+    built on `device` once per shape (a bool mask would need a host sync to index with)."""
+    key = (vt, vs, device)
+    if key not in _OFF_DIAGONAL:
+        pairs = [i * vs + v for i in range(vt) for v in range(vs) if i != v]
+        _OFF_DIAGONAL[key] = torch.tensor(pairs, device=device)
+    return _OFF_DIAGONAL[key]
 
 
 def _all_reduce(x: torch.Tensor) -> torch.Tensor:
@@ -105,7 +134,7 @@ def sinkhorn_knopp(logits: torch.Tensor, temp: float, iterations: int = 3) -> to
     global batch equally. Sums run over every data-parallel rank."""
     q = torch.exp((logits - logits.max()) / temp).t()  # [K, n]
     k = q.shape[0]
-    n = torch.tensor(float(q.shape[1]), device=q.device)
+    n = torch.full((), float(q.shape[1]), device=q.device)
     n = _all_reduce(n)
     q /= _all_reduce(q.sum())
     for _ in range(iterations):

@@ -17,7 +17,7 @@ from pathlib import Path
 
 import deepspeed
 import torch
-import torch.distributed as dist
+import yaml
 
 from megatron_ego.config import Config, ConfigError, save_config
 from megatron_ego.config_io import to_dict
@@ -29,6 +29,7 @@ from megatron_ego.training.distributed import DistInfo
 from megatron_ego.training.ds_config import load_ds_config
 from megatron_ego.training.ema import EMA, make_teacher
 from megatron_ego.training.flops import clip_flops, device_peak_tflops
+from megatron_ego.training.interval import IntervalStats, StepTerms
 from megatron_ego.training.metrics import MetricsLogger
 from megatron_ego.training.optimizer import apply_schedules, build_optimizer
 from megatron_ego.training.preemption import PreemptionHandler
@@ -47,7 +48,22 @@ class TrainState:
     micro_step: int = 0
     """Micro-batches drawn from the loader (the data position)."""
     skipped_nonfinite: int = 0
-    """Micro-batches skipped for a non-finite loss (bf16/fp32)."""
+    """Optimizer steps skipped for a non-finite loss (bf16/fp32; counted at log intervals)."""
+    nonfinite_streak: int = 0
+    """Consecutive such steps up to the last log interval."""
+
+
+@dataclass
+class StepResult:
+    """What `Trainer.train_step` leaves: device-side terms and host-side facts."""
+
+    terms: StepTerms
+    values: dict[str, float]
+    """The schedules' values used (lr, weight_decay, ema_momentum, teacher_temp)."""
+    sources: dict[str, int]
+    """Micro-batches per data source."""
+    data_wait_s: float
+    """Seconds spent waiting for the loader."""
 
 
 def run_dir_of(cfg: Config) -> str:
@@ -82,23 +98,6 @@ def _to_device(batch: dict, device: torch.device) -> dict:
 def _cast(inputs: dict, dtype: torch.dtype) -> dict:
     return {k: (v.to(dtype) if torch.is_tensor(v) and v.is_floating_point() else v)
             for k, v in inputs.items()}
-
-
-def _all_finite(value: torch.Tensor) -> bool:
-    flag = torch.isfinite(value.detach()).all().float().reshape(1)
-    if dist.is_initialized() and dist.get_world_size() > 1:
-        dist.all_reduce(flag, op=dist.ReduceOp.MIN)
-    return bool(flag.item() > 0)
-
-
-def _mean_over_ranks(terms: dict[str, float], device: torch.device) -> dict[str, float]:
-    if not (dist.is_initialized() and dist.get_world_size() > 1) or not terms:
-        return terms
-    keys = sorted(terms)
-    t = torch.tensor([terms[k] for k in keys], device=device, dtype=torch.float64)
-    dist.all_reduce(t)
-    t /= dist.get_world_size()
-    return dict(zip(keys, t.tolist()))
 
 
 class Trainer:
@@ -162,54 +161,41 @@ class Trainer:
             return torch.autocast("cuda", dtype=self.dtype)
         return contextlib.nullcontext()
 
-    def _micro_step(self, batch: dict, teacher_temp: float) -> dict[str, torch.Tensor] | None:
-        """Forward + backward of one micro-batch; None when its loss was non-finite (skipped)."""
+    def _micro_step(self, batch: dict, teacher_temp: float) -> dict[str, torch.Tensor]:
+        """Forward + backward of one micro-batch -> its loss terms (detached 0-dim tensors).
+
+        Nothing here waits for the device. A non-finite loss is not checked on the host: its
+        gradients are non-finite and DeepSpeed's overflow check skips the optimizer step (as it
+        does for fp16); the `nonfinite` term flags it, read at the next log interval.
+        """
         batch = _to_device(batch, self.dist.device)
         inputs = _cast(self.objective.student_inputs(batch), self.dtype)
         out = self.engine(**inputs)
         with self._teacher_context():
             targets = self.objective.teacher_targets(self.teacher, batch)
         loss, terms = self.objective(out, targets, batch, teacher_temp)
-        if self.cfg.run.precision != "fp16" and not _all_finite(loss):
-            return None  # fp16 overflows are DeepSpeed's: its loss scaler skips the step
+        if self.cfg.run.precision != "fp16":  # fp16 overflows are DeepSpeed's loss scaler's
+            terms["nonfinite"] = (~torch.isfinite(terms["loss"])).float()
         self.engine.backward(loss)
         self.engine.step()
-        return terms  # detached 0-dim tensors; read once per step (one device sync)
+        return terms
 
-    def train_step(self, loader) -> dict[str, float]:
-        """One optimizer step = grad_accum micro-batches (plus any skipped non-finite ones)."""
+    def train_step(self, loader) -> StepResult:
+        """One optimizer step = grad_accum micro-batches; its terms stay on the device."""
         values = self.schedules.at(self.state.step)
         apply_schedules(self.optimizer, values["lr"], values["weight_decay"],
                         self.state.step < self.cfg.optim.freeze_last_layer_iters)
-        sums: dict[str, torch.Tensor] = {}
-        counts: dict[str, int] = {}
-        done, consecutive_bad = 0, 0
-        sources = {"egoexo4d": 0, "walking_tours": 0}
-        while done < self.grad_accum:
+        terms = StepTerms()
+        wait = 0.0
+        for _ in range(self.grad_accum):
+            t0 = time.perf_counter()
             batch = next(loader)
+            wait += time.perf_counter() - t0
             self.state.micro_step += 1
-            terms = self._micro_step(batch, values["teacher_temp"])
-            if terms is None:
-                self.state.skipped_nonfinite += 1
-                consecutive_bad += 1
-                if consecutive_bad > self.cfg.run.max_nonfinite_retries:
-                    raise FloatingPointError(
-                        f"non-finite loss at step {self.state.step + 1} (micro-batch "
-                        f"{self.state.micro_step}) {consecutive_bad} times in a row; lower "
-                        "optim.lr, check the data, or resume from an earlier checkpoint")
-                continue
-            consecutive_bad = 0
-            done += 1
-            sources[batch["source"]] += 1
-            for k, v in terms.items():
-                sums[k] = sums.get(k, 0.0) + v
-                counts[k] = counts.get(k, 0) + 1
+            terms.add(batch["source"], self._micro_step(batch, values["teacher_temp"]))
         self.ema.update(values["ema_momentum"])
         self.state.step += 1
-        keys = sorted(sums)
-        means = torch.stack([sums[k] / counts[k] for k in keys]).tolist() if keys else []
-        terms = _mean_over_ranks(dict(zip(keys, means)), self.dist.device)
-        return {**terms, **values, "_sources": sources}
+        return StepResult(terms, values, dict(terms.counts), wait)
 
     # ---------------------------------------------------------------------------------- the loop
     def fit(self, max_steps: int | None = None) -> TrainState:
@@ -223,27 +209,33 @@ class Trainer:
         loader = iter(build_train_loader(cfg, self.dist.rank, self.dist.world_size,
                                          start_micro_step=self.state.micro_step))
         logger = MetricsLogger(self.run_dir, self.dist.is_main, cfg.run.log_interval,
-                               cfg.schedule.train_iters, self.state.step)
+                               cfg.schedule.train_iters, self.state.step,
+                               config_text=yaml.safe_dump(to_dict(cfg), sort_keys=False))
         preemption = PreemptionHandler()
         marker = Path(self.run_dir) / PREEMPTED
         if self.dist.is_main and marker.exists():
             marker.unlink()
-        skipped_fp16 = self.engine.skipped_steps
+        skipped_ds = self.engine.skipped_steps
+        stats = IntervalStats(self.dist.world_size)
+        on_gpu = self.dist.device.type == "cuda"
         try:
             while self.state.step < end:
                 t0 = time.perf_counter()
-                scalars = self.train_step(loader)
+                result = self.train_step(loader)
                 elapsed = time.perf_counter() - t0
-                sources = scalars.pop("_sources")
-                scalars.update(self._speed(sources, elapsed))
-                scalars["grad_norm"] = float(self.engine.get_global_grad_norm() or float("nan"))
-                scalars["skipped_steps"] = float(self.engine.skipped_steps - skipped_fp16
-                                                 + self.state.skipped_nonfinite)
+                host = {**result.values, "sources": result.sources, "step_s": elapsed,
+                        "data_wait_s": result.data_wait_s, **self._speed(result.sources, elapsed),
+                        "skipped_steps": self.engine.skipped_steps - skipped_ds}
                 if cfg.run.precision == "fp16":
-                    scalars["loss_scale"] = float(getattr(self.optimizer, "loss_scale", "nan"))
-                logger.log(self.state.step, scalars)
+                    host["loss_scale"] = float(getattr(self.optimizer, "loss_scale", "nan"))
+                if on_gpu:
+                    host["peak_memory_gib"] = torch.cuda.max_memory_allocated() / 2**30
+                stats.add(self.state.step, result.terms, host)
                 stop = preemption.requested(self.dist.device)
-                if stop or self.state.step % cfg.run.save_interval == 0 or self.state.step == end:
+                save = stop or self.state.step % cfg.run.save_interval == 0 or self.state.step == end
+                if save or self.state.step % cfg.run.log_interval == 0:
+                    self._flush(stats, logger)
+                if save:
                     self.save()
                 if stop:
                     if self.dist.is_main:
@@ -255,6 +247,45 @@ class Trainer:
             preemption.restore()
             logger.close()
         return self.state
+
+    def _flush(self, stats: IntervalStats, logger: MetricsLogger) -> None:
+        """The interval's one transfer: per-step records to metrics.jsonl, interval averages and
+        per-source averages to TensorBoard; stop after too many non-finite steps in a row."""
+        grad_norm = self.engine.get_global_grad_norm()  # the last step's (DeepSpeed's value)
+        rows, means, by_source = stats.flush()
+        if not rows:
+            return
+        if torch.is_tensor(grad_norm):
+            grad_norm = grad_norm.item()
+        rows[-1]["grad_norm"] = means["grad_norm"] = float(
+            grad_norm if grad_norm is not None else float("nan"))
+        for row in rows:
+            if row.pop("nonfinite", 0.0) > 0:
+                self.state.skipped_nonfinite += 1
+                self.state.nonfinite_streak += 1
+            else:
+                self.state.nonfinite_streak = 0
+            row["skipped_steps"] += self.state.skipped_nonfinite
+            logger.log(row["step"], row)
+        means.pop("nonfinite", None)
+        for terms in by_source.values():
+            terms.pop("nonfinite", None)
+        for key in ("lr", "weight_decay", "ema_momentum", "teacher_temp", "skipped_steps"):
+            if key in rows[-1]:
+                means[key] = rows[-1][key]
+        seconds = sum(r["step_s"] for r in rows)
+        means.update(step_s=seconds / len(rows),
+                     data_wait_s=sum(r["data_wait_s"] for r in rows) / len(rows))
+        for key in ("clips_per_s", "tokens_per_s", "tflops_per_device", "mfu"):
+            done = [r[key] * r["step_s"] for r in rows if key in r]
+            if done:
+                means[key] = sum(done) / seconds  # work over the interval / its time
+        logger.log_averages(rows[-1]["step"], means, by_source)
+        if self.state.nonfinite_streak > self.cfg.run.max_nonfinite_retries:
+            raise FloatingPointError(
+                f"non-finite loss in {self.state.nonfinite_streak} optimizer steps in a row "
+                f"(up to step {rows[-1]['step']}; each was skipped); lower optim.lr, check the "
+                "data, or resume from an earlier checkpoint")
 
     def _speed(self, sources: dict[str, int], seconds: float) -> dict[str, float]:
         """Throughput of the step just done, over all ranks."""
