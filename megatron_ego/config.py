@@ -86,6 +86,10 @@ class ModelConfig:
     recompute: bool = False
     """Full activation checkpointing of every trunk layer (the authors' setting for the student);
     non-reentrant, see model/backbone.py `checkpoint_layers`."""
+    compile_elementwise: bool = False
+    """Local spec: run the fused RMSNorm/RoPE bodies (model/fused.py) and megatron's fused SwiGLU
+    through torch.compile, one generated kernel each (ours; for GPUs: on CPU it needs a C++
+    compiler and compiles for minutes). Off: the same fused autograd nodes, run eagerly."""
     fp8: bool = False
     """FP8 (delayed scaling) through Transformer Engine; H100 only, ignored without TE."""
 
@@ -150,7 +154,8 @@ class ModelConfig:
             params_dtype=params_dtype,
             # CPU-unsafe fusions stay off; they are CUDA kernels (ENVIRONMENT.md).
             apply_rope_fusion=transformer_engine,
-            bias_activation_fusion=transformer_engine,  # fused SwiGLU (no bias to add)
+            # fused SwiGLU (no bias to add): megatron's own kernel with TE, else torch.compile
+            bias_activation_fusion=transformer_engine or self.compile_elementwise,
             bias_dropout_fusion=False,
             masked_softmax_fusion=False,
             gradient_accumulation_fusion=False,
