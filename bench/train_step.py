@@ -123,6 +123,10 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--count-ops", action="store_true",
                         help="CPU: print leaf non-view aten ops per trainer step (after --warmup "
                              "steps; micro-batch 1, fp32, local spec unless overridden) and exit")
+    parser.add_argument("--sync-check", action="store_true",
+                        help="GPU: run one more step under torch.cuda.set_sync_debug_mode('warn') "
+                             "and fail if any host-device synchronisation comes from "
+                             "megatron_ego (DeepSpeed's optimizer step has its own: counted)")
     args, overrides = parser.parse_known_args(argv)
     if args.count_ops:
         os.environ.setdefault("CUDA_VISIBLE_DEVICES", "")  # host ops are counted on CPU
@@ -181,6 +185,7 @@ def main(argv: list[str] | None = None) -> int:
         return 3
     if args.profile:
         profile_steps(trainer, loader, args.profile, on_gpu)
+    syncs = sync_check(trainer, loader) if args.sync_check and on_gpu else None
     flops = clip_flops(cfg)
     step = statistics.median(times)
     clips = mb * dist_info.world_size / step
@@ -192,6 +197,8 @@ def main(argv: list[str] | None = None) -> int:
         "micro_batch": mb,
         "world_size": dist_info.world_size,
         "recompute": cfg.model.recompute,
+        "compile_elementwise": cfg.model.compile_elementwise,
+        "fp8": cfg.model.fp8,
         "train_flops_per_clip": flops["train"],
         "step_s_median": step,
         "clips_per_s": clips,
@@ -205,6 +212,8 @@ def main(argv: list[str] | None = None) -> int:
         result["mfu"] = result["tflops_per_device"] / trainer.peak_tflops
     if on_gpu:
         result["peak_memory_gib"] = torch.cuda.max_memory_allocated() / 2**30
+    if syncs is not None:
+        result.update(syncs)
     line = json.dumps(result)
     if dist_info.is_main:
         print(line, flush=True)
@@ -212,7 +221,32 @@ def main(argv: list[str] | None = None) -> int:
             os.makedirs(os.path.dirname(os.path.abspath(args.json)), exist_ok=True)
             with open(args.json, "a") as f:
                 f.write(line + "\n")
+    if syncs is not None and syncs["syncs_ours"]:
+        return 1
     return 0 if result["losses_finite"] else 1
+
+
+def sync_check(trainer, loader) -> dict:
+    """One trainer step under CUDA's sync debug mode: where each synchronisation came from.
+
+    "error" mode cannot be used around the whole step: DeepSpeed's ZeRO-2 step reads its
+    overflow flag on the host (stage_1_and_2.py) and its grad-norm check; those are counted as
+    `syncs_other`, ours (any file of megatron_ego) as `syncs_ours`, which must be empty.
+    """
+    import warnings
+
+    torch.cuda.synchronize()
+    torch.cuda.set_sync_debug_mode("warn")
+    try:
+        with warnings.catch_warnings(record=True) as caught:
+            warnings.simplefilter("always")
+            trainer.train_step(loader)
+    finally:
+        torch.cuda.set_sync_debug_mode(0)
+    found = [f"{os.path.relpath(w.filename)}:{w.lineno}" for w in caught
+             if "synchroniz" in str(w.message)]
+    ours = [f for f in found if f.startswith("megatron_ego")]
+    return {"syncs_ours": ours, "syncs_other": len(found) - len(ours)}
 
 
 if __name__ == "__main__":

@@ -81,9 +81,14 @@ loader = iter([bad, ego])
 stats.add(trainer.state.step, trainer.train_step(loader).terms, {})
 bad_rows, _, _ = stats.flush()
 unchanged = all(torch.equal(before[n], p) for n, p in trainer.engine.module.named_parameters())
+low = dict(trainer.teacher_forward.named_parameters())
+teacher_copy = {"dtypes": sorted({str(p.dtype) for p in low.values()}),
+                "equal": all(torch.equal(low[n], p.to(low[n].dtype))
+                             for n, p in trainer.teacher.named_parameters()),
+                "fp32_teacher": sorted({str(p.dtype) for p in trainer.teacher.parameters()})}
 print(json.dumps({"in_steps": in_steps, "in_flush": in_flush, "rows": rows,
                   "by_source": sorted(by_source), "nonfinite": bad_rows[0]["nonfinite"],
-                  "unchanged_after_nonfinite": unchanged}))
+                  "unchanged_after_nonfinite": unchanged, "teacher_copy": teacher_copy}))
 """
 
 
@@ -101,6 +106,10 @@ def test_train_step_has_no_host_reads_and_the_interval_one(precision):
     assert result["by_source"] == ["egoexo4d", "walking_tours"]
     # a non-finite micro-batch is flagged, and DeepSpeed's overflow check skipped the update
     assert result["nonfinite"] > 0 and result["unchanged_after_nonfinite"]
+    # bf16 runs: the teacher forward runs on a bf16 copy refreshed after each EMA update
+    copy = result["teacher_copy"]
+    assert copy["fp32_teacher"] == ["torch.float32"] and copy["equal"]
+    assert copy["dtypes"] == (["torch.bfloat16"] if precision == "bf16" else ["torch.float32"])
 
 
 def test_interval_means_match_per_micro_batch_arithmetic():

@@ -63,7 +63,7 @@ class SDPAttention(MegatronModule):
             cos, sin = rope_tables(sq, hn, self.rotary_base, query.dtype, query.device)
             if key.shape[0] == sq:  # self-attention: q and k rotated in one go
                 qk = rotary(torch.cat([query, key], dim=2), cos, sin)  # [sq, b, np+ng, hn]
-                query, key = qk[:, :, :np_], qk[:, :, np_:]
+                query, key = qk.split([np_, key.shape[2]], dim=2)  # backward: one cat
             else:
                 query = rotary(query, cos, sin)  # [sq, b, np, hn]
                 key = rotary(key, cos[: key.shape[0]], sin[: key.shape[0]])  # [sk, b, ng, hn]

@@ -8,6 +8,7 @@ norm, so the trunk adds its own RMSNorm built from the same family as the layer 
 from __future__ import annotations
 
 import torch
+from megatron.core import parallel_state
 from megatron.core.models.gpt import GPTModel
 from megatron.core.transformer.enums import AttnMaskType
 from megatron.core.transformer.spec_utils import ModuleSpec
@@ -17,7 +18,7 @@ from torch import nn
 from megatron_ego.config import ModelConfig
 from megatron_ego.model.attention import SDPAttention
 from megatron_ego.model.cpu import make_rope_cpu_safe
-from megatron_ego.model.fused import FusedRMSNorm, get_residual_add, set_compile
+from megatron_ego.model.fused import FusedRMSNorm, SwiGLUMLP, get_residual_add, set_compile
 from megatron_ego.model.parallel import ensure_model_parallel
 
 
@@ -62,14 +63,17 @@ def build_layer_spec(cfg: ModelConfig) -> tuple[ModuleSpec, str]:
 
         # Local spec with our fused element-wise modules (model/fused.py): RMSNorm as one
         # autograd node, RoPE inside the core attention on tables computed once per length
-        # (GPTModel then runs without its own rotary embedding), residual adds without a
-        # dropout of probability 0. Same weights and state-dict keys as the plain local spec.
+        # (GPTModel then runs without its own rotary embedding), SwiGLU as one node, residual
+        # adds without a dropout of probability 0. Same weights and state-dict keys as the plain local spec.
         spec = get_gpt_layer_local_spec(normalization="RMSNorm")
         sub = spec.submodules
         sub.self_attention.submodules.core_attention = ModuleSpec(
             module=SDPAttention, params={"rotary_base": cfg.rotary_base})
         sub.input_layernorm = sub.pre_mlp_layernorm = FusedRMSNorm
         sub.self_attn_bda = sub.mlp_bda = get_residual_add
+        sub.mlp.module = SwiGLUMLP  # megatron passes MLP's tp_group only to MLP itself
+        sub.mlp.params = {**sub.mlp.params,
+                          "tp_group": parallel_state.get_tensor_model_parallel_group(False)}
         name = "local+sdpa"
     mask_type = AttnMaskType.arbitrary if cfg.frame_bidirectional else AttnMaskType.causal
     spec.submodules.self_attention.params = {

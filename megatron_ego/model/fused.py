@@ -1,4 +1,4 @@
-"""Fused element-wise work of the trunk's local spec: RMSNorm, RoPE, and the residual add.
+"""Fused element-wise work of the trunk's local spec: RMSNorm, RoPE, SwiGLU, the residual add.
 
 megatron-core's local modules run these as chains of small operators: torch's RMSNorm is
 composite (cast, pow, mean, add, rsqrt, two products, and about 35 operators in its backward);
@@ -18,6 +18,8 @@ one generated kernel each (meant for GPUs; on CPU it needs a C++ compiler and mi
 from __future__ import annotations
 
 import torch
+import torch.nn.functional as F
+from megatron.core.transformer.mlp import MLP
 from megatron.core.transformer.module import MegatronModule
 
 _COMPILE = {"on": False, "fns": {}}
@@ -51,17 +53,22 @@ def _eps(eps: float, device: torch.device) -> torch.Tensor:
     return _EPS[key]
 
 
+def _wide(t: torch.Tensor) -> torch.Tensor:
+    """bf16/fp16 -> fp32; fp32 and fp64 as they are."""
+    return t.float() if t.element_size() < 4 else t
+
+
 def _rms_forward(x: torch.Tensor, weight: torch.Tensor, eps: torch.Tensor):
-    xf = x.float()
+    xf = _wide(x)
     norm = torch.linalg.vector_norm(xf, dim=-1, keepdim=True)  # [..., 1]
     rstd = torch.addcmul(eps, norm, norm, value=1.0 / x.shape[-1]).rsqrt_()  # mean(x^2) + eps
     return (xf * rstd).type_as(x) * weight, rstd
 
 
 def _rms_backward(g: torch.Tensor, x: torch.Tensor, weight: torch.Tensor, rstd: torch.Tensor):
-    xhat = x.float() * rstd  # [..., h]
-    gf = g.float()
-    gw = gf * weight.float()
+    xhat = _wide(x) * rstd  # [..., h]
+    gf = _wide(g)
+    gw = gf * _wide(weight)
     dot = (gw * xhat).sum(-1, keepdim=True)  # [..., 1]
     dx = torch.addcmul(gw, xhat, dot, value=-1.0 / x.shape[-1]).mul_(rstd)
     dw = (gf * xhat).sum(dim=tuple(range(g.dim() - 1)))
@@ -155,6 +162,47 @@ class _Rotary(torch.autograd.Function):
 def rotary(t: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:
     """Rotary position embedding of t [s, b, n, d] with tables [s, 1, 1, d]."""
     return _Rotary.apply(t, cos, sin)
+
+
+# ------------------------------------------------------------------------------------ SwiGLU
+def _swiglu_backward(g: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
+    a, b = x.chunk(2, dim=-1)
+    da = torch.ops.aten.silu_backward(g * b, a)
+    return torch.cat([da, F.silu(a) * g], dim=-1)
+
+
+class _SwiGLU(torch.autograd.Function):
+    @staticmethod
+    def forward(ctx, x):
+        ctx.save_for_backward(x)
+        a, b = x.chunk(2, dim=-1)
+        return F.silu(a).mul_(b)
+
+    @staticmethod
+    def backward(ctx, g):
+        (x,) = ctx.saved_tensors
+        return _fn(_swiglu_backward)(g, x)
+
+
+def swiglu(x: torch.Tensor) -> torch.Tensor:
+    """silu(x1) * x2 of the halves of x [..., 2f] -> [..., f]."""
+    return _SwiGLU.apply(x)
+
+
+class SwiGLUMLP(MLP):
+    """megatron-core's MLP (same submodules and weights) with the SwiGLU as one autograd node;
+    megatron's unfused path computes `silu(x1) * (x2 + 0.0)`, a copy and three more nodes."""
+
+    def forward(self, hidden_states, per_token_scale=None, **kwargs):
+        if (per_token_scale is not None or self.config.bias_activation_fusion
+                or not self.config.gated_linear_unit or self.config.activation_func is not F.silu
+                or self.config.activation_func_clamp_value is not None
+                or self.config.glu_linear_offset != 0.0):
+            return super().forward(hidden_states, per_token_scale, **kwargs)
+        intermediate, bias = self.linear_fc1(hidden_states)  # [s, b, 2f]
+        if bias is not None:
+            intermediate = intermediate + bias
+        return self.linear_fc2(swiglu(intermediate))  # ([s, b, h], bias)
 
 
 # ------------------------------------------------------------------------------ residual add

@@ -136,6 +136,11 @@ class EMA:
             src = [p.detach().to(t.dtype) for t, p in zip(self.teacher_params,
                                                           self.student_params)]
             torch._foreach_lerp_(self.teacher_params, src, weight)
+        self.refresh_low()
+
+    @torch.no_grad()
+    def refresh_low(self) -> None:
+        """Copy the fp32 teacher into its low-precision copy (after an update or a load)."""
         for copy, flat in self._low_flats:
             copy.copy_(flat)
         if self._low_params[0]:

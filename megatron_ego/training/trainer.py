@@ -117,6 +117,12 @@ class Trainer:
             model=student, optimizer=optimizer, config=self.ds_config)
         self.teacher = make_teacher(self.engine.module, cfg.model, dist_info.device)
         self.ema = EMA(self.teacher, self.engine.module)
+        # bf16 runs: the teacher's forward runs on a bf16 copy of the fp32 EMA weights,
+        # refreshed after each EMA update (the fp32 teacher is what the EMA and checkpoints hold)
+        self.teacher_forward = self.teacher
+        if self.dtype == torch.bfloat16:
+            self.teacher_forward = self.ema.make_low(
+                EgoAgent(cfg.model, precision="bf16").to(dist_info.device), torch.bfloat16)
         self.objective = EgoAgentObjective(cfg.model, cfg.loss).to(dist_info.device)
         self.schedules = build_schedules(cfg)
         self.state = TrainState()
@@ -140,6 +146,7 @@ class Trainer:
             return
         state = ckpt.load_checkpoint(self.engine, folder, self.dist.rank)
         self.teacher.load_state_dict(state["teacher"])
+        self.ema.refresh_low()
         self.objective.load_state_dict(state["objective"])
         self.state = TrainState(**state["train_state"])
         if self.dist.is_main:
@@ -172,7 +179,9 @@ class Trainer:
         inputs = _cast(self.objective.student_inputs(batch), self.dtype)
         out = self.engine(**inputs)
         with self._teacher_context():
-            targets = self.objective.teacher_targets(self.teacher, batch)
+            teacher_batch = batch if self.teacher_forward is self.teacher else _cast(
+                batch, torch.bfloat16)
+            targets = self.objective.teacher_targets(self.teacher_forward, teacher_batch)
         loss, terms = self.objective(out, targets, batch, teacher_temp)
         if self.cfg.run.precision != "fp16":  # fp16 overflows are DeepSpeed's loss scaler's
             terms["nonfinite"] = (~torch.isfinite(terms["loss"])).float()
