@@ -79,9 +79,9 @@ class EMA:
     """Pairs teacher and student parameters once; `update(m)` is one lerp per flat buffer
     (DeepSpeed's) and one multi-tensor lerp for any other parameters.
 
-    `low_precision`: also keep a copy of the teacher in that dtype (`self.low`, built by
-    `make_low`), refreshed after every update, for a teacher forward in bf16; the fp32 teacher
-    itself is what the EMA updates and what checkpoints hold.
+    `make_low(model, dtype)` also keeps a copy of the teacher in that dtype (`self.low`),
+    refreshed after every update, for a teacher forward in bf16; the fp32 teacher itself is what
+    the EMA updates and what checkpoints hold.
     """
 
     def __init__(self, teacher: nn.Module, student: nn.Module):
