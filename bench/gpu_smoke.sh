@@ -1,7 +1,10 @@
 #!/usr/bin/env bash
-# GPU smoke benchmark: EgoAgent-300M then EgoAgent-1B, 30 ZeRO-2 bf16 steps each on generated
-# clips (the real trainer step: DeepSpeed engine, EMA teacher, three losses), asserting finite
-# losses and printing clips/s, TFLOP/s, MFU and peak memory as JSON lines.
+# GPU smoke benchmark: EgoAgent-300M then EgoAgent-1B with the shipped configs' micro-batch and
+# recomputation, 30 ZeRO-2 bf16 steps each on generated clips (the real trainer step: DeepSpeed
+# engine, EMA teacher, three losses); the 300M again with model.compile_elementwise; a sync
+# check (one step under torch.cuda.set_sync_debug_mode: no synchronisation from our code); and,
+# where Transformer Engine imports, the TE spec in bf16 and FP8. Asserts finite losses and prints
+# one table (clips/s, TFLOP/s, MFU, peak memory). One call, under 8 minutes on one H100.
 #
 #   bench/gpu_smoke.sh [--out DIR]     # one H100/A100; under 8 minutes
 #   bench/gpu_smoke.sh --dry-run       # CPU: the same objects, shrunk (1 layer, small heads)
@@ -57,22 +60,38 @@ if [ "$dry_run" -eq 1 ]; then
   precision=fp32 steps=1 warmup=0
   shrink=(--model.num_layers=1 --model.head_out_dim=256 --model.head_hidden_dim=128
           --data.num_local_crops=1 --model.recompute=true)
-  run configs/egoagent_300m.yaml 1 "${shrink[@]}"
-  run configs/egoagent_1b.yaml 1 "${shrink[@]}"
+  mb_300m=1 mb_1b=1
 else
-  precision=bf16 steps=30 warmup=3
-  run configs/egoagent_300m.yaml 64
-  run configs/egoagent_1b.yaml 32
+  precision=bf16 steps=30 warmup=3 shrink=()
+  mb_300m=$(awk '/micro_batch_size/ {print $2}' configs/egoagent_300m.yaml)
+  mb_1b=$(awk '/micro_batch_size/ {print $2}' configs/egoagent_1b.yaml)
+fi
+run configs/egoagent_300m.yaml "$mb_300m" "${shrink[@]}"
+run configs/egoagent_1b.yaml "$mb_1b" "${shrink[@]}"
+if [ "$dry_run" -eq 0 ]; then  # torch.compile on a CPU takes minutes
+  run configs/egoagent_300m.yaml "$mb_300m" --model.compile_elementwise=true
+fi
+steps=1 warmup=2 run configs/egoagent_300m.yaml "$mb_300m" "${shrink[@]}" --sync-check
+if "$py" -c "import transformer_engine.pytorch" 2>/dev/null; then
+  run configs/egoagent_300m.yaml "$mb_300m" "${shrink[@]}" --model.transformer_impl=transformer_engine
+  run configs/egoagent_300m.yaml "$mb_300m" "${shrink[@]}" --model.transformer_impl=transformer_engine \
+    --model.fp8=true
+else
+  echo "transformer_engine does not import: TE and FP8 rows skipped"
 fi
 
 "$py" - "$results" <<'PY'
 import json, sys
 rows = [json.loads(line) for line in open(sys.argv[1])]
 assert rows and all(r.get("losses_finite") for r in rows), "non-finite loss or no result"
-print(f"{'config':32} {'mb':>4} {'clips/s':>9} {'TFLOP/s':>9} {'MFU':>7} {'peak GiB':>9}")
+assert not any(r.get("syncs_ours") for r in rows), "host-device sync in our step"
+print(f"{'config':28} {'spec':18} {'recompute':9} {'mb':>4} {'clips/s':>9} {'TFLOP/s':>9} "
+      f"{'MFU':>7} {'peak GiB':>9} {'syncs (ours/DeepSpeed)':>22}")
 for r in rows:
     mfu = f"{100 * r['mfu']:.1f}%" if "mfu" in r else "n/a"
     mem = f"{r['peak_memory_gib']:.1f}" if "peak_memory_gib" in r else "n/a"
-    print(f"{r['config']:32} {r['micro_batch']:>4} {r['clips_per_s']:>9.2f} "
-          f"{r['tflops_per_device']:>9.1f} {mfu:>7} {mem:>9}")
+    syncs = f"{len(r['syncs_ours'])}/{r['syncs_other']}" if "syncs_ours" in r else ""
+    spec = r["layer_spec"] + ("+compile" if r.get("compile_elementwise") else "")
+    print(f"{r['config']:28} {spec:18} {str(r['recompute']):9} {r['micro_batch']:>4} "
+          f"{r['clips_per_s']:>9.2f} {r['tflops_per_device']:>9.1f} {mfu:>7} {mem:>9} {syncs:>22}")
 PY

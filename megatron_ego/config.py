@@ -123,6 +123,10 @@ class ModelConfig:
     recompute: bool = False
     """Full activation checkpointing of every trunk layer (the authors' setting for the student);
     non-reentrant, see model/backbone.py `checkpoint_layers`."""
+    compile_elementwise: bool = False
+    """Local spec: run the fused RMSNorm/RoPE bodies (model/fused.py) and megatron's fused SwiGLU
+    through torch.compile, one generated kernel each (ours; for GPUs: on CPU it needs a C++
+    compiler and compiles for minutes). Off: the same fused autograd nodes, run eagerly."""
     fp8: bool = False
     """FP8 (delayed scaling) through Transformer Engine (H100 and later); refused with a
     ConfigError when the layer spec is not Transformer Engine's (model/transformer_config.py)."""
@@ -376,8 +380,9 @@ class RunConfig:
     (other modules, optimizer, schedules, step, DINO centers) starts afresh. Not a resume: a run
     that has a checkpoint of its own resumes from it and ignores this. Empty = from scratch."""
     max_nonfinite_retries: int = 3
-    """Under bf16/fp32: consecutive non-finite losses tolerated (the micro-batch is skipped,
-    counted and logged, and the next one drawn instead) before the step counts as skipped."""
+    """Under bf16/fp32: optimizer steps in a row whose loss was non-finite (DeepSpeed skips
+    each: no weight or EMA update; counted as `nonfinite_steps` in metrics.jsonl) before the
+    run stops (exit 1). Checked at each log interval: the step never reads the loss on the host."""
 
     def __post_init__(self) -> None:
         _check(bool(_RUN_NAME.fullmatch(self.name)),

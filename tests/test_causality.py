@@ -15,6 +15,9 @@ def test_layout_positions():
     lay = StudentLayout(num_steps=4, patches=196)
     assert lay.seq_len == 4 * 199 == 796
     assert lay.action_query_positions.tolist() == [196, 395, 594, 793]
+    positions = torch.arange(lay.seq_len)
+    assert positions[lay.action_query_slice].tolist() == [196, 395, 594, 793]
+    assert positions[lay.future_query_slice].tolist() == lay.future_query_positions.tolist()
     assert lay.action_token_position(0) == 197 and lay.future_query_position(0) == 198
     mask = lay.attention_mask()[0, 0]
     assert mask.shape == (796, 796) and not mask[5, 3] and mask[3, 5]

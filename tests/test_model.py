@@ -13,6 +13,7 @@ from megatron.core.models.gpt import GPTModel
 from megatron_ego.config import load_config
 from megatron_ego.model.backbone import transformer_engine_available
 from megatron_ego.model.egoagent import EgoAgent, last_visible_anchor
+from megatron_ego.model.fused import FusedRMSNorm, SwiGLUMLP
 from megatron_ego.model.summary import build_on_meta, summarize
 
 from .batches import random_clip_batch
@@ -21,13 +22,39 @@ from .batches import random_clip_batch
 def test_backbone_is_megatron_gptmodel_with_rmsnorm_rope_swiglu(tiny_model):
     gpt = tiny_model.backbone.gpt
     assert isinstance(gpt, GPTModel)
-    assert gpt.position_embedding_type == "rope"
     cfg = tiny_model.backbone.config
     assert cfg.normalization == "RMSNorm" and cfg.gated_linear_unit and not cfg.add_bias_linear
     assert cfg.layernorm_epsilon == 1e-6
     layer = gpt.decoder.layers[0]
-    assert isinstance(layer.input_layernorm, torch.nn.RMSNorm)
-    assert isinstance(tiny_model.backbone.final_norm, torch.nn.RMSNorm)
+    # local spec: the fused modules of model/fused.py; RoPE is applied in the core attention
+    assert gpt.position_embedding_type == "none"
+    assert layer.self_attention.core_attention.rotary_base == tiny_model.cfg.rotary_base
+    assert isinstance(layer.input_layernorm, FusedRMSNorm) and isinstance(layer.mlp, SwiGLUMLP)
+    assert isinstance(tiny_model.backbone.final_norm, FusedRMSNorm)
+
+
+def test_fused_elementwise_ops_match_megatron_and_torch():
+    """RMSNorm, RoPE and SwiGLU nodes: forward and gradients equal the unfused references."""
+    from megatron.core.models.common.embeddings.rope_utils import _apply_rotary_pos_emb_bshd
+
+    from megatron_ego.model.fused import rms_norm, rope_tables, rotary, swiglu
+
+    g = torch.Generator().manual_seed(0)
+    x = torch.randn(7, 2, 3, 16, generator=g, dtype=torch.float64, requires_grad=True)
+    w = torch.randn(16, generator=g, dtype=torch.float64, requires_grad=True)
+    assert torch.autograd.gradcheck(lambda a, b: rms_norm(a, b, 1e-6), (x, w))
+    ref = torch.nn.functional.rms_norm(x, (16,), w, 1e-6)
+    torch.testing.assert_close(rms_norm(x, w, 1e-6), ref)
+    cos, sin = rope_tables(7, 16, 10000.0, torch.float64, x.device)
+    assert torch.autograd.gradcheck(lambda a: rotary(a, cos, sin), (x,))
+    freqs = torch.outer(torch.arange(7.0, dtype=torch.float64),
+                        1.0 / 10000.0 ** (torch.arange(0, 16, 2, dtype=torch.float64) / 16))
+    emb = torch.cat([freqs, freqs], -1)[:, None, None, :]
+    torch.testing.assert_close(rotary(x, cos, sin), _apply_rotary_pos_emb_bshd(x, emb),
+                               rtol=1e-6, atol=1e-6)  # tables made in fp32, as megatron's
+    assert torch.autograd.gradcheck(swiglu, (x,))
+    a, b = x.chunk(2, -1)
+    torch.testing.assert_close(swiglu(x), torch.nn.functional.silu(a) * b)
 
 
 @pytest.mark.parametrize("config, expected", [

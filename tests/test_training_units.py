@@ -62,8 +62,9 @@ def test_zero2_json_auto_values_are_filled_from_the_yaml(tmp_path):
     assert ds["gradient_accumulation_steps"] == 1
     assert ds["bf16"]["enabled"] is False and ds["fp16"]["enabled"] is False
     assert ds["zero_optimization"]["stage"] == 2
+    # the shipped 300M config: 20 clips per GPU, 1,920 per step -> 3 micro-batches on 32 GPUs
     assert load_ds_config("configs/zero2.json", load_config("configs/egoagent_300m.yaml"),
-                          32)["gradient_accumulation_steps"] == 1
+                          32)["gradient_accumulation_steps"] == 3
 
 
 @pytest.mark.parametrize("override, needle", [

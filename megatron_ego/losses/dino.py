@@ -17,6 +17,10 @@ of ranks and accumulation steps (with one accumulation step it is the same updat
 exp(t / tau_t) over the (all-ranks) batch, as DINOv2 offers: every prototype gets an equal share
 of the batch and every view a distribution, so targets are spread from the first step; it does
 not depend on a running center, which helps small batches and short runs.
+
+The center's bookkeeping never reads a tensor on the host during a step (the trainer's step is
+sync-free): whether the first batch still has to set the center is a Python flag, re-read from
+`center_updates` only when a state dict is loaded.
 """
 
 from __future__ import annotations
@@ -49,10 +53,17 @@ class DINOLoss(nn.Module):
         self.register_buffer("center_updates", torch.zeros((), dtype=torch.long))
         self.defer_center = False
         self._pending: list[tuple[torch.Tensor, torch.Tensor]] = []  # (sum [1, K], count [])
+        self._first_pending = center_init == "first_batch"  # the first batch must set c
 
     def defer_center_updates(self) -> None:
         """Keep each forward's teacher sums until `commit_center()` (once per optimizer step)."""
         self.defer_center = True
+
+    def _load_from_state_dict(self, state_dict, prefix, *args, **kwargs) -> None:
+        super()._load_from_state_dict(state_dict, prefix, *args, **kwargs)
+        # one host read, at load time (never during a step)
+        self._first_pending = (self.center_init == "first_batch"
+                               and int(self.center_updates) == 0)
 
     def forward(
         self,
@@ -72,9 +83,8 @@ class DINOLoss(nn.Module):
                 f"{tuple(teacher.shape)} must agree in [n, K]"
             )
         teacher = teacher.detach().float()
-        first_batch = self.center_init == "first_batch"
-        if self.centering == "ema" and first_batch and self.center_updates == 0:
-            self.update_center(teacher)  # the first batch defines the starting center
+        if self.centering == "ema" and self._first_pending:
+            self._set_first_center(*_batch_sum(teacher))  # the first batch defines the center
         if self.centering == "sinkhorn_knopp":
             t_prob = sinkhorn_knopp(teacher.flatten(0, 1), teacher_temp,
                                     self.sinkhorn_iterations).view_as(teacher)  # [Vt, n, K]
@@ -87,8 +97,8 @@ class DINOLoss(nn.Module):
                 raise ValueError("DINO loss: no view pairs left (need more than one view)")
             # ce[i, v] = mean over n of H(teacher view i, student view v), all pairs at once.
             ce = -torch.einsum("ink,vnk->iv", t_prob, s_logp) / t_prob.shape[1]  # [Vt, Vs]
-            keep = ~torch.eye(vt, vs, dtype=torch.bool, device=ce.device)  # skip i == v
-            loss = ce[keep].mean()
+            keep = _off_diagonal(vt, vs, ce.device)  # skip i == v (indices, not a bool mask)
+            loss = ce.flatten()[keep].mean()
         else:
             if student.shape[0] != teacher.shape[0]:
                 raise ValueError("paired DINO loss needs as many student as teacher views")
@@ -96,16 +106,8 @@ class DINOLoss(nn.Module):
         if self.defer_center:
             self._pending.append(_batch_sum(teacher))
         else:
-            self.update_center(teacher)
+            self._apply_center(*_batch_sum(teacher))
         return loss
-
-    def pending(self) -> int:
-        """Forwards kept since the last commit."""
-        return len(self._pending)
-
-    def drop_pending_since(self, kept: int) -> None:
-        """Forget the teacher sums of the forwards after the first `kept` (a skipped micro-batch)."""
-        del self._pending[kept:]
 
     @torch.no_grad()
     def commit_center(self) -> None:
@@ -124,22 +126,47 @@ class DINOLoss(nn.Module):
         self._apply_center(*_batch_sum(teacher))
 
     @torch.no_grad()
-    def _apply_center(self, batch_sum: torch.Tensor, count: torch.Tensor) -> None:
+    def _set_first_center(self, batch_sum: torch.Tensor, count: torch.Tensor) -> None:
+        """center_init="first_batch": c <- the first batch mean (all ranks), before its loss."""
         if multi_rank():
             dist.all_reduce(batch_sum)
             dist.all_reduce(count)
-        batch_center = batch_sum / count
-        if self.center_init == "first_batch" and self.center_updates == 0:
+        self.center.copy_(batch_sum / count)
+        self.center_updates += 1
+        self._first_pending = False
+
+    @torch.no_grad()
+    def _apply_center(self, batch_sum: torch.Tensor, count: torch.Tensor) -> None:
+        """c <- m c + (1 - m) batch mean (all ranks); computed on the device."""
+        if multi_rank():
+            dist.all_reduce(batch_sum)
+            dist.all_reduce(count)
+        batch_center = batch_sum / count  # [1, K]
+        if self._first_pending:  # update_center() before any forward, first_batch init
             self.center.copy_(batch_center)
+            self._first_pending = False
         else:
             self.center.mul_(self.center_momentum).add_(batch_center * (1 - self.center_momentum))
         self.center_updates += 1
 
 
+_OFF_DIAGONAL: dict[tuple[int, int, torch.device], torch.Tensor] = {}
+
+
+def _off_diagonal(vt: int, vs: int, device: torch.device) -> torch.Tensor:
+    """int64 indices of the (i, v), i != v entries of a flattened [vt, vs] matrix, row-major,
+    built on `device` once per shape (a bool mask would need a host sync to index with)."""
+    key = (vt, vs, device)
+    if key not in _OFF_DIAGONAL:
+        pairs = [i * vs + v for i in range(vt) for v in range(vs) if i != v]
+        _OFF_DIAGONAL[key] = torch.tensor(pairs, device=device)
+    return _OFF_DIAGONAL[key]
+
+
 def _batch_sum(teacher: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     """teacher [V, n, K] -> (sum over views and samples [1, K], their number [])."""
     batch_sum = teacher.reshape(-1, teacher.shape[-1]).sum(0, keepdim=True)  # [1, K]
-    count = torch.tensor(float(teacher.shape[0] * teacher.shape[1]), device=teacher.device)
+    count = torch.full((), float(teacher.shape[0] * teacher.shape[1]), device=teacher.device)
     return batch_sum, count
 
 
@@ -149,13 +176,12 @@ def _all_reduce(x: torch.Tensor) -> torch.Tensor:
     return x
 
 
-@torch.no_grad()
 def sinkhorn_knopp(logits: torch.Tensor, temp: float, iterations: int = 3) -> torch.Tensor:
     """[n, K] teacher logits -> [n, K] targets: rows sum to 1, columns (prototypes) share the
     global batch equally. Sums run over every data-parallel rank."""
     q = torch.exp((logits - logits.max()) / temp).t()  # [K, n]
     k = q.shape[0]
-    n = torch.tensor(float(q.shape[1]), device=q.device)
+    n = torch.full((), float(q.shape[1]), device=q.device)
     n = _all_reduce(n)
     q /= _all_reduce(q.sum())
     for _ in range(iterations):

@@ -60,14 +60,6 @@ class EgoAgentObjective(nn.Module):
         for loss in self._dino_losses():
             loss.commit_center()
 
-    def center_marks(self) -> tuple[int, ...]:
-        return tuple(loss.pending() for loss in self._dino_losses())
-
-    def drop_centers_since(self, marks: tuple[int, ...]) -> None:
-        """The micro-batch since `marks` was skipped: its teacher outputs do not move the centers."""
-        for loss, kept in zip(self._dino_losses(), marks):
-            loss.drop_pending_since(kept)
-
     def _wants_sequence(self, batch: dict) -> bool:
         has_poses = batch.get("poses") is not None and batch.get("frames") is not None
         return has_poses and (self._wants_next_frames() or self.cfg.act_weight > 0)

@@ -2,7 +2,9 @@
 
 Used in the local layer spec (CPU, or GPU without Transformer Engine) instead of megatron's
 DotProductAttention, which allocates a CUDA scratch buffer and forks the CUDA RNG tracker
-for dropout. Same contract: q [sq, b, np, hn], k/v [sk, b, ng, hn] -> context [sq, b, np*hn];
+for dropout. With `rotary_base` it also applies the rotary position embedding to q and k
+(positions 0..s-1; model/fused.py), which megatron's attention then must not. Same contract:
+q [sq, b, np, hn], k/v [sk, b, ng, hn] -> context [sq, b, np*hn];
 `attention_mask` is bool [b or 1, 1, sq, sk] with True = masked out (megatron's convention).
 """
 
@@ -14,6 +16,8 @@ import torch
 import torch.nn.functional as F
 from megatron.core.transformer.enums import AttnMaskType
 from megatron.core.transformer.module import MegatronModule
+
+from megatron_ego.model.fused import rope_tables, rotary
 
 
 class SDPAttention(MegatronModule):
@@ -29,6 +33,7 @@ class SDPAttention(MegatronModule):
         softmax_scale: float | None = None,
         cp_comm_type: str | None = None,
         pg_collection=None,
+        rotary_base: float | None = None,
     ) -> None:
         super().__init__(config=config)
         if config.context_parallel_size != 1:
@@ -39,6 +44,7 @@ class SDPAttention(MegatronModule):
         head_dim = config.kv_channels
         self.softmax_scale = softmax_scale if softmax_scale else 1.0 / math.sqrt(head_dim)
         self.dropout_p = config.attention_dropout if attention_dropout is None else attention_dropout
+        self.rotary_base = rotary_base
 
     def forward(
         self,
@@ -53,6 +59,14 @@ class SDPAttention(MegatronModule):
         if packed_seq_params is not None or attention_bias is not None:
             raise NotImplementedError("SDPAttention: packed sequences and attention bias unsupported")
         sq, b, np_, hn = query.shape
+        if self.rotary_base is not None:  # RoPE here: GPTModel was built without its own
+            cos, sin = rope_tables(sq, hn, self.rotary_base, query.dtype, query.device)
+            if key.shape[0] == sq:  # self-attention: q and k rotated in one go
+                qk = rotary(torch.cat([query, key], dim=2), cos, sin)  # [sq, b, np+ng, hn]
+                query, key = qk.split([np_, key.shape[2]], dim=2)  # backward: one cat
+            else:
+                query = rotary(query, cos, sin)  # [sq, b, np, hn]
+                key = rotary(key, cos[: key.shape[0]], sin[: key.shape[0]])  # [sk, b, ng, hn]
         if self.num_heads != self.num_groups:  # grouped-query attention
             rep = self.num_heads // self.num_groups
             key = key.repeat_interleave(rep, dim=2)

@@ -8,6 +8,7 @@ norm, so the trunk adds its own RMSNorm built from the same family as the layer 
 from __future__ import annotations
 
 import torch
+from megatron.core import parallel_state
 from megatron.core.models.gpt import GPTModel
 from megatron.core.transformer.enums import AttnMaskType
 from megatron.core.transformer.spec_utils import ModuleSpec
@@ -17,6 +18,7 @@ from torch import nn
 from megatron_ego.config import ModelConfig
 from megatron_ego.model.attention import SDPAttention
 from megatron_ego.model.cpu import make_rope_cpu_safe
+from megatron_ego.model.fused import FusedRMSNorm, SwiGLUMLP, get_residual_add, set_compile
 from megatron_ego.model.parallel import ensure_model_parallel
 from megatron_ego.model.transformer_config import transformer_config
 
@@ -60,8 +62,19 @@ def build_layer_spec(cfg: ModelConfig) -> tuple[ModuleSpec, str]:
     else:
         from megatron.core.models.gpt.gpt_layer_specs import get_gpt_layer_local_spec
 
+        # Local spec with our fused element-wise modules (model/fused.py): RMSNorm as one
+        # autograd node, RoPE inside the core attention on tables computed once per length
+        # (GPTModel then runs without its own rotary embedding), SwiGLU as one node, residual
+        # adds without a dropout of probability 0. Same weights and state-dict keys as the plain local spec.
         spec = get_gpt_layer_local_spec(normalization="RMSNorm")
-        spec.submodules.self_attention.submodules.core_attention = SDPAttention
+        sub = spec.submodules
+        sub.self_attention.submodules.core_attention = ModuleSpec(
+            module=SDPAttention, params={"rotary_base": cfg.rotary_base})
+        sub.input_layernorm = sub.pre_mlp_layernorm = FusedRMSNorm
+        sub.self_attn_bda = sub.mlp_bda = get_residual_add
+        sub.mlp.module = SwiGLUMLP  # megatron passes MLP's tp_group only to MLP itself
+        sub.mlp.params = {**sub.mlp.params,
+                          "tp_group": parallel_state.get_tensor_model_parallel_group(False)}
         name = "local+sdpa"
     mask_type = AttnMaskType.arbitrary if cfg.frame_bidirectional else AttnMaskType.causal
     spec.submodules.self_attention.params = {
@@ -77,11 +90,7 @@ def build_final_norm(config: TransformerConfig, impl: str) -> nn.Module:
         from megatron.core.extensions.transformer_engine import TENorm
 
         return TENorm(config=config, hidden_size=config.hidden_size, eps=config.layernorm_epsilon)
-    from megatron.core.transformer.torch_norm import WrappedTorchNorm
-
-    return WrappedTorchNorm(
-        config=config, hidden_size=config.hidden_size, eps=config.layernorm_epsilon
-    )
+    return FusedRMSNorm(config=config, hidden_size=config.hidden_size, eps=config.layernorm_epsilon)
 
 
 def checkpoint_layers(layers: nn.ModuleList) -> None:
@@ -122,12 +131,15 @@ class Backbone(nn.Module):
             max_sequence_length=max_sequence_length,
             pre_process=True,  # pre_process=False would read a pipeline input tensor instead
             post_process=False,  # no vocabulary projection; returns [s, b, h]
-            position_embedding_type="rope",
+            # the local spec applies RoPE in SDPAttention (model/fused.py)
+            position_embedding_type="rope" if self.spec_name == "transformer_engine" else "none",
             rotary_base=cfg.rotary_base,
         )
         # GPTModel builds a word embedding whenever pre_process=True; it is never called.
         self.gpt.embedding.requires_grad_(False)
-        make_rope_cpu_safe(self.gpt.rotary_pos_emb)
+        if self.spec_name == "transformer_engine":
+            make_rope_cpu_safe(self.gpt.rotary_pos_emb)
+        set_compile(cfg.compile_elementwise)
         impl = "transformer_engine" if self.spec_name == "transformer_engine" else "local"
         self.final_norm = build_final_norm(self.config, impl)
         if cfg.recompute:

@@ -122,8 +122,8 @@ class EgoAgent(nn.Module):
             seq.transpose(0, 1).contiguous(),  # [S, b, h]
             self.layout.attention_mask(seq.device) if self.cfg.frame_bidirectional else None,
         )  # [S, b, h]
-        action_out = hidden[self.layout.action_query_positions.to(seq.device)]  # [T, b, h]
-        future = hidden[self.layout.future_query_positions.to(seq.device)]  # [T, b, h]
+        action_out = hidden[self.layout.action_query_slice]  # [T, b, h] (strided view)
+        future = hidden[self.layout.future_query_slice]  # [T, b, h] (strided view)
         action_out = action_out.transpose(0, 1)  # [b, T, h]
         if self.cfg.action_head == "linear":
             return self.action_head(action_out), future.transpose(0, 1)  # [b, T, 4, P, J]

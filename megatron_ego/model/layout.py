@@ -77,6 +77,17 @@ class StudentLayout:
         """int64 [T]: where the outputs predicting the state of I_1 .. I_T are read."""
         return torch.tensor([self.future_query_position(t) for t in range(self.num_steps)])
 
+    @property
+    def action_query_slice(self) -> slice:
+        """The action query positions as a strided slice: `hidden[slice]` is a view [T, ...]
+        (no index tensor, so nothing is copied to the device per step)."""
+        return slice(self.action_query_position(0), self.seq_len, self.step_len)
+
+    @property
+    def future_query_slice(self) -> slice:
+        """The future-state query positions as a strided slice (see `action_query_slice`)."""
+        return slice(self.future_query_position(0), self.seq_len, self.step_len)
+
     def assemble(
         self,
         image_tokens: torch.Tensor,

@@ -48,7 +48,8 @@ def transformer_config(cfg: ModelConfig, *, bf16: bool = False, fp16: bool = Fal
         params_dtype=params_dtype,
         # The fusions are CUDA kernels: off unless TE's layers run (docs/environment.md).
         apply_rope_fusion=transformer_engine,
-        bias_activation_fusion=transformer_engine,  # fused SwiGLU (no bias to add)
+        # fused SwiGLU (no bias to add): megatron's own kernel with TE, else torch.compile
+        bias_activation_fusion=transformer_engine or cfg.compile_elementwise,
         bias_dropout_fusion=False,
         masked_softmax_fusion=False,
         gradient_accumulation_fusion=False,

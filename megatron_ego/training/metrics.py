@@ -1,5 +1,8 @@
-"""Run logging on rank 0: metrics.jsonl (every step), tensorboard and a console line (every
-`log_interval` steps), and a tqdm bar. Other ranks log nothing.
+"""Run logging on rank 0: metrics.jsonl (a record per step: loss terms, sources, step and
+data-wait time, peak GPU memory), TensorBoard and a console line (averages over each
+`log_interval` steps, per-source losses under `<source>/<term>`, the resolved config as text),
+and a tqdm bar. Other ranks log nothing. The trainer hands over a whole interval at once
+(training/interval.py: one device -> host transfer per interval).
 
 On resume, `truncate_metrics` first drops the records of steps after the checkpoint (they are
 done again), so every step appears once in metrics.jsonl."""
@@ -46,7 +49,7 @@ def truncate_metrics(run_dir: str, step: int) -> int:
 
 class MetricsLogger:
     def __init__(self, run_dir: str, is_main: bool, log_interval: int, total_steps: int,
-                 start_step: int):
+                 start_step: int, config_text: str | None = None):
         self.is_main = is_main
         self.log_interval = max(1, log_interval)
         self.jsonl = None
@@ -61,22 +64,34 @@ class MetricsLogger:
         self.tb = SummaryWriter(os.path.join(run_dir, "tensorboard"), purge_step=start_step)
         self.bar = tqdm(total=total_steps, initial=start_step, desc="pretrain", unit="step",
                         dynamic_ncols=True, file=sys.stderr, disable=not sys.stderr.isatty())
+        if config_text is not None:  # markdown: indent as a code block to keep the layout
+            text = "\n".join("    " + line for line in config_text.splitlines())
+            self.tb.add_text("config", text, start_step)
 
-    def log(self, step: int, scalars: dict[str, float]) -> None:
-        """Record the scalars of optimizer step `step` (1-based: steps done)."""
+    def log(self, step: int, scalars: dict) -> None:
+        """Record the scalars of optimizer step `step` (1-based: steps done) in metrics.jsonl."""
         if not self.is_main:
             return
         record = {"step": step, "time": time.time(), **scalars}
         self.jsonl.write(json.dumps(record) + "\n")
         self.bar.update(1)
-        if step % self.log_interval:
+
+    def log_averages(self, step: int, means: dict[str, float],
+                     by_source: dict[str, dict[str, float]] | None = None) -> None:
+        """TensorBoard and the console: averages over the interval ending at `step`; per source,
+        its micro-batches' averages under `<source>/<term>`."""
+        if not self.is_main:
             return
-        for key, value in scalars.items():
+        for key, value in means.items():
             if isinstance(value, float | int) and math.isfinite(value):
                 self.tb.add_scalar(key, value, step)
+        for source, terms in (by_source or {}).items():
+            for key, value in terms.items():
+                if math.isfinite(value):
+                    self.tb.add_scalar(f"{source}/{key}", value, step)
         self.tb.flush()
         shown = ["loss", "loss_represent", "loss_predict", "loss_act", "lr", "clips_per_s", "mfu"]
-        parts = [f"{k} {scalars[k]:.4g}" for k in shown if k in scalars]
+        parts = [f"{k} {means[k]:.4g}" for k in shown if k in means]
         message = f"step {step:>7d} | " + " | ".join(parts)
         if self.bar.disable:
             print(message, flush=True)

@@ -18,6 +18,7 @@ from pathlib import Path
 import deepspeed
 import torch
 import torch.distributed as dist
+import yaml
 
 from megatron_ego.config import Config, ConfigError, save_config
 from megatron_ego.config_io import to_dict
@@ -43,6 +44,7 @@ from megatron_ego.training.init_from import (
     read_init_source,
     summary_line,
 )
+from megatron_ego.training.interval import IntervalStats, StepTerms, interval_means
 from megatron_ego.training.metrics import MetricsLogger, truncate_metrics
 from megatron_ego.training.optimizer import apply_schedules, build_optimizer
 from megatron_ego.training.preemption import PreemptionHandler
@@ -62,7 +64,10 @@ class TrainState:
     micro_step: int = 0
     """Micro-batches drawn from the loader (the data position)."""
     skipped_nonfinite: int = 0
-    """Micro-batches skipped for a non-finite loss (bf16/fp32)."""
+    """Optimizer steps whose loss was non-finite (bf16/fp32; DeepSpeed skipped them, as their
+    gradients were too); counted at log intervals."""
+    nonfinite_streak: int = 0
+    """Consecutive such steps up to the last log interval."""
     skipped_steps: int = 0
     """Optimizer steps skipped (DeepSpeed's loss scaler found inf/nan gradients): no weight
     and no EMA update."""
@@ -70,6 +75,21 @@ class TrainState:
     """Records that failed to decode, over all ranks (replaced by the next sample)."""
     drawn_records: int = 0
     """Records read, over all ranks (the denominator of data.max_bad_record_share)."""
+
+
+@dataclass
+class StepResult:
+    """What `Trainer.train_step` leaves: device-side terms and host-side facts."""
+
+    terms: StepTerms
+    values: dict[str, float]
+    """The schedules' values used (lr, weight_decay, ema_momentum, teacher_temp)."""
+    sources: dict[str, int]
+    """This rank's samples per data source (every rank draws as many)."""
+    data_wait_s: float
+    """Seconds spent waiting for the loader."""
+    records: tuple[int, int]
+    """(records that failed to decode, records read) on this rank."""
 
 
 def run_dir_of(cfg: Config) -> str:
@@ -106,23 +126,6 @@ def _cast(inputs: dict, dtype: torch.dtype) -> dict:
             for k, v in inputs.items()}
 
 
-def _all_finite(value: torch.Tensor) -> bool:
-    flag = torch.isfinite(value.detach()).all().float().reshape(1)
-    if multi_rank():
-        dist.all_reduce(flag, op=dist.ReduceOp.MIN)
-    return bool(flag.item() > 0)
-
-
-def _mean_over_ranks(terms: dict[str, float], device: torch.device) -> dict[str, float]:
-    if not multi_rank() or not terms:
-        return terms
-    keys = sorted(terms)
-    t = torch.tensor([terms[k] for k in keys], device=device, dtype=torch.float64)
-    dist.all_reduce(t)
-    t /= dist.get_world_size()
-    return dict(zip(keys, t.tolist()))
-
-
 class Trainer:
     """Builds everything from a Config and runs `fit()`."""
 
@@ -150,6 +153,12 @@ class Trainer:
             if dist_info.is_main:
                 log.info(summary_line(cfg, init_source, loaded, fresh_names(student)))
         self.ema = EMA(self.teacher, self.engine.module)
+        # bf16 runs: the teacher's forward runs on a bf16 copy of the fp32 EMA weights,
+        # refreshed after each EMA update (the fp32 teacher is what the EMA and checkpoints hold)
+        self.teacher_forward = self.teacher
+        if self.dtype == torch.bfloat16:
+            self.teacher_forward = self.ema.make_low(
+                EgoAgent(cfg.model, precision="bf16").to(dist_info.device), torch.bfloat16)
         self.objective = EgoAgentObjective(cfg.model, cfg.loss).to(dist_info.device)
         self.objective.defer_center_updates()  # once per step: the same on any world size
         self.schedules = build_schedules(cfg)
@@ -210,6 +219,7 @@ class Trainer:
         except ckpt.CheckpointError as err:
             raise ConfigError(str(err)) from err
         self.teacher.load_state_dict(state["teacher"])
+        self.ema.refresh_low()
         self.objective.load_state_dict(state["objective"])
         self.state = TrainState(**state["train_state"])
         if saved_world != self.dist.world_size and self.cfg.data.mix_mode == "within_batch":
@@ -251,76 +261,57 @@ class Trainer:
             return torch.autocast("cuda", dtype=self.dtype)
         return contextlib.nullcontext()
 
-    def _micro_step(self, batch: dict, teacher_temp: float) -> dict[str, torch.Tensor] | None:
-        """Forward + backward of one micro-batch; None when its loss was non-finite (skipped)."""
+    def _micro_step(self, batch: dict, teacher_temp: float) -> dict[str, torch.Tensor]:
+        """Forward + backward of one micro-batch -> its loss terms (detached 0-dim tensors).
+
+        Nothing here waits for the device. A non-finite loss is not checked on the host: its
+        gradients are non-finite and DeepSpeed's overflow check skips the optimizer step (under
+        every precision: train_step sees engine.skipped_steps grow); the `nonfinite` term flags
+        it, read at the next log interval.
+        """
         batch = _to_device(batch, self.dist.device)
-        marks = self.objective.center_marks()
         inputs = _cast(self.objective.student_inputs(batch), self.dtype)
         out = self.engine(**inputs)
         with self._teacher_context():
-            targets = self.objective.teacher_targets(self.teacher, batch)
+            teacher_batch = batch if self.teacher_forward is self.teacher else _cast(
+                batch, torch.bfloat16)
+            targets = self.objective.teacher_targets(self.teacher_forward, teacher_batch)
         loss, terms = self.objective(out, targets, batch, teacher_temp)
-        if self.cfg.run.precision != "fp16" and not _all_finite(loss):
-            self.objective.drop_centers_since(marks)
-            return None  # fp16 overflows are DeepSpeed's: its loss scaler skips the step
-        # An overflow under any precision (ZeRO-2 checks the gradients every step) makes
-        # DeepSpeed skip the optimizer step: train_step sees engine.skipped_steps grow.
+        if self.cfg.run.precision != "fp16":  # fp16 overflows are DeepSpeed's loss scaler's
+            terms["nonfinite"] = (~torch.isfinite(terms["loss"])).float()
         self.engine.backward(loss)
         self.engine.step()
-        return terms  # detached 0-dim tensors; read once per step (one device sync)
+        return terms
 
-    def train_step(self, loader) -> dict[str, float]:
-        """One optimizer step = grad_accum micro-batches (plus any skipped non-finite ones)."""
+    def train_step(self, loader) -> StepResult:
+        """One optimizer step = grad_accum micro-batches; its terms stay on the device."""
         values = self.schedules.at(self.state.step)
         apply_schedules(self.optimizer, values["lr"], values["weight_decay"],
                         self.state.step < self.cfg.optim.freeze_last_layer_iters)
-        sums: dict[str, torch.Tensor] = {}
-        counts: dict[str, int] = {}
-        done, consecutive_bad = 0, 0
-        records = [0, 0]  # bad, drawn on this rank
+        terms = StepTerms()
         sources = {"egoexo4d": 0, "walking_tours": 0}
+        bad = drawn = 0
+        wait = 0.0
         skipped_before = self.engine.skipped_steps
-        while done < self.grad_accum:
+        for _ in range(self.grad_accum):
+            t0 = time.perf_counter()
             batch = next(loader)
+            wait += time.perf_counter() - t0
             self.state.micro_step += 1
-            records[0] += self._note_bad_records(batch.pop("bad_records", []))
-            records[1] += batch.pop("drawn", 0)
-            terms = self._micro_step(batch, values["teacher_temp"])
-            if terms is None:
-                self.state.skipped_nonfinite += 1
-                consecutive_bad += 1
-                if self.dist.is_main:
-                    log.warning("micro-batch %d skipped: non-finite loss (step %d; %d in this run)",
-                                self.state.micro_step, self.state.step + 1,
-                                self.state.skipped_nonfinite)
-                if consecutive_bad > self.cfg.run.max_nonfinite_retries:
-                    raise TrainingStopped(
-                        f"diverged: non-finite loss at step {self.state.step + 1} (micro-batch "
-                        f"{self.state.micro_step}) {consecutive_bad} times in a row "
-                        f"(run.max_nonfinite_retries={self.cfg.run.max_nonfinite_retries}); no "
-                        "checkpoint written: lower optim.lr, check the data, or resume from an "
-                        "earlier checkpoint")
-                continue
-            consecutive_bad = 0
-            done += 1
-            drawn = batch.get("counts") or {batch["source"]: self.cfg.run.micro_batch_size}
-            for source, n in drawn.items():  # samples of this rank
+            bad += self._note_bad_records(batch.pop("bad_records", []))
+            drawn += batch.pop("drawn", 0)
+            counts = batch.get("counts") or {batch["source"]: self.cfg.run.micro_batch_size}
+            for source, n in counts.items():  # samples of this rank
                 sources[source] += n
-            for k, v in terms.items():
-                sums[k] = sums.get(k, 0.0) + v
-                counts[k] = counts.get(k, 0) + 1
-        self._count_records(records)
+            terms.add(batch["source"], self._micro_step(batch, values["teacher_temp"]))
         self.objective.commit_centers()
-        skipped = self.engine.skipped_steps > skipped_before  # same on every rank
+        skipped = self.engine.skipped_steps > skipped_before  # a host int, the same on every rank
         if not skipped:
             self.ema.update(values["ema_momentum"])  # a skipped step changed no student weight
         self.state.step += 1
         self.state.skipped_steps += int(skipped)
         self.skips.record(self.state.step, skipped, "inf/nan gradients: no weight or EMA update")
-        keys = sorted(sums)
-        means = torch.stack([sums[k] / counts[k] for k in keys]).tolist() if keys else []
-        terms = _mean_over_ranks(dict(zip(keys, means)), self.dist.device)
-        return {**terms, **values, "_sources": sources}
+        return StepResult(terms, values, sources, wait, (bad, drawn))
 
     def _note_bad_records(self, bad: list[str]) -> int:
         """Log this rank's records that failed to decode (each names its file and index)."""
@@ -330,7 +321,8 @@ class Trainer:
         return len(bad)
 
     def _count_records(self, records: list[int]) -> None:
-        """Sum (bad, drawn) over ranks into the run's counts; stop past the allowed share."""
+        """Sum (bad, drawn) over ranks into the run's counts; stop past the allowed share (once
+        per log interval: a collective and a host read)."""
         counts = torch.tensor(records, dtype=torch.float64, device=self.dist.device)
         if multi_rank():
             dist.all_reduce(counts)
@@ -357,34 +349,44 @@ class Trainer:
         self.bad_records = BadRecords(cfg.data.max_bad_record_share, loader.num_records)
         self.bad_records.add(self.state.bad_records, self.state.drawn_records)  # resumed run
         logger = MetricsLogger(self.run_dir, self.dist.is_main, cfg.run.log_interval,
-                               cfg.schedule.train_iters, self.state.step)
+                               cfg.schedule.train_iters, self.state.step,
+                               config_text=yaml.safe_dump(to_dict(cfg), sort_keys=False))
         preemption = PreemptionHandler()
         marker = Path(self.run_dir) / PREEMPTED
         if self.dist.is_main and marker.exists():
             marker.unlink()
+        stats = IntervalStats(self.dist.world_size)
+        records = [0, 0]  # bad, drawn on this rank since the last log interval
+        on_gpu = self.dist.device.type == "cuda"
         due = False  # an interval checkpoint postponed by skipped steps
         try:
             while self.state.step < end:
                 t0 = time.perf_counter()
-                scalars = self.train_step(loader)
+                result = self.train_step(loader)
                 elapsed = time.perf_counter() - t0
-                sources = scalars.pop("_sources")
-                scalars.update(self._speed(sources, elapsed))
-                scalars["walking_tours_share"] = sources["walking_tours"] / sum(sources.values())
-                scalars["grad_norm"] = float(self.engine.get_global_grad_norm() or float("nan"))
-                scalars["skipped_steps"] = float(self.state.skipped_steps)
-                scalars["skipped_microbatches"] = float(self.state.skipped_nonfinite)
-                scalars["bad_records"] = float(self.state.bad_records)
+                records = [records[0] + result.records[0], records[1] + result.records[1]]
+                sources = result.sources
+                host = {**result.values, "sources": sources, "step_s": elapsed,
+                        "data_wait_s": result.data_wait_s, **self._speed(sources, elapsed),
+                        "walking_tours_share": sources["walking_tours"] / sum(sources.values()),
+                        "skipped_steps": self.state.skipped_steps}
                 if cfg.run.precision == "fp16":
-                    scalars["loss_scale"] = float(getattr(self.optimizer, "loss_scale", "nan"))
-                logger.log(self.state.step, scalars)
+                    host["loss_scale"] = float(getattr(self.optimizer, "loss_scale", "nan"))
+                if on_gpu:
+                    host["peak_memory_gib"] = torch.cuda.max_memory_allocated() / 2**30
+                stats.add(self.state.step, result.terms, host)
                 stop = preemption.requested(self.dist.device)
                 due = due or self.state.step % cfg.run.save_interval == 0
-                if due and self.skips.in_a_row and not (stop or self.state.step == end):
-                    if self.dist.is_main:  # the weights are those of a step that then overflowed
-                        log.warning("step %d: checkpoint postponed until a step is not skipped",
-                                    self.state.step)
-                elif stop or due or self.state.step == end:
+                postpone = due and self.skips.in_a_row and not (stop or self.state.step == end)
+                save = not postpone and (stop or due or self.state.step == end)
+                if save or self.state.step % cfg.run.log_interval == 0:
+                    self._count_records(records)
+                    records = [0, 0]
+                    self._flush(stats, logger)
+                if postpone and self.dist.is_main:  # the weights are those of a skipped step
+                    log.warning("step %d: checkpoint postponed until a step is not skipped",
+                                self.state.step)
+                if save:
                     self.save()
                     due = False
                 if stop:
@@ -397,6 +399,37 @@ class Trainer:
             preemption.restore()
             logger.close()
         return self.state
+
+    def _flush(self, stats: IntervalStats, logger: MetricsLogger) -> None:
+        """The interval's one transfer: per-step records to metrics.jsonl, interval averages and
+        per-source averages to TensorBoard; stop after too many non-finite steps in a row."""
+        grad_norm = self.engine.get_global_grad_norm()  # the last step's (DeepSpeed's value)
+        rows, means, by_source = stats.flush()
+        if not rows:
+            return
+        if torch.is_tensor(grad_norm):
+            grad_norm = grad_norm.item()
+        rows[-1]["grad_norm"] = means["grad_norm"] = float(
+            grad_norm if grad_norm is not None else float("nan"))
+        for row in rows:
+            if row.pop("nonfinite", 0.0) > 0:
+                self.state.skipped_nonfinite += 1
+                self.state.nonfinite_streak += 1
+            else:
+                self.state.nonfinite_streak = 0
+            row["nonfinite_steps"] = self.state.skipped_nonfinite
+            row["bad_records"] = self.state.bad_records
+            logger.log(row["step"], row)
+        for terms in (means, *by_source.values()):
+            terms.pop("nonfinite", None)
+        means.update(interval_means(rows))
+        logger.log_averages(rows[-1]["step"], means, by_source)
+        if self.state.nonfinite_streak > self.cfg.run.max_nonfinite_retries:
+            raise TrainingStopped(
+                f"diverged: non-finite loss in {self.state.nonfinite_streak} optimizer steps in a "
+                f"row (up to step {rows[-1]['step']}; each was skipped; "
+                f"run.max_nonfinite_retries={self.cfg.run.max_nonfinite_retries}); no checkpoint "
+                "written: lower optim.lr, check the data, or resume from an earlier checkpoint")
 
     def _speed(self, sources: dict[str, int], seconds: float) -> dict[str, float]:
         """Throughput of the step just done, over all ranks (`sources`: this rank's samples of
