@@ -116,3 +116,24 @@ else
 fi
 """)
     return bin_dir
+
+
+@pytest.fixture(scope="module")
+def demo_data(tmp_path_factory) -> dict[str, str]:
+    """A 2-take demo world preprocessed at 72 px (Ego-Exo4D train split and WalkingTours)."""
+    from .pretrain_runs import PY, _run
+
+    root = tmp_path_factory.mktemp("demo")
+    raw, data = root / "raw", root / "data"
+    for cmd in (
+        ["-m", "preprocess.demo_world", "--out", raw, "--takes", "2", "--seconds", "4",
+         "--resolution", "96", "--walking-tours", "1", "--walking-tours-seconds", "4",
+         "--knn-train", "1", "--knn-val", "1"],
+        ["-m", "preprocess.egoexo4d", "--root", raw, "--out", data / "egoexo4d", "--split",
+         "train", "--size", "72"],
+        ["-m", "preprocess.walking_tours", "--videos", raw / "walking_tours", "--out",
+         data / "walking_tours", "--size", "72"],
+    ):
+        out = _run([PY, *map(str, cmd)])
+        assert out.returncode == 0, out.stderr[-2000:]
+    return {"ego": str(data / "egoexo4d"), "wt": str(data / "walking_tours"), "root": str(root)}

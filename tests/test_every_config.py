@@ -11,7 +11,9 @@ from pathlib import Path
 
 import pytest
 
-from .test_pretrain import ROOT, _run, demo_data  # noqa: F401  (module-scoped fixture)
+from .pretrain_runs import ROOT, _run
+
+pytestmark = [pytest.mark.pipeline]
 
 CONFIGS = sorted(str(p.relative_to(ROOT)) for p in (ROOT / "configs").rglob("*.yaml"))
 SHRINK = ["--model.num_layers=2", "--model.hidden_size=64", "--model.num_attention_heads=4",

@@ -25,6 +25,7 @@ from megatron_ego.export.format import (
     to_module_names,
     write_export,
 )
+from megatron_ego.training.checkpoint import safe_load
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -33,7 +34,7 @@ def _training_teacher(checkpoint: Path):
     """The teacher exactly as training saved it (trainer_state.pt), as an EgoAgent module."""
     from megatron_ego.model.egoagent import EgoAgent as Module
 
-    state = torch.load(checkpoint / "trainer_state.pt", map_location="cpu", weights_only=False)
+    state = safe_load(checkpoint / "trainer_state.pt")
     cfg = from_dict(Config, state["config"])
     teacher = Module(cfg.model)
     teacher.load_state_dict(module_weights(state["teacher"]), strict=False)

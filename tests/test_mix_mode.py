@@ -10,7 +10,9 @@ from pathlib import Path
 import pytest
 import torch
 
-from .test_pretrain import _args, _losses, _start, _wait, _weights, demo_data  # noqa: F401
+from .pretrain_runs import _args, _losses, _start, _wait, _weights
+
+pytestmark = [pytest.mark.multiprocess, pytest.mark.pipeline]
 
 # 2 ranks x micro-batch 2 x 2 accumulated = 8 samples per step; ratio 0.25: micro-batches
 # alternate 1 WalkingTours + 1 clip and 2 clips, so every step holds 2 of 8 WalkingTours frames.

@@ -5,94 +5,18 @@ partitioning the optimizer, and start-up errors. Workers are started the way sru
 from __future__ import annotations
 
 import json
-import os
 import signal
-import socket
-import subprocess
-import sys
 import time
 from pathlib import Path
 
 import pytest
 import torch
 
+from megatron_ego.training.checkpoint import safe_load
+
+from .pretrain_runs import PY, ROOT, _args, _losses, _run, _start, _wait, _weights
+
 pytestmark = [pytest.mark.multiprocess, pytest.mark.pipeline]
-
-ROOT = Path(__file__).resolve().parents[1]
-PY = sys.executable
-
-# A small model and batch on top of configs/tiny_cpu.yaml; 2 ranks x micro-batch 2 = global 4.
-TINY = ["--model.num_layers=2", "--model.hidden_size=64", "--model.num_attention_heads=4",
-        "--model.head_hidden_dim=64", "--model.head_bottleneck_dim=32", "--model.head_out_dim=128",
-        "--data.num_workers=0", "--data.num_local_crops=2", "--run.micro_batch_size=2",
-        "--run.global_batch_size=4", "--schedule.warmup_iters=1", "--run.log_interval=1"]
-
-
-def _run(cmd: list[str], **kw) -> subprocess.CompletedProcess:
-    return subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, timeout=600, **kw)
-
-
-@pytest.fixture(scope="module")
-def demo_data(tmp_path_factory) -> dict[str, str]:
-    root = tmp_path_factory.mktemp("demo")
-    raw, data = root / "raw", root / "data"
-    for cmd in (
-        ["-m", "preprocess.demo_world", "--out", raw, "--takes", "2", "--seconds", "4",
-         "--resolution", "96", "--walking-tours", "1", "--walking-tours-seconds", "4",
-         "--knn-train", "1", "--knn-val", "1"],
-        ["-m", "preprocess.egoexo4d", "--root", raw, "--out", data / "egoexo4d", "--split",
-         "train", "--size", "72"],
-        ["-m", "preprocess.walking_tours", "--videos", raw / "walking_tours", "--out",
-         data / "walking_tours", "--size", "72"],
-    ):
-        out = _run([PY, *map(str, cmd)])
-        assert out.returncode == 0, out.stderr[-2000:]
-    return {"ego": str(data / "egoexo4d"), "wt": str(data / "walking_tours"), "root": str(root)}
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-def _args(demo_data, run_dir: str, *extra: str) -> list[str]:
-    return ["launch/pretrain.py", "--config", "configs/tiny_cpu.yaml",
-            "--ds_config", "configs/zero2.json", *TINY,
-            f"--data.egoexo4d_path={demo_data['ego']}",
-            f"--data.walking_tours_path={demo_data['wt']}", "--data.walking_tours_ratio=0.25",
-            f"--run.output_dir={run_dir}", "--run.name=run", *extra]
-
-
-def _start(args: list[str], world: int = 2) -> list[subprocess.Popen]:
-    port = str(_free_port())
-    procs = []
-    for rank in range(world):
-        env = {**os.environ, "RANK": str(rank), "LOCAL_RANK": str(rank),
-               "WORLD_SIZE": str(world), "MASTER_ADDR": "127.0.0.1", "MASTER_PORT": port}
-        procs.append(subprocess.Popen([PY, *args], cwd=ROOT, env=env, text=True,
-                                      stdout=subprocess.PIPE, stderr=subprocess.STDOUT))
-    return procs
-
-
-def _wait(procs: list[subprocess.Popen]) -> list[str]:
-    logs = [p.communicate(timeout=600)[0] for p in procs]
-    for p, log in zip(procs, logs):
-        assert p.returncode == 0, log[-3000:]
-    return logs
-
-
-def _losses(run_dir: str) -> dict[int, float]:
-    lines = (Path(run_dir) / "run" / "metrics.jsonl").read_text().splitlines()
-    return {r["step"]: r["loss"] for r in map(json.loads, lines)}
-
-
-def _weights(folder: Path) -> dict[str, torch.Tensor]:
-    student = torch.load(folder / "mp_rank_00_model_states.pt", weights_only=False)["module"]
-    teacher = torch.load(folder / "trainer_state.pt", weights_only=False)["teacher"]
-    both = {f"student.{k}": v for k, v in student.items()}
-    both.update({f"teacher.{k}": v for k, v in teacher.items()})
-    return {k: v for k, v in both.items() if torch.is_tensor(v)}
 
 
 @pytest.fixture(scope="module")
@@ -120,13 +44,13 @@ def test_resume_is_bit_exact(demo_data, straight_run, tmp_path):
 
 def test_zero2_partitions_the_optimizer_state(straight_run):
     folder = Path(straight_run) / "run" / "checkpoints" / "step_0000004"
-    model = torch.load(folder / "mp_rank_00_model_states.pt", weights_only=False)["module"]
+    model = safe_load(folder / "mp_rank_00_model_states.pt")["module"]
     trainable = sum(v.numel() for k, v in model.items()
                     if torch.is_tensor(v) and "word_embeddings" not in k)
     held = []
     for rank in range(2):
-        state = torch.load(folder / f"zero_pp_rank_{rank}_mp_rank_00_optim_states.pt",
-                           weights_only=False)["optimizer_state_dict"]
+        state = safe_load(folder / f"zero_pp_rank_{rank}_mp_rank_00_optim_states.pt")
+        state = state["optimizer_state_dict"]
         fp32 = sum(t.numel() for t in state["single_partition_of_fp32_groups"])
         moments = sum(s["exp_avg"].numel() for s in state["base_optimizer_state"]["state"].values())
         assert moments == pytest.approx(fp32, abs=8)  # Adam state mirrors the partition (padding)

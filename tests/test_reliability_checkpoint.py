@@ -22,7 +22,10 @@ import torch
 from megatron_ego.training import checkpoint as ckpt
 from megatron_ego.training.metrics import truncate_metrics
 from megatron_ego.training.resume import select_checkpoint
-from tests.test_pretrain import PY, ROOT, _args, _run, _start, demo_data  # noqa: F401
+
+from .pretrain_runs import PY, ROOT, _args, _run, _start
+
+pytestmark = [pytest.mark.multiprocess, pytest.mark.pipeline]
 
 STEPS = ["--schedule.train_iters=4", "--run.save_interval=2"]
 

@@ -231,6 +231,7 @@ def _probe(mode: str, run_dir: Path, data: Path, *extra: str) -> tuple[dict, str
     return json.loads(lines[-1][6:]), out.stderr
 
 
+@pytest.mark.pipeline
 def test_lr_1e6_stops_as_diverged_without_a_checkpoint_and_the_teacher_is_frozen_on_skips(
         dataset, tmp_path):
     result, stderr = _probe("diverge", tmp_path, dataset, "--schedule.train_iters=40",
@@ -257,6 +258,7 @@ def test_lr_1e6_stops_as_diverged_without_a_checkpoint_and_the_teacher_is_frozen
     assert "checkpoint postponed until a step is not skipped" in stderr
 
 
+@pytest.mark.pipeline
 def test_a_non_finite_teacher_is_never_saved(dataset, tmp_path):
     result, stderr = _probe("nan_teacher", tmp_path, dataset, "--schedule.train_iters=2",
                             "--run.save_interval=100", "--optim.lr=1e-4")
@@ -319,6 +321,7 @@ def test_bad_ds_config_exits_2_before_any_process_group(tmp_path, content, needl
     assert not (tmp_path / "runs").exists()
 
 
+@pytest.mark.pipeline
 def test_a_truncated_bin_found_when_training_opens_its_data_exits_2(dataset, tmp_path):
     with open(dataset / "poses.bin", "r+b") as f:
         f.truncate(os.path.getsize(dataset / "poses.bin") - 5)
@@ -330,6 +333,7 @@ def test_a_truncated_bin_found_when_training_opens_its_data_exits_2(dataset, tmp
     assert not (tmp_path / "runs" / "run" / "checkpoints").exists()
 
 
+@pytest.mark.pipeline
 def test_a_corrupt_jpeg_during_training_is_skipped_then_stops_the_run_past_the_share(
         dataset, tmp_path):
     _corrupt_frame(dataset, 9)  # in clips 5 and 6; 5 steps x 2 clips = one pass over the 10

@@ -19,6 +19,8 @@ import torch
 
 from megatron_ego.training.interval import IntervalStats, StepTerms
 
+pytestmark = [pytest.mark.pipeline]
+
 ROOT = Path(__file__).resolve().parents[1]
 
 CHILD = r"""
@@ -29,7 +31,7 @@ from megatron_ego.config import load_config
 from megatron_ego.training.distributed import init_distributed
 from megatron_ego.training.interval import IntervalStats
 from megatron_ego.training.trainer import Trainer
-from tests.conftest import random_clip_batch
+from tests.batches import random_clip_batch
 
 cfg = load_config("configs/tiny_cpu.yaml", [
     "--model.num_layers=2", "--model.hidden_size=64", "--model.num_attention_heads=4",

@@ -10,7 +10,11 @@ from pathlib import Path
 import pytest
 import torch
 
-from .test_pretrain import _run, demo_data  # noqa: F401  (module-scoped fixture)
+from megatron_ego.training.checkpoint import safe_load
+
+from .pretrain_runs import _run
+
+pytestmark = [pytest.mark.pipeline]
 
 PY = sys.executable
 SMALL = ["--model.num_layers=2", "--model.hidden_size=64", "--model.num_attention_heads=4",
@@ -82,7 +86,7 @@ def test_stage2_starts_from_stage1_weights_with_a_fresh_optimizer(demo_data, sta
     log = [line for line in run.stderr.splitlines() if "init_from checkpoint" in line]
     assert len(log) == 1 and "step_0000002" in log[0] and "initialised afresh" in log[0]
     assert "predict_head" in log[0] and "optimizer state" in log[0]
-    got = torch.load(probe, weights_only=False)
+    got = safe_load(probe)
     _, networks = checkpoint_networks(resolve_checkpoint(stage1), ("teacher", "student"))
     names = sorted(got["student"])
     assert any(n.startswith("backbone.") for n in names) and "queries.state" in names
