@@ -90,9 +90,9 @@ def test_walking_tours_without_the_represent_loss_is_refused():
     ("--run.name=a/b", "run.name='a/b'"),
     ("--run.name=..", "run.name='..'"),
     ("--run.name=", "run.name=''"),
-    ("--loss.warmup_teacher_temp_iters=700", "loss.warmup_teacher_temp_iters=700 must be <= "
-                                             "schedule.train_iters=600"),
-    ("--optim.freeze_last_layer_iters=601", "optim.freeze_last_layer_iters=601 must be <="),
+    ("--loss.warmup_teacher_temp_iters=1000", "loss.warmup_teacher_temp_iters=1000 must be <= "
+                                              "schedule.train_iters=900"),
+    ("--optim.freeze_last_layer_iters=901", "optim.freeze_last_layer_iters=901 must be <="),
     ("--data.global_crop_scale=[0.4,", "the value is not valid YAML"),
 ])
 def test_out_of_range_values_are_refused_naming_key_and_value(override, needle):
