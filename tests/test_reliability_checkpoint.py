@@ -176,8 +176,9 @@ def test_deepspeed_files_load_only_tensors(straight, tmp_path):
 
 
 def test_no_weights_only_false_in_the_code():
+    unsafe = "weights_only=" + "False"  # spelt in two parts so that this file is not a hit
     hits = [str(p) for d in ("megatron_ego", "launch") for p in (ROOT / d).rglob("*.py")
-            if "weights_only=False" in p.read_text()]
+            if unsafe in p.read_text()]
     assert hits == []
 
 
