@@ -163,7 +163,9 @@ def test_a_malicious_trainer_state_is_refused_and_never_run(demo_data, straight,
 
 
 def test_deepspeed_files_load_only_tensors(straight, tmp_path):
-    engine = ckpt._safe_checkpoint_engine_class()()
+    from megatron_ego.training.checkpoint_io import _safe_checkpoint_engine_class
+
+    engine = _safe_checkpoint_engine_class()()
     good = straight[2] / "checkpoints" / "step_0000004"
     state = engine.load(str(good / "zero_pp_rank_0_mp_rank_00_optim_states.pt"))
     assert "single_partition_of_fp32_groups" in state["optimizer_state_dict"]
@@ -274,7 +276,7 @@ def test_truncate_metrics_drops_later_steps_and_torn_lines(tmp_path):
 # -------------------------------------------------------------------------------- disk full
 _DISK_FULL = textwrap.dedent("""
     import errno, io, runpy, sys
-    from megatron_ego.training import checkpoint
+    from megatron_ego.training import checkpoint_io
 
     class Full(io.BufferedWriter):  # the disk fills up 1000 bytes into any step-4 file
         written = 0
@@ -290,7 +292,7 @@ _DISK_FULL = textwrap.dedent("""
             return Full(io.FileIO(path, "w"))
         return open(path, mode, *args, **kwargs)
 
-    checkpoint.open = fake_open  # shadows the builtin inside checkpoint.py only
+    checkpoint_io.open = fake_open  # shadows the builtin inside checkpoint_io.py only
     sys.argv = sys.argv[1:]
     runpy.run_path(sys.argv[0], run_name="__main__")
 """)

@@ -29,16 +29,13 @@ its checkpoint engine is replaced by `install_safe_checkpoint_engine`).
 Another world size: DeepSpeed 0.19.8 refuses ZeRO-2 optimizer states saved by another number
 of ranks (its universal checkpoint needs `universal_checkpoint_info`, which only
 Megatron-DeepSpeed writes), so `load_checkpoint` loads the module through DeepSpeed and
-re-partitions the fp32 master weights and Adam moments itself (`_load_resharded`).
+re-partitions the fp32 master weights and Adam moments itself (training/reshard.py).
 """
 
 from __future__ import annotations
 
-import errno
 import json
 import logging
-import os
-import pickle
 import random
 import re
 import shutil
@@ -52,6 +49,16 @@ import torch
 import torch.distributed as dist
 
 from megatron_ego.runtime.processes import multi_rank
+from megatron_ego.training.checkpoint_io import (  # noqa: F401  (re-exported: the checkpoint API)
+    CheckpointError,
+    atomic_write_text,
+    describe_write_error,
+    durable_torch_save,
+    fsync_dir,
+    install_safe_checkpoint_engine,
+    safe_load,
+)
+from megatron_ego.training.reshard import load_resharded
 
 log = logging.getLogger(__name__)
 
@@ -63,10 +70,6 @@ CHECKSUM_MAX_BYTES = 256 << 20
 """Files up to this size get a crc32 in COMPLETE (reading them back costs < 1 s); bigger ones
 (the optimizer partitions and module states of a large model) are checked by size only."""
 _TAG = re.compile(r"^step_(\d+)$")
-
-
-class CheckpointError(RuntimeError):
-    """A checkpoint could not be written or read; the message is one line saying what to do."""
 
 
 def tag_for(step: int) -> str:
@@ -94,111 +97,6 @@ def _gather(obj) -> list:
     out = [None] * dist.get_world_size()
     dist.all_gather_object(out, obj)
     return out
-
-
-# ------------------------------------------------------------------------------ durable writes
-def fsync_dir(path: Path) -> None:
-    fd = os.open(path, os.O_RDONLY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
-
-
-def atomic_write_text(path: Path, text: str) -> None:
-    """Write `path` so that a crash leaves the old content or the new, never a part (fsynced)."""
-    tmp = path.with_name(path.name + ".tmp")
-    with open(tmp, "w") as f:
-        f.write(text)
-        f.flush()
-        os.fsync(f.fileno())
-    os.replace(tmp, path)
-    fsync_dir(path.parent)
-
-
-def durable_torch_save(obj, path: Path, zipfile: bool = True) -> None:
-    """torch.save through a Python file (so a full disk raises OSError ENOSPC, not torch's
-    'iostream error'), fsynced and renamed into place."""
-    path = Path(path)
-    tmp = path.with_name(path.name + ".tmp")
-    try:
-        with open(tmp, "wb") as f:
-            torch.save(obj, f, _use_new_zipfile_serialization=zipfile)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        tmp.unlink(missing_ok=True)
-        raise
-
-
-def _is_disk_full(err: BaseException | None) -> bool:
-    """ENOSPC/EDQUOT anywhere in the exception chain (torch wraps it in a RuntimeError)."""
-    seen = 0
-    while err is not None and seen < 8:
-        if isinstance(err, OSError) and err.errno in (errno.ENOSPC, errno.EDQUOT):
-            return True
-        err, seen = err.__cause__ or err.__context__, seen + 1
-    return False
-
-
-def _describe_write_error(err: BaseException, path: Path | str) -> str:
-    if _is_disk_full(err):
-        return f"No space left on device while writing {path}"
-    return f"{type(err).__name__} while writing {path}: {str(err).splitlines()[0] if str(err) else ''}"
-
-
-# ---------------------------------------------------------------------------------- safe loads
-def _deepspeed_globals() -> list:
-    """The classes DeepSpeed 0.19.8 pickles into its ZeRO optimizer files (nothing executable)."""
-    from deepspeed.runtime.fp16.loss_scaler import DynamicLossScaler, LossScaler
-    from deepspeed.runtime.zero.config import ZeroStageEnum
-    from deepspeed.utils.tensor_fragment import fragment_address
-
-    return [LossScaler, DynamicLossScaler, ZeroStageEnum, fragment_address]
-
-
-def safe_load(path: Path | str, map_location="cpu"):
-    """torch.load with weights_only=True (tensors, containers, numbers, strings and DeepSpeed's
-    allow-listed state classes); anything else is refused with a CheckpointError."""
-    try:
-        with torch.serialization.safe_globals(_deepspeed_globals()):
-            return torch.load(path, map_location=map_location, weights_only=True)
-    except pickle.UnpicklingError as err:
-        first = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
-        raise CheckpointError(
-            f"{path} holds objects other than tensors and numbers ({first}); refusing to "
-            "unpickle it: it was not written by megatron-ego, or was tampered with") from err
-
-
-def _safe_checkpoint_engine_class():
-    """DeepSpeed's torch checkpoint engine with safe loads and durable, error-recording saves
-    (built on first use: importing DeepSpeed costs seconds)."""
-    from deepspeed.runtime.checkpoint_engine.torch_checkpoint_engine import TorchCheckpointEngine
-
-    class SafeCheckpointEngine(TorchCheckpointEngine):
-        """A failed save is recorded in `errors` instead of raised, so that every rank reaches
-        the collective in `save_checkpoint` that decides, together, that the checkpoint failed."""
-
-        def __init__(self, config_params=None):
-            super().__init__(config_params)
-            self.errors: list[str] = []
-
-        def save(self, state_dict, path: str):
-            try:
-                durable_torch_save(state_dict, Path(path), zipfile=self.zipfile_serialization)
-            except Exception as err:  # noqa: BLE001  (raised collectively by the caller)
-                self.errors.append(_describe_write_error(err, path))
-
-        def load(self, path: str, map_location=None):
-            return safe_load(path, map_location=map_location)
-
-    return SafeCheckpointEngine
-
-
-def install_safe_checkpoint_engine(engine) -> None:
-    """Replace the engine's checkpoint engine (DeepSpeed's own unpickles everything)."""
-    engine.checkpoint_engine = _safe_checkpoint_engine_class()(engine._config)
 
 
 # --------------------------------------------------------------------------------- RNG states
@@ -410,7 +308,7 @@ def save_checkpoint(engine, run_dir: str, step: int, trainer_state: dict, rank: 
     try:
         engine.save_checkpoint(str(root), tag=tag_for(step), save_latest=False)
     except Exception as err:  # noqa: BLE001  (decided collectively below)
-        error = _describe_write_error(err, folder)
+        error = describe_write_error(err, folder)
     if error is None and errors:
         error = errors[0]
     if error is None:
@@ -421,14 +319,14 @@ def save_checkpoint(engine, run_dir: str, step: int, trainer_state: dict, rank: 
                 target = folder / "trainer_state.pt"
                 durable_torch_save(trainer_state, target)
         except Exception as err:  # noqa: BLE001
-            error = _describe_write_error(err, target)
+            error = describe_write_error(err, target)
     _raise_if_any(_gather(error), rank, folder, previous)
     if rank == 0:
         try:
             mark_complete(folder, {"step": step, "world_size": _world(), **(meta or {})})
             atomic_write_text(root / LATEST, tag_for(step))
         except Exception as err:  # noqa: BLE001
-            error = _describe_write_error(err, folder / COMPLETE)
+            error = describe_write_error(err, folder / COMPLETE)
             (folder / COMPLETE).unlink(missing_ok=True)
     _raise_if_any(_gather(error), rank, folder, previous)
     if rank == 0:
@@ -467,77 +365,10 @@ def load_checkpoint(engine, folder: Path, rank: int) -> dict:
     if load_path is None:
         raise CheckpointError(f"DeepSpeed could not load checkpoint {folder}")
     if reshard:
-        _load_resharded(engine, folder, saved_world)
+        load_resharded(engine, folder, saved_world)
     rng_file = folder / f"rng_rank{rank:05d}.pt"
     if rng_file.is_file() and not reshard:
         set_rng_state(safe_load(rng_file))
     return safe_load(folder / "trainer_state.pt")
 
 
-def _optim_files(folder: Path, world: int) -> list[Path]:
-    files = []
-    for r in range(world):
-        matches = sorted(folder.glob(f"*zero_pp_rank_{r}_mp_rank_00_optim_states.pt"))
-        if not matches:
-            raise CheckpointError(f"{folder}: the ZeRO optimizer partition of rank {r} is missing")
-        files.append(matches[0])
-    return files
-
-
-def _load_resharded(engine, folder: Path, saved_world: int) -> None:
-    """Set this rank's ZeRO-2 partition of the fp32 master weights and Adam moments from the
-    `saved_world` partitions of `folder`.
-
-    DeepSpeed's stage-2 layout (round-robin gradients off, no parameter alignment padding): per
-    param group, the flat fp32 copy of the group's parameters is padded at its end to a multiple
-    of the world size and cut into equal partitions, rank r holding [r n, (r + 1) n). The saved
-    `single_partition_of_fp32_groups` have that padding removed; the Adam moments keep it.
-    """
-    opt = engine.optimizer
-    rank = dist.get_rank() if dist.is_initialized() else 0
-    saved = [safe_load(f)["optimizer_state_dict"] for f in _optim_files(folder, saved_world)]
-    for i, current in enumerate(opt.single_partition_of_fp32_groups):
-        expected = sum(p.numel() for p in opt.bit16_groups[i])
-        n = current.numel()  # [n] this rank's partition (padding included)
-
-        def gather(parts: list[torch.Tensor], i=i, expected=expected, n=n) -> torch.Tensor:
-            flat = torch.cat([p.reshape(-1).float() for p in parts])  # [expected]
-            if flat.numel() != expected:
-                raise CheckpointError(
-                    f"{folder}: param group {i} holds {flat.numel()} values, the model "
-                    f"{expected}: the checkpoint is of another model or ZeRO layout")
-            mine = flat[rank * n: (rank + 1) * n]
-            return torch.cat([mine, mine.new_zeros(n - mine.numel())])  # [n]
-
-        current.data.copy_(gather([sd["single_partition_of_fp32_groups"][i] for sd in saved]))
-        states = []
-        for sd in saved:
-            base = sd["base_optimizer_state"]
-            param_id = base["param_groups"][i]["params"][0]
-            state = base["state"][param_id]
-            pad = sd["group_paddings"][i]
-            states.append({k: (v[: v.numel() - pad] if torch.is_tensor(v) and v.dim() == 1 else v)
-                           for k, v in state.items()})
-        target = opt.optimizer.state[current]
-        for key in states[0]:
-            value = states[0][key]
-            if torch.is_tensor(value) and value.dim() == 1:
-                merged = gather([s[key] for s in states]).to(current.device)
-                if key in target:
-                    target[key].copy_(merged)
-                else:
-                    target[key] = merged
-            elif key in target and torch.is_tensor(target[key]) and torch.is_tensor(value):
-                target[key].copy_(value)  # "step" (the same on every rank), where it lives
-            elif torch.is_tensor(value):  # as torch's load_state_dict places it
-                group = opt.optimizer.param_groups[i]
-                on_device = group.get("fused") or group.get("capturable")
-                target[key] = value.to(current.device if on_device else "cpu", torch.float32)
-            else:
-                target[key] = value
-    first = saved[0]
-    if "loss_scaler" in first:
-        opt.loss_scaler = first["loss_scaler"]
-        opt.dynamic_loss_scale = first.get("dynamic_loss_scale", opt.dynamic_loss_scale)
-    log.info("re-partitioned the ZeRO-2 optimizer state of %s from %d to %d ranks",
-             folder, saved_world, _world())
