@@ -257,6 +257,10 @@ class LossConfig:
     tell the next frame from its neighbours (docs/results.md)."""
     predict_contrastive_temp: float = 0.02
     """Temperature of that InfoNCE (cosine similarities / temperature)."""
+    predict_direction_weight: float = 0.0
+    """Weight of the direction term (ours, losses/contrastive.py): each prediction must be closer,
+    by cosine / predict_contrastive_temp, to the teacher's I_{t+1} than to its I_t and I_{t-1} of
+    the same clip. 0 = off, as in the paper (docs/results.md)."""
     centering: Literal["ema", "sinkhorn_knopp"] = "ema"
     """Teacher centering: DINO's EMA center (the paper's setting) or Sinkhorn-Knopp
     normalisation over the batch (DINOv2's option; steadier for small batches and short runs)."""
@@ -264,7 +268,7 @@ class LossConfig:
     def __post_init__(self) -> None:
         _at_least(self, "loss", 0, "warmup_teacher_temp_iters")
         for name in ("represent_weight", "predict_weight", "act_weight", "visibility_weight",
-                     "koleo_weight", "predict_contrastive_weight"):
+                     "koleo_weight", "predict_contrastive_weight", "predict_direction_weight"):
             if getattr(self, name) < 0:
                 raise ConfigError(f"loss.{name}={getattr(self, name)} must be >= 0")
         if self.represent_weight == self.predict_weight == self.act_weight == 0:

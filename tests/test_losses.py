@@ -256,3 +256,39 @@ def test_contrastive_term_trains_the_prediction_even_without_the_dino_term(tiny_
     tiny_cfg.loss.predict_contrastive_weight = 0.0
     off = EgoAgentObjective(tiny_cfg.model, tiny_cfg.loss)
     assert "next_frames" not in off.teacher_targets(tiny_model, batch)
+
+
+def test_direction_loss_picks_the_next_frame_among_the_clips_own_three():
+    from megatron_ego.losses.contrastive import predict_direction_loss
+
+    # one clip, T = 3: frames I_0, I_1, I_2 on three orthogonal axes
+    frames = torch.eye(3)[None]  # [1, 3, K=3]
+    # step 0 predicts I_1 (candidates I_1, I_0); step 1 predicts I_2 (candidates I_2, I_1, I_0)
+    predicted = torch.tensor([[[0.0, 1.0, 0.0], [1.0, 0.0, 0.0]]])  # step 1 points at I_0
+    tau = 0.5
+    step0 = -math.log(math.exp(2) / (math.exp(2) + math.exp(0)))
+    step1 = -math.log(math.exp(0) / (math.exp(0) + math.exp(0) + math.exp(2)))
+    got = predict_direction_loss(predicted, frames, tau)
+    assert got.item() == pytest.approx((step0 + step1) / 2, rel=1e-6)
+    # pointing step 1 at I_2 instead lowers it
+    better = torch.tensor([[[0.0, 1.0, 0.0], [0.0, 0.0, 1.0]]])
+    assert predict_direction_loss(better, frames, tau) < got
+    with pytest.raises(ValueError, match=r"must be \[b, T, K\]"):
+        predict_direction_loss(predicted, frames[:, 1:], tau)
+
+
+def test_direction_term_adds_frame_zero_to_the_teacher_and_trains_the_prediction(tiny_cfg,
+                                                                                 tiny_model):
+    tiny_cfg.loss.predict_direction_weight = 1.0
+    objective = EgoAgentObjective(tiny_cfg.model, tiny_cfg.loss)
+    batch = random_clip_batch(tiny_cfg, b=2)
+    student = tiny_model.train()
+    targets = objective.teacher_targets(make_teacher(student, tiny_cfg.model), batch)
+    t = tiny_cfg.model.num_steps
+    assert targets["frames"].shape[:2] == (2, t)
+    torch.testing.assert_close(targets["next_frames"], targets["frames"][:, 1:])
+    out = student(**objective.student_inputs(batch))
+    total, terms = objective(out, targets, batch, 0.04)
+    assert terms["loss_predict_direction"] > 0
+    total.backward()
+    assert student.predict_head.prototypes.grad.abs().sum() > 0

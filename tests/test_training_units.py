@@ -147,3 +147,26 @@ def test_flop_count_reads_the_built_action_modules():
     a, b = clip_flops(paper, build_on_meta(paper)), clip_flops(ours, build_on_meta(ours))
     t, p, j, h = 4, 5, 17, 1024
     assert b["student_forward"] - a["student_forward"] == t * 2 * 3 * p * j * h
+
+
+def test_init_from_copies_the_loaded_represent_head_into_the_predict_head(tiny_cfg):
+    """model.predict_head_init=represent (the tiny config): after run.init_from the prediction
+    head starts as the loaded representation head, not the random one the model was built with."""
+    from megatron_ego.model.egoagent import EgoAgent
+    from megatron_ego.training.init_from import InitSource, load_shared
+
+    assert tiny_cfg.model.predict_head_init == "represent"
+    torch.manual_seed(0)
+    source = EgoAgent(tiny_cfg.model).state_dict()
+    torch.manual_seed(1)
+    module = EgoAgent(tiny_cfg.model)
+    init = InitSource("stage1", "a test", tiny_cfg.model, source, source)
+    load_shared(module, source, init, "student")
+    for name, value in module.predict_head.state_dict().items():
+        assert torch.equal(value, source[f"represent_head.{name}"]), name
+    tiny_cfg.model.predict_head_init = "random"
+    torch.manual_seed(1)
+    independent = EgoAgent(tiny_cfg.model)
+    before = {k: v.clone() for k, v in independent.predict_head.state_dict().items()}
+    load_shared(independent, source, init, "student")
+    assert all(torch.equal(v, before[k]) for k, v in independent.predict_head.state_dict().items())

@@ -5,6 +5,8 @@
   0..T-2, teacher = sg[representation head on the real frames I_1..I_{T-1}].
 - optional (ours, loss.predict_contrastive_weight): InfoNCE of the same predictions against the
   teacher logits of every real next frame in the micro-batch (losses/contrastive.py).
+- optional (ours, loss.predict_direction_weight): each prediction closer to the teacher's
+  I_{t+1} than to its I_t and I_{t-1} (losses/contrastive.py).
 - L_act: L1 on visible joints (or, loss.act_motion_loss, squared cm on steps >= 1) + visibility
   BCE, for every step's action query.
 
@@ -21,7 +23,7 @@ from torch import nn
 
 from megatron_ego.config import LossConfig, ModelConfig
 from megatron_ego.losses.action import ActionLoss
-from megatron_ego.losses.contrastive import predict_infonce
+from megatron_ego.losses.contrastive import predict_direction_loss, predict_infonce
 from megatron_ego.losses.dino import DINOLoss
 from megatron_ego.model.egoagent import EgoAgent, StudentOutput
 
@@ -65,7 +67,11 @@ class EgoAgentObjective(nn.Module):
         return has_poses and (self._wants_next_frames() or self.cfg.act_weight > 0)
 
     def _wants_next_frames(self) -> bool:
-        return self.cfg.predict_weight > 0 or self.cfg.predict_contrastive_weight > 0
+        c = self.cfg
+        return c.predict_weight > 0 or c.predict_contrastive_weight > 0 or self._wants_direction()
+
+    def _wants_direction(self) -> bool:
+        return self.cfg.predict_direction_weight > 0
 
     def _wants_crops(self, batch: dict) -> bool:
         return self.cfg.represent_weight > 0 and batch.get("global_crops") is not None
@@ -88,7 +94,8 @@ class EgoAgentObjective(nn.Module):
 
     @torch.no_grad()
     def teacher_targets(self, teacher: EgoAgent, batch: dict) -> dict[str, torch.Tensor]:
-        """Teacher logits: global crops [G, b, K]; real next frames I_1..I_{T-1} [b, T-1, K]."""
+        """Teacher logits: global crops [G, b, K]; real next frames I_1..I_{T-1} [b, T-1, K];
+        with the direction term, every frame I_0..I_{T-1} [b, T, K] ("frames")."""
         targets = {}
         images, splits = [], []
         if self._wants_crops(batch):
@@ -96,9 +103,10 @@ class EgoAgentObjective(nn.Module):
             images.append(crops.flatten(0, 1))
             splits.append(("global", crops.shape[:2]))
         if self._wants_sequence(batch) and self._wants_next_frames():
-            nxt = batch["frames"][:, 1:]  # [b, T-1, 3, S, S]
-            images.append(nxt.flatten(0, 1))
-            splits.append(("next_frames", nxt.shape[:2]))
+            first = 0 if self._wants_direction() else 1
+            seen = batch["frames"][:, first:]  # [b, T-first, 3, S, S]
+            images.append(seen.flatten(0, 1))
+            splits.append(("frames" if first == 0 else "next_frames", seen.shape[:2]))
         if not images:
             return targets
         # One trunk call for every teacher image: global crops and next frames share a size.
@@ -106,6 +114,8 @@ class EgoAgentObjective(nn.Module):
         for (name, (b, v)), chunk in zip(splits, logits.split([b * v for _, (b, v) in splits])):
             chunk = chunk.unflatten(0, (b, v))  # [b, V, K]
             targets[name] = chunk.transpose(0, 1) if name == "global" else chunk
+        if "frames" in targets:
+            targets["next_frames"] = targets["frames"][:, 1:]  # [b, T-1, K]
         return targets
 
     def forward(
@@ -146,6 +156,10 @@ class EgoAgentObjective(nn.Module):
             if c.predict_contrastive_weight > 0:
                 add(c.predict_contrastive_weight * share, "loss_predict_contrastive",
                     predict_infonce(s[0], t[0], c.predict_contrastive_temp))
+            if c.predict_direction_weight > 0:
+                add(c.predict_direction_weight * share, "loss_predict_direction",
+                    predict_direction_loss(student.future_logits, targets["frames"],
+                                           c.predict_contrastive_temp))
         if student.actions is not None and c.act_weight > 0:
             act, parts = self.action_loss(student.actions, batch["poses"])
             add(c.act_weight * share, "loss_act", act)

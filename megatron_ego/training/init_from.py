@@ -8,7 +8,8 @@ Only the tensors that a representation-only run (stage 1) and the joint run (sta
 are taken: the trunk, the image projector, the state query and the representation head. The
 optimizer, the schedules, the step counter, the data position and the DINO centers start afresh,
 and so do the modules stage 1 never trains (action projector and head, action and future-state
-queries, state-prediction head). It is not `--resume`: a run that already has a checkpoint
+queries, state-prediction head; with `model.predict_head_init: represent` the latter starts as a
+copy of the loaded representation head). It is not `--resume`: a run that already has a checkpoint
 resumes from it and ignores `run.init_from`.
 """
 
@@ -126,7 +127,17 @@ def load_shared(module: nn.Module, weights: dict[str, torch.Tensor], source: Ini
         for name in names:
             state[name].copy_(weights[name].to(device=state[name].device,
                                                dtype=state[name].dtype))
+    if predicts_from_represent(module):
+        # model.predict_head_init=represent: the head starts as a copy of the representation
+        # head the run starts with, i.e. the loaded one (not the random one it was built from)
+        module.predict_head.load_state_dict(module.represent_head.state_dict())
     return names
+
+
+def predicts_from_represent(module: nn.Module) -> bool:
+    cfg = getattr(module, "cfg", None)
+    return getattr(cfg, "predict_head_init", None) == "represent" and hasattr(
+        module, "predict_head")
 
 
 def fresh_names(module: nn.Module) -> list[str]:
@@ -144,6 +155,9 @@ def summary_line(cfg: Config, source: InitSource, loaded: list[str], fresh: list
     """What the log says about an init_from start."""
     groups = sorted({n.split(".")[0] if not n.startswith("queries") else "queries.state"
                      for n in loaded})
+    if cfg.model.predict_head_init == "represent":
+        fresh = [f"{n} (a copy of the loaded represent_head)" if n == "predict_head" else n
+                 for n in fresh]
     return (f"init_from {source.description}: loaded {len(loaded)} tensors ({', '.join(groups)}) "
             f"into student and teacher; initialised afresh: {', '.join(fresh)}, optimizer state, "
             f"lr / weight-decay / EMA / teacher-temperature schedules, step 0, DINO centers "
