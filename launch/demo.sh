@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # The whole job on the embedded demo world, on CPU: demo world -> preprocessing -> pretraining
-# (2 processes, DeepSpeed ZeRO-2 over gloo) -> export -> evaluation -> summary table.
+# in two stages as the paper's recipe (the representation alone, then the joint model started
+# from it; 2 processes, DeepSpeed ZeRO-2 over gloo) -> export -> evaluation -> summary table.
 # Everything goes under runs/demo/ (or DEMO_DIR). A second run resumes where the first stopped
 # (each stage skips finished work); if the demo's settings changed, it starts clean instead of
 # mixing.
@@ -30,6 +31,7 @@ fi
 py=.venv/bin/python
 demo="${DEMO_DIR:-runs/demo}"
 config=configs/tiny_cpu.yaml
+stage1_config=configs/tiny_cpu_stage1.yaml
 # 20 takes, every 4th to val: 5 val takes whose clips hold 239 distinct transitions where the
 # camera turns 10 degrees or more between I_t and I_t+1 (tests/test_demo_world.py counts them)
 world=(--takes 20 --seconds 20 --resolution 160 --seed 0)
@@ -40,7 +42,8 @@ paths=("--data.egoexo4d_path=$demo/data/egoexo4d/train"
        "--run.output_dir=$(dirname "$demo")" "--run.name=$(basename "$demo")")
 
 # Start clean when the settings that produced runs/demo changed (never mix two demos).
-stamp="$(printf '%s\n' "${world[*]}" "$size" | cat - "$config" configs/zero2.json | sha256sum | cut -c1-16)"
+stamp="$(printf '%s\n' "${world[*]}" "$size" | cat - "$config" "$stage1_config" configs/zero2.json |
+  sha256sum | cut -c1-16)"
 if [ -d "$demo" ] && [ "$(cat "$demo/DEMO_STAMP" 2>/dev/null)" != "$stamp" ]; then
   echo "== $demo was made with other settings: starting clean"
   rm -rf "$demo"
@@ -63,12 +66,20 @@ done
 "$py" -m preprocess.walking_tours --videos "$demo/raw/walking_tours" \
   --out "$demo/data/walking_tours" --size "$size"
 
-echo "== 3/5 pretraining $config (2 processes, ZeRO-2, CPU)"
-port="$("$py" -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1])')"
+free_port() {
+  "$py" -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1])'
+}
 # --log_level error: the launcher's own INFO lines and its "no hostfile" warning say nothing a
 # demo user can act on; its errors (a rank that failed) still show.
-.venv/bin/deepspeed --log_level error --num_gpus 2 --master_port "$port" launch/pretrain.py \
-  --ds_config configs/zero2.json --config "$config" --resume auto "${paths[@]}"
+echo "== 3/5 pretraining, stage 1: $stage1_config, the representation alone (2 processes, ZeRO-2, CPU)"
+.venv/bin/deepspeed --log_level error --num_gpus 2 --master_port "$(free_port)" launch/pretrain.py \
+  --ds_config configs/zero2.json --config "$stage1_config" --resume auto \
+  "--data.egoexo4d_path=$demo/data/egoexo4d/train" "--data.walking_tours_path=$demo/data/walking_tours" \
+  "--run.output_dir=$demo" "--run.name=stage1"
+echo "== 3/5 pretraining, stage 2: $config from stage 1's weights (2 processes, ZeRO-2, CPU)"
+.venv/bin/deepspeed --log_level error --num_gpus 2 --master_port "$(free_port)" launch/pretrain.py \
+  --ds_config configs/zero2.json --config "$config" --resume auto "${paths[@]}" \
+  "--run.init_from=$demo/stage1"
 
 echo "== 4/5 export (teacher: represent; student: predict and act -> safetensors)"
 "$py" launch/export.py --checkpoint "$demo" --out "$demo/export"

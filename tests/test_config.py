@@ -139,3 +139,18 @@ def test_ds_config_shape_and_zero_stage_are_checked(tmp_path, content, needle):
     with pytest.raises(ConfigError, match=None) as e:
         load_ds_config(str(path), load_config("configs/tiny_cpu.yaml"), world_size=1)
     assert needle in str(e.value)
+
+
+def test_demo_stage1_config_trains_the_demo_model_on_the_representation_alone():
+    """launch/demo.sh's two stages: configs/tiny_cpu_stage1.yaml must build the same model as
+    configs/tiny_cpu.yaml (run.init_from checks it) and train nothing but the representation."""
+    from megatron_ego.config_io import to_dict
+
+    stage1, stage2 = load_config("configs/tiny_cpu_stage1.yaml"), load_config("configs/tiny_cpu.yaml")
+    assert to_dict(stage1.model) == to_dict(stage2.model)
+    assert to_dict(stage1.data) == to_dict(stage2.data)
+    loss = stage1.loss
+    assert loss.represent_weight > 0
+    assert loss.predict_weight == loss.act_weight == 0
+    assert loss.predict_contrastive_weight == loss.predict_direction_weight == 0
+    assert stage1.schedule.train_iters < stage2.schedule.train_iters
