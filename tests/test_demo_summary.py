@@ -1,4 +1,5 @@
-"""The demo's own check: every loss term must go down between the first and last 20 steps."""
+"""The demo's own check: every loss term must go down between the first and last 20 steps
+(or, begun trained by run.init_from, stay below ln K)."""
 
 from __future__ import annotations
 
@@ -49,3 +50,34 @@ def test_summary_prints_retrieval_by_rotation(tmp_path, capsys):
     out = capsys.readouterr().out
     assert "top-1 %, >= 10 deg                    250          212     11.70        8.00" in out
     assert "direction %, >= 10 deg" in out and "45.80         n/a" in out
+
+
+def _stage2(tmp_path, predict_head_init: str, predict_end: float) -> None:
+    """A run started with run.init_from whose DINO prediction term rises from 5.8 to
+    `predict_end` while everything else goes down (K = 1024 prototypes: ln K = 6.93)."""
+    (tmp_path / "config.yaml").write_text(
+        "model:\n  head_out_dim: 1024\n  predict_head_init: " + predict_head_init
+        + "\nrun:\n  init_from: runs/demo/stage1\n")
+    rows = [{"step": s, "loss_represent": 5.4 - s / 1000, "loss_act": 8 - s / 10,
+             "loss_predict": 5.8 + (predict_end - 5.8) * s / 60,
+             "loss_predict_contrastive": 6 - s / 20} for s in range(1, 61)]
+    _write(tmp_path / "metrics.jsonl", rows)
+
+
+def test_a_warm_started_prediction_term_passes_below_ln_k_and_fails_above(tmp_path, capsys):
+    _stage2(tmp_path, "represent", 6.0)
+    assert main(["--run", str(tmp_path), "--strict"]) == 0
+    assert "below ln K" in capsys.readouterr().out
+    _stage2(tmp_path, "represent", 7.5)  # last 20 steps above ln 1024 = 6.93: carries nothing
+    assert main(["--run", str(tmp_path), "--strict"]) == 1
+    _stage2(tmp_path, "random", 6.0)  # a fresh head must go down, init_from or not
+    assert main(["--run", str(tmp_path), "--strict"]) == 1
+
+
+def test_fresh_terms_must_go_down_in_a_warm_started_run(tmp_path):
+    _stage2(tmp_path, "represent", 5.5)
+    rows = [json.loads(line) for line in (tmp_path / "metrics.jsonl").read_text().splitlines()]
+    for r in rows:
+        r["loss_predict_contrastive"] = 1 + r["step"] / 100  # rising: a fresh term
+    _write(tmp_path / "metrics.jsonl", rows)
+    assert main(["--run", str(tmp_path), "--strict"]) == 1
