@@ -19,6 +19,7 @@ from megatron_ego.config import ModelConfig
 from megatron_ego.model.attention import SDPAttention
 from megatron_ego.model.cpu import make_rope_cpu_safe
 from megatron_ego.model.fused import FusedRMSNorm, SwiGLUMLP, get_residual_add, set_compile
+from megatron_ego.model.packing import Segments
 from megatron_ego.model.parallel import ensure_model_parallel
 from megatron_ego.model.transformer_config import transformer_config
 
@@ -145,17 +146,36 @@ class Backbone(nn.Module):
         if cfg.recompute:
             checkpoint_layers(self.gpt.decoder.layers)
 
-    def forward(self, tokens: torch.Tensor, attention_mask: torch.Tensor | None) -> torch.Tensor:
+    def forward(self, tokens: torch.Tensor, attention_mask: torch.Tensor | None,
+                segments: Segments | None = None) -> torch.Tensor:
         """tokens [s, b, h]; attention_mask bool [1 or b, 1, s, s] (True = masked) -> [s, b, h].
 
         None means plain causal attention: both SDPAttention (is_causal, flash kernels on GPU)
         and Transformer Engine then use their own causal masking; an explicit mask is only
         needed for `frame_bidirectional` (the spec's mask type is then `arbitrary`).
+        With `segments`, tokens are several sequences packed [N, 1, h] (`forward_packed`).
         """
         hidden = self.gpt(
-            input_ids=None, position_ids=None, attention_mask=attention_mask, decoder_input=tokens
+            input_ids=None, position_ids=None, attention_mask=attention_mask, decoder_input=tokens,
+            packed_seq_params=segments,
         )  # [s, b, h]
         return self.final_norm(hidden)  # [s, b, h]
+
+    @property
+    def packs(self) -> bool:
+        """Whether `forward_packed` packs: the local spec's attention runs segments; Transformer
+        Engine's attention would need its own packed format, so TE trunks run call by call."""
+        return self.spec_name == "local+sdpa"
+
+    def forward_packed(self, seqs: list[torch.Tensor], masks: list[torch.Tensor | None]
+                       ) -> list[torch.Tensor]:
+        """Several token sequences x_i [b_i, s_i, h] (masks as in `forward`) through the trunk in
+        one call (model/packing.py) -> [b_i, s_i, h] each; the same values as one call each."""
+        if not self.packs:
+            return [self(x.transpose(0, 1).contiguous(), m).transpose(0, 1)
+                    for x, m in zip(seqs, masks)]
+        segments = Segments.of(seqs, masks)
+        return segments.unpack(self(segments.pack(seqs), None, segments))
 
     def trunk_parameters(self) -> int:
         """Parameters of the transformer layers and the final norm (the paper's 'param.')."""

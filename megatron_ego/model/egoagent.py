@@ -111,25 +111,33 @@ class EgoAgent(nn.Module):
     def act_and_predict(self, frames: torch.Tensor, poses: torch.Tensor
                         ) -> tuple[torch.Tensor, torch.Tensor]:
         """frames [b, T, 3, S, S], poses [b, T, 4, P, J] -> actions [b, T, 4, P, J], future [b, T, h]."""
+        seq = self._sequence_tokens(frames, poses)  # [b, S, h]
+        hidden = self.backbone(seq.transpose(0, 1).contiguous(), self._sequence_mask(seq.device))
+        return self._act_outputs(hidden.transpose(0, 1), poses)  # hidden [S, b, h] -> [b, S, h]
+
+    def _sequence_tokens(self, frames: torch.Tensor, poses: torch.Tensor) -> torch.Tensor:
+        """frames [b, T, 3, S, S], poses [b, T, 4, P, J] -> the interleaved sequence [b, S, h]."""
         self._check_frames(frames)
         self._check_poses(poses, frames.shape[0])
         b, t = frames.shape[:2]
         images = self.image_projector(frames.flatten(0, 1))  # [b*T, N, h]
         images = images.unflatten(0, (b, t))  # [b, T, N, h]
         acts = self.action_projector(poses.flatten(0, 1)).unflatten(0, (b, t))  # [b, T, h]
-        seq = self.layout.assemble(images, acts, self.queries.action, self.queries.future_state)
-        hidden = self.backbone(
-            seq.transpose(0, 1).contiguous(),  # [S, b, h]
-            self.layout.attention_mask(seq.device) if self.cfg.frame_bidirectional else None,
-        )  # [S, b, h]
-        action_out = hidden[self.layout.action_query_slice]  # [T, b, h] (strided view)
-        future = hidden[self.layout.future_query_slice]  # [T, b, h] (strided view)
-        action_out = action_out.transpose(0, 1)  # [b, T, h]
+        return self.layout.assemble(images, acts, self.queries.action, self.queries.future_state)
+
+    def _sequence_mask(self, device: torch.device) -> torch.Tensor | None:
+        return self.layout.attention_mask(device) if self.cfg.frame_bidirectional else None
+
+    def _act_outputs(self, hidden: torch.Tensor, poses: torch.Tensor
+                     ) -> tuple[torch.Tensor, torch.Tensor]:
+        """Trunk output [b, S, h] -> actions [b, T, 4, P, J], future-state outputs [b, T, h]."""
+        action_out = hidden[:, self.layout.action_query_slice]  # [b, T, h] (strided view)
+        future = hidden[:, self.layout.future_query_slice]  # [b, T, h] (strided view)
         if self.cfg.action_head == "linear":
-            return self.action_head(action_out), future.transpose(0, 1)  # [b, T, 4, P, J]
+            return self.action_head(action_out), future  # [b, T, 4, P, J]
         actions = torch.cat([self.initial_action_head(action_out[:, :1]),
                              self.action_head(action_out[:, 1:])], dim=1)  # [b, T, 4, P, J]
-        return self._anchor_actions(actions, poses), future.transpose(0, 1)
+        return self._anchor_actions(actions, poses), future
 
     def _anchor_actions(self, actions: torch.Tensor, poses: torch.Tensor) -> torch.Tensor:
         """Anchored action head outputs -> poses (ours, model.action_head="anchored"). An anchor the
@@ -160,12 +168,16 @@ class EgoAgent(nn.Module):
 
     def state_feature(self, images: torch.Tensor) -> torch.Tensor:
         """The state query's output for each image: [n, 3, s, s] -> [n, h]."""
-        tokens = self.image_projector(images)  # [n, N, h]
-        layout = FeatureLayout(tokens.shape[1], self.cfg.frame_bidirectional)
-        seq = layout.assemble(tokens, self.queries.state)  # [n, N+1, h]
+        seq, layout = self._feature_tokens(images)  # [n, N+1, h]
         mask = layout.attention_mask(seq.device) if self.cfg.frame_bidirectional else None
         hidden = self.backbone(seq.transpose(0, 1).contiguous(), mask)  # [N+1, n, h]
         return hidden[layout.state_query_position]  # [n, h]
+
+    def _feature_tokens(self, images: torch.Tensor) -> tuple[torch.Tensor, FeatureLayout]:
+        """images [n, 3, s, s] -> the feature branch's sequence [n, N+1, h] and its layout."""
+        tokens = self.image_projector(images)  # [n, N, h]
+        layout = FeatureLayout(tokens.shape[1], self.cfg.frame_bidirectional)
+        return layout.assemble(tokens, self.queries.state), layout  # [n, N+1, h]
 
     # ----------------------------------------------------------------------------- training forward
     def forward(
@@ -175,17 +187,37 @@ class EgoAgent(nn.Module):
         global_crops: torch.Tensor | None = None,
         local_crops: torch.Tensor | None = None,
     ) -> StudentOutput:
-        """The student's whole forward for one micro-batch (any subset of the inputs)."""
+        """The student's whole forward for one micro-batch (any subset of the inputs).
+
+        The clip sequence and the crops of each size go through the trunk in one packed call
+        (`Backbone.forward_packed`), and all crops through the representation head at once.
+        """
         out = StudentOutput()
-        if frames is not None and poses is not None:
-            out.actions, out.future_state = self.act_and_predict(frames, poses)
-            out.future_logits = self.predict_head(out.future_state[:, :-1])  # [b, T-1, K]
+        seqs, masks, views = [], [], []
+        with_sequence = frames is not None and poses is not None
+        if with_sequence:
+            seqs.append(self._sequence_tokens(frames, poses))  # [b, S, h]
+            masks.append(self._sequence_mask(frames.device))
         for name, crops in (("global", global_crops), ("local", local_crops)):
             if crops is None or crops.shape[1] == 0:
                 continue
-            b, v = crops.shape[:2]
-            feature, logits = self.represent(crops.flatten(0, 1))  # [b*V, h], [b*V, K]
-            setattr(out, f"{name}_logits", logits.unflatten(0, (b, v)))  # [b, V, K]
+            seq, layout = self._feature_tokens(crops.flatten(0, 1))  # [b*V, N+1, h]
+            seqs.append(seq)
+            masks.append(layout.attention_mask(seq.device) if layout.frame_bidirectional else None)
+            views.append((name, crops.shape[:2], layout.state_query_position))
+        if not seqs:
+            return out
+        hidden = self.backbone.forward_packed(seqs, masks)  # [b_i, s_i, h] each
+        if with_sequence:
+            out.actions, out.future_state = self._act_outputs(hidden.pop(0), poses)
+            out.future_logits = self.predict_head(out.future_state[:, :-1])  # [b, T-1, K]
+        if not views:
+            return out
+        features = [x[:, position] for x, (_, _, position) in zip(hidden, views)]  # [b*V, h]
+        logits = self.represent_head(torch.cat(features) if len(features) > 1 else features[0])
+        for (name, (b, v), _), chunk, feature in zip(
+                views, logits.split([len(f) for f in features]), features):
+            setattr(out, f"{name}_logits", chunk.unflatten(0, (b, v)))  # [b, V, K]
             if name == "global":
                 out.global_features = feature.unflatten(0, (b, v))  # [b, G, h]
         return out
