@@ -179,7 +179,8 @@ def test_mixed_batch_trains_crops_of_all_samples_and_weighs_the_clips_by_their_s
     c = tiny_cfg.loss
     want = (c.represent_weight * terms["loss_represent"] + c.koleo_weight * terms["loss_koleo"]
             + 2 / 3 * (c.predict_weight * terms["loss_predict"] + c.act_weight * terms["loss_act"]
-                       + c.predict_contrastive_weight * terms["loss_predict_contrastive"]))
+                       + c.predict_contrastive_weight * terms["loss_predict_contrastive"]
+                       + c.predict_direction_weight * terms["loss_predict_direction"]))
     assert total.item() == pytest.approx(want.item(), rel=1e-5)
 
 
@@ -195,12 +196,14 @@ def test_koleo_grows_as_features_crowd_together():
 def test_zero_weight_skips_the_term(tiny_cfg, tiny_model):
     tiny_cfg.loss.predict_weight = 0.0
     tiny_cfg.loss.predict_contrastive_weight = 0.0  # on in tiny_cpu.yaml; it needs the targets too
+    tiny_cfg.loss.predict_direction_weight = 0.0  # likewise
     objective = EgoAgentObjective(tiny_cfg.model, tiny_cfg.loss)
     batch = random_clip_batch(tiny_cfg, b=1)
     targets = objective.teacher_targets(tiny_model, batch)
-    assert "next_frames" not in targets
+    assert "next_frames" not in targets and "frames" not in targets
     _, terms = objective(tiny_model(**objective.student_inputs(batch)), targets, batch, 0.04)
-    assert not {"loss_predict", "loss_predict_contrastive"} & set(terms) and "loss_act" in terms
+    predict_terms = {"loss_predict", "loss_predict_contrastive", "loss_predict_direction"}
+    assert not predict_terms & set(terms) and "loss_act" in terms
 
 
 def test_sinkhorn_knopp_targets_are_distributions_sharing_the_prototypes():
@@ -243,6 +246,7 @@ def test_predict_infonce_equals_hand_computed_cross_entropy():
 
 def test_contrastive_term_trains_the_prediction_even_without_the_dino_term(tiny_cfg, tiny_model):
     tiny_cfg.loss.predict_weight = 0.0
+    tiny_cfg.loss.predict_direction_weight = 0.0  # on in tiny_cpu.yaml: the contrastive term alone
     tiny_cfg.loss.predict_contrastive_weight = 2.0
     objective = EgoAgentObjective(tiny_cfg.model, tiny_cfg.loss)
     batch = random_clip_batch(tiny_cfg, b=2)
