@@ -21,9 +21,15 @@ Repetitions alternate ours and the reference, so that load from other processes 
 machine hits both alike; the report gives the median rate of each and the median of the
 per-repetition ratios.
 
+Ours is the worker's micro-batch (`MicroBatchDataset`: uint8 images) and the training process's
+`to_device` on the CPU (photometric ops and normalisation: on_device.py), so that both sides end
+with the same normalised float32 tensors.
+
 --profile prints where our clip pipeline spends its time (cProfile, 3 micro-batches).
 --workers 1,4,8 also measures what one rank's DataLoader delivers (`make_loader`, persistent
-workers, Ego-Exo4D micro-batches), in clips/s over all its worker processes, after a warm-up.
+workers, Ego-Exo4D micro-batches), in clips/s over all its worker processes, after a warm-up;
+with --device-stage the training process also runs `to_device` on every micro-batch (on the GPU
+where there is one, else on the CPU). bench/loader_compare.py runs --workers against older code.
 """
 
 from __future__ import annotations
@@ -46,8 +52,10 @@ from megatron_ego.data.clips import RawClip
 from megatron_ego.data.decode import IMAGENET_MEAN, IMAGENET_STD
 from megatron_ego.data.loader import MicroBatchDataset, keep_heap_memory, make_loader
 from megatron_ego.data.mix import EGOEXO4D, WALKING_TOURS
+from megatron_ego.data.on_device import to_device
 
 NUM_STEPS, POSES, JOINTS = 4, 20, 17
+CPU = torch.device("cpu")
 
 
 def stored_frames(size: int) -> list[np.ndarray]:
@@ -157,7 +165,7 @@ def reference_batches(ref: DinoReference, source: MemoryClips, b: int, steps: in
 
 def ours_batches(dataset: MicroBatchDataset, start: int, steps: int) -> None:
     for k in range(start, start + steps):
-        dataset[k]
+        to_device(dataset[k], CPU)
 
 
 def timed(fn, *args) -> float:
@@ -211,15 +219,21 @@ def loader_rate(args, frames: list[np.ndarray], spec: MultiCropSpec, workers: in
         {EGOEXO4D: source}, spec, seed=0, rank=0, world_size=1, micro_batch_size=args.micro_batch
     )
     loader = make_loader(dataset, 0, num_workers=workers, prefetch_factor=2)
+    device = torch.device("cuda") if torch.cuda.is_available() else CPU
+    stage = getattr(args, "device_stage", False)
     for _ in range(2 * workers):  # workers started, first batches queued
-        next(loader)
+        batch = next(loader)
+        if stage:
+            to_device(batch, device)
     steps = max(4 * workers, args.steps)
     start = time.perf_counter()
     for _ in range(steps):
         batch = next(loader)
+        if stage:
+            to_device(batch, device)
     if torch.cuda.is_available():  # pinned by the loader: the copy to the GPU can overlap
         assert batch["frames"].is_pinned()
-        batch["frames"].cuda(non_blocking=True)
+        to_device(batch, device)
         torch.cuda.synchronize()
     del loader
     return steps * args.micro_batch / (time.perf_counter() - start)
@@ -248,6 +262,8 @@ def main() -> None:
     parser.add_argument("--micro-batch", type=int, default=8, help="samples per micro-batch")
     parser.add_argument("--profile", action="store_true", help="only profile ours (cProfile)")
     parser.add_argument("--workers", default="", help="e.g. 1,4,8: DataLoader clips/s with them")
+    parser.add_argument("--device-stage", action="store_true",
+                        help="with --workers: run to_device on every delivered micro-batch")
     parser.add_argument("--json", default="", help="also write the results to this file")
     args = parser.parse_args()
     torch.set_num_threads(1)

@@ -191,8 +191,10 @@ class DataConfig:
     photometric: bool = True
     """DINO's photometric augmentations (colour jitter, grayscale, blur, solarize) on every
     crop; False keeps crops and flips only (the tiny CPU demo, docs/results.md)."""
-    num_workers: int = 2
-    """DataLoader worker processes per rank."""
+    num_workers: int | None = None
+    """DataLoader worker processes per rank; 0 = build micro-batches in the training process;
+    None (null) = from the CPUs this process may use, shared by the ranks on its machine, less one
+    per rank for the training process, at least 1, at most 16 (data/loader.py `auto_workers`)."""
     prefetch_factor: int = 2
     """Micro-batches each DataLoader worker prepares ahead (each item is a whole micro-batch)."""
     max_bad_record_share: float = 0.001
@@ -203,7 +205,9 @@ class DataConfig:
 
     def __post_init__(self) -> None:
         _at_least(self, "data", 1, "num_global_crops", "prefetch_factor")
-        _at_least(self, "data", 0, "num_local_crops", "num_workers")
+        _at_least(self, "data", 0, "num_local_crops")
+        if self.num_workers is not None:
+            _at_least(self, "data", 0, "num_workers")
         _check(0.0 <= self.max_bad_record_share <= 1.0,
                f"data.max_bad_record_share={self.max_bad_record_share} must lie in [0, 1]")
         if not 0.0 <= self.walking_tours_ratio <= 1.0:

@@ -1,4 +1,5 @@
-"""Multi-crop views: random draws, geometry, decoding and the photometric kernels vs torchvision."""
+"""Multi-crop views: random draws, geometry, decoding, and the photometric ops vs torchvision (the
+numba kernels of the CPU path and the torch ops of the GPU path, each)."""
 
 from __future__ import annotations
 
@@ -15,15 +16,25 @@ from PIL import Image
 
 from megatron_ego.data import IMAGENET_MEAN, IMAGENET_STD, load_frame
 from megatron_ego.data.augment import (
+    IDENTITY_VIEW,
     MultiCropSpec,
     ViewParams,
     crop_views,
     draw_multicrop,
     draw_view,
     min_decode_size,
+    pack_views,
 )
 from megatron_ego.data.decode import decode_rgb
 from megatron_ego.data.photometric import gaussian_kernel, photometric
+from megatron_ego.data.photometric_torch import photometric_torch
+
+
+def _torch_ops(crops: torch.Tensor, views: list[ViewParams]) -> torch.Tensor:
+    return photometric_torch(crops, pack_views(views))
+
+
+IMPLEMENTATIONS = pytest.mark.parametrize("ops", [photometric, _torch_ops], ids=["numba", "torch"])
 
 SPEC = MultiCropSpec(global_size=32, local_size=16, num_global=2, num_local=4)
 PLAIN = ViewParams(box=(0, 0, 8, 8), flip=False, jitter_order=None,
@@ -117,7 +128,19 @@ def test_dino_probabilities_per_view_kind():
         assert lo <= factors[:, column].min() and factors[:, column].max() <= hi
 
 
-def test_colour_jitter_matches_torchvision_in_every_order():
+def test_packed_views_keep_every_draw():
+    view = ViewParams(box=(1, 2, 3, 4), flip=True, jitter_order=(2, 0, 3, 1),
+                      jitter_factors=(0.7, 1.3, 0.9, -0.05), gray=True, blur_sigma=1.234567891,
+                      solarize=True)
+    np.testing.assert_array_equal(pack_views([view, PLAIN]), [
+        [2, 0, 3, 1, 0.7, 1.3, 0.9, -0.05, 1, 1.234567891, 1],  # float64: sigma exactly
+        IDENTITY_VIEW,
+    ])
+    assert pack_views([]).shape == (0, len(IDENTITY_VIEW))
+
+
+@IMPLEMENTATIONS
+def test_colour_jitter_matches_torchvision_in_every_order(ops):
     rng = np.random.default_rng(2)
     crops = torch.from_numpy(rng.integers(0, 256, (24, 3, 20, 20), dtype=np.uint8))
     crops[0] = 128  # a gray view: hue and saturation must leave it alone
@@ -128,7 +151,7 @@ def test_colour_jitter_matches_torchvision_in_every_order():
         factors = (rng.uniform(0.6, 1.4), rng.uniform(0.6, 1.4), rng.uniform(0.8, 1.2),
                    rng.uniform(-0.1, 0.1))
         views.append(dataclasses.replace(PLAIN, jitter_order=order, jitter_factors=factors))
-    got = photometric(crops, views)  # [24, 3, 20, 20]
+    got = ops(crops, views)  # [24, 3, 20, 20]
     for crop, view, out in zip(crops, views, got):
         want = crop.float() / 255
         for op in view.jitter_order or ():
@@ -136,16 +159,17 @@ def test_colour_jitter_matches_torchvision_in_every_order():
         torch.testing.assert_close(out, _normalize(want), atol=2e-5, rtol=0)
 
 
-def test_grayscale_blur_and_solarize_match_their_definitions():
+@IMPLEMENTATIONS
+def test_grayscale_blur_and_solarize_match_their_definitions(ops):
     rng = np.random.default_rng(3)
     crops = torch.from_numpy(rng.integers(0, 256, (3, 3, 24, 24), dtype=np.uint8))
     x = crops.float() / 255
     gray = dataclasses.replace(PLAIN, gray=True)
-    torch.testing.assert_close(photometric(crops[:1], [gray])[0],
+    torch.testing.assert_close(ops(crops[:1], [gray])[0],
                                _normalize(TF.rgb_to_grayscale(x[0], 3)), atol=2e-5, rtol=0)
     solar = dataclasses.replace(PLAIN, solarize=True)
     want = torch.where(x[1] >= 128 / 255, 1 - x[1], x[1])  # PIL solarize threshold 128
-    torch.testing.assert_close(photometric(crops[1:2], [solar])[0], _normalize(want),
+    torch.testing.assert_close(ops(crops[1:2], [solar])[0], _normalize(want),
                                atol=2e-5, rtol=0)
     blur = dataclasses.replace(PLAIN, blur_sigma=1.3)
     kernel = torch.from_numpy(gaussian_kernel(1.3, 24))
@@ -153,7 +177,7 @@ def test_grayscale_blur_and_solarize_match_their_definitions():
     padded = F.pad(x[2:3], (radius, radius, radius, radius), mode="reflect")
     weight = (kernel[:, None] * kernel[None, :]).expand(3, 1, -1, -1)
     want = F.conv2d(padded, weight, groups=3)[0]
-    torch.testing.assert_close(photometric(crops[2:3], [blur])[0], _normalize(want),
+    torch.testing.assert_close(ops(crops[2:3], [blur])[0], _normalize(want),
                                atol=2e-5, rtol=0)
 
 

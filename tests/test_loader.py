@@ -12,14 +12,29 @@ from PIL import Image
 
 from megatron_ego.config import load_config
 from megatron_ego.data import IMAGENET_MEAN, IMAGENET_STD, build_train_loader, load_frame
-from megatron_ego.data.augment import MultiCropSpec, crop_views, draw_multicrop
+from megatron_ego.data.augment import (
+    VIEW_FIELDS,
+    MultiCropSpec,
+    crop_views,
+    draw_multicrop,
+    pack_views,
+)
 from megatron_ego.data.clips import RawClip
 from megatron_ego.data.decode import decode_rgb
-from megatron_ego.data.loader import MicroBatchDataset, make_loader, sample_rng
+from megatron_ego.data.loader import (
+    MicroBatchDataset,
+    auto_workers,
+    local_ranks,
+    make_loader,
+    sample_rng,
+)
 from megatron_ego.data.mix import EGOEXO4D, WALKING_TOURS, EpochOrder
+from megatron_ego.data.on_device import to_device
 from megatron_ego.data.photometric import photometric
+from megatron_ego.data.photometric_torch import normalize_torch, photometric_torch
 
 T, P, J = 4, 5, 17
+CPU = torch.device("cpu")
 SPEC = MultiCropSpec(global_size=32, local_size=16, num_global=2, num_local=3)
 
 
@@ -76,21 +91,28 @@ def _normalised_range() -> tuple[torch.Tensor, torch.Tensor]:
 def test_egoexo4d_micro_batch_follows_the_contract():
     dataset = _dataset(seed=4, rank=1, world_size=2)
     clips = dataset.sources[EGOEXO4D]
-    batch = dataset[2]
-    assert set(batch) == {"source", "frames", "poses", "global_crops", "local_crops",
-                          "anchor_step", "index", "bad_records", "drawn",
-                          "counts"}
-    assert batch["bad_records"] == [] and batch["drawn"] == 3
-    assert batch["source"] == "egoexo4d" and batch["counts"] == {"egoexo4d": 3}
-    assert batch["frames"].shape == (3, T, 3, 32, 32) and batch["frames"].dtype == torch.float32
-    assert batch["poses"].shape == (3, T, 4, P, J) and batch["poses"].dtype == torch.float32
-    assert batch["global_crops"].shape == (3, 2, 3, 32, 32)
-    assert batch["local_crops"].shape == (3, 3, 3, 16, 16)
-    assert batch["anchor_step"].dtype == batch["index"].dtype == torch.int64
+    raw = dataset[2]  # what a worker hands over
+    assert set(raw) == {"source", "frames", "poses", "global_crops", "global_views",
+                        "local_crops", "local_views", "anchor_step", "index", "bad_records",
+                        "drawn", "counts"}
+    assert raw["bad_records"] == [] and raw["drawn"] == 3
+    assert raw["source"] == "egoexo4d" and raw["counts"] == {"egoexo4d": 3}
+    assert raw["frames"].shape == (3, T, 3, 32, 32) and raw["frames"].dtype == torch.uint8
+    assert raw["poses"].shape == (3, T, 4, P, J) and raw["poses"].dtype == torch.float32
+    assert raw["global_crops"].shape == (3, 2, 3, 32, 32)
+    assert raw["local_crops"].shape == (3, 3, 3, 16, 16)
+    assert raw["global_crops"].dtype == raw["local_crops"].dtype == torch.uint8
+    assert raw["global_views"].shape == (3, 2, VIEW_FIELDS)
+    assert raw["local_views"].shape == (3, 3, VIEW_FIELDS)
+    assert raw["global_views"].dtype == raw["local_views"].dtype == torch.float64
+    assert raw["anchor_step"].dtype == raw["index"].dtype == torch.int64
     order = EpochOrder(40, seed=4, source=EGOEXO4D, world_size=2, micro_batch_size=3)
-    np.testing.assert_array_equal(batch["index"].numpy(), order.indices(2, rank=1))
+    np.testing.assert_array_equal(raw["index"].numpy(), order.indices(2, rank=1))
+    batch = to_device(raw, CPU)  # what the model reads
+    assert "global_views" not in batch and "local_views" not in batch
     lo, hi = _normalised_range()
     for key in ("frames", "global_crops", "local_crops"):
+        assert batch[key].dtype == torch.float32 and batch[key].shape == raw[key].shape
         assert ((batch[key] >= lo) & (batch[key] <= hi)).all(), key
     for j, index in enumerate(batch["index"].tolist()):
         clip = clips[index]
@@ -105,10 +127,32 @@ def test_egoexo4d_micro_batch_follows_the_contract():
         views_g, views_l = draw_multicrop(rng, clips.frame_size, SPEC)
         image = decode_rgb(clip.frames[anchor], "jpeg")
         assert batch["anchor_step"][j] == anchor
-        want_g = photometric(crop_views(image, views_g, 32, clips.frame_size), views_g)
-        want_l = photometric(crop_views(image, views_l, 16, clips.frame_size), views_l)
-        assert torch.equal(batch["global_crops"][j], want_g)
-        assert torch.equal(batch["local_crops"][j], want_l)
+        crops_g = crop_views(image, views_g, 32, clips.frame_size)
+        crops_l = crop_views(image, views_l, 16, clips.frame_size)
+        assert torch.equal(raw["global_crops"][j], crops_g)
+        assert torch.equal(raw["local_crops"][j], crops_l)
+        np.testing.assert_array_equal(raw["global_views"][j].numpy(), pack_views(views_g))
+        np.testing.assert_array_equal(raw["local_views"][j].numpy(), pack_views(views_l))
+        # the float path the workers ran before this hand-off, bit for bit
+        assert torch.equal(batch["global_crops"][j], photometric(crops_g, views_g))
+        assert torch.equal(batch["local_crops"][j], photometric(crops_l, views_l))
+
+
+@pytest.mark.parametrize("photometric_ops", [False, True])
+def test_the_gpu_path_matches_the_cpu_path(photometric_ops):
+    """finish_images' torch ops (what a GPU runs; run here on the CPU) against the numba
+    kernels: 1e-6 with normalisation only, float32 rounding with the photometric ops."""
+    spec = MultiCropSpec(global_size=32, local_size=16, num_global=2, num_local=3,
+                         photometric=photometric_ops)
+    raw = _dataset(seed=1, b=4, spec=spec)[0]
+    batch = to_device(raw, CPU)
+    torch.testing.assert_close(normalize_torch(raw["frames"].flatten(0, 1)),
+                               batch["frames"].flatten(0, 1), atol=1e-6, rtol=0)
+    for kind in ("global", "local"):
+        got = photometric_torch(raw[f"{kind}_crops"].flatten(0, 1),
+                                raw[f"{kind}_views"].flatten(0, 1))
+        want = batch[f"{kind}_crops"].flatten(0, 1)
+        torch.testing.assert_close(got, want, atol=1e-6 if not photometric_ops else 1e-5, rtol=0)
 
 
 class RawFakeClips(FakeClips):
@@ -135,12 +179,13 @@ def test_walking_tours_micro_batch_and_no_local_crops():
     spec = MultiCropSpec(global_size=32, local_size=16, num_global=2, num_local=0)
     dataset = _dataset(ratio=1.0, spec=spec)
     batch = dataset[0]
-    assert set(batch) == {"source", "global_crops", "local_crops", "index", "bad_records", "drawn",
-                          "counts"}
+    assert set(batch) == {"source", "global_crops", "global_views", "local_crops", "local_views",
+                          "index", "bad_records", "drawn", "counts"}
     assert batch["source"] == "walking_tours"
     assert batch["global_crops"].shape == (3, 2, 3, 32, 32)
     assert batch["local_crops"].shape == (3, 0, 3, 16, 16)
     assert batch["index"].max() < 50
+    assert to_device(batch, CPU)["local_crops"].shape == (3, 0, 3, 16, 16)
 
 
 def test_same_seed_and_step_give_the_same_batch_and_seeds_differ():
@@ -157,6 +202,7 @@ def test_resumed_loader_and_any_worker_count_yield_the_same_micro_batches():
     resumed = list(itertools.islice(make_loader(dataset, 3, num_workers=2, prefetch_factor=2), 3))
     for a, b in zip(uninterrupted[3:], resumed):
         _assert_same(a, b)
+        assert b["global_crops"].dtype == torch.uint8  # through the workers' shared memory
 
 
 def test_sources_agree_across_ranks_and_ranks_read_disjoint_samples():
@@ -186,6 +232,8 @@ def test_within_batch_micro_batches_hold_both_sources_in_the_same_numbers_on_eve
             assert batch["frames"].shape[0] == batch["poses"].shape[0] == e
             assert batch["global_crops"].shape[:2] == (5, SPEC.num_global)
             assert batch["local_crops"].shape[:2] == (5, SPEC.num_local)
+            assert batch["global_views"].shape[:2] == (5, SPEC.num_global)
+            assert batch["local_views"].shape[:2] == (5, SPEC.num_local)
             seen[EGOEXO4D].append(batch["index"][:e])
             seen[WALKING_TOURS].append(batch["index"][e:])
     for source in seen:  # 6 micro-steps x 2 ranks stay inside the first epoch: no repeats
@@ -258,3 +306,27 @@ def test_build_train_loader_reads_preprocessed_directories(tmp_path):
             assert batch["poses"].shape == (2, T, 4, P, J)
     resumed = next(build_train_loader(cfg, rank=1, world_size=2, start_micro_step=4))
     _assert_same(batches[4], resumed)
+
+
+def test_loader_workers_are_sized_from_the_cores_per_rank():
+    assert auto_workers(cpus=96, ranks=8) == 11  # one core per rank left to the training process
+    assert auto_workers(cpus=2, ranks=1) == 1
+    assert auto_workers(cpus=4, ranks=8) == 1  # fewer cores than ranks: still one worker
+    assert auto_workers(cpus=256, ranks=1) == 16  # capped: more workers only hold more memory
+    assert auto_workers(cpus=256, ranks=1, cap=64) == 64
+    assert local_ranks({"LOCAL_WORLD_SIZE": "4"}, world_size=16) == 4  # torchrun
+    assert local_ranks({"LOCAL_SIZE": "2"}, world_size=16) == 2  # deepspeed's launcher
+    assert local_ranks({}, world_size=3) == 3  # unknown: as if all ranks shared this machine
+    assert local_ranks({"LOCAL_WORLD_SIZE": ""}, world_size=1) == 1
+
+
+def test_num_workers_null_means_sized_from_the_machine(monkeypatch, tmp_path):
+    from megatron_ego.data import loader
+
+    assert load_config(None).data.num_workers is None  # the default
+    assert load_config(None, ["--data.num_workers=3"]).data.num_workers == 3
+    assert load_config(None, ["--data.num_workers=null"]).data.num_workers is None
+    monkeypatch.setattr(loader, "_usable_cpus", lambda: 16)
+    monkeypatch.setenv("LOCAL_WORLD_SIZE", "2")
+    assert loader._num_workers(None, world_size=4) == 7
+    assert loader._num_workers(0, world_size=4) == 0  # an explicit value wins

@@ -163,12 +163,13 @@ def _micro_batches(dataset: Path, steps: int) -> list[dict]:
     from megatron_ego.config import load_config
     from megatron_ego.data.augment import MultiCropSpec
     from megatron_ego.data.loader import MicroBatchDataset
+    from megatron_ego.data.on_device import to_device
 
     cfg = load_config("configs/tiny_cpu.yaml", TINY)
     data = MicroBatchDataset({"egoexo4d": ClipDataset(str(dataset))},
                              MultiCropSpec.from_config(cfg), seed=0, rank=0, world_size=1,
                              micro_batch_size=4, num_steps=T, poses_per_step=P, num_joints=J)
-    return [data[k] for k in range(steps)]
+    return [to_device(data[k], torch.device("cpu")) for k in range(steps)]
 
 
 def test_a_corrupt_jpeg_is_skipped_counted_and_named(dataset):

@@ -16,7 +16,12 @@ resized, on uint8.
     need = min_decode_size([(v, spec.global_size) for v in views_g], (H, W))
     image = decode_rgb(frame, "jpeg", need)                              # uint8 [3, h, w]
     crops = crop_views(image, views_g, spec.global_size, (H, W))         # uint8 [G, 3, S, S]
-    g = photometric(crops, views_g)                                      # float32 [G, 3, S, S]
+    rows = pack_views(views_g)                                           # float64 [G, VIEW_FIELDS]
+    g = photometric(crops, rows)                                         # float32 [G, 3, S, S]
+
+The loader's workers stop at the uint8 crops and hand `pack_views` rows to the main process,
+which runs the photometric ops and the normalisation where the batch goes to the device
+(on_device.py).
 """
 
 from __future__ import annotations
@@ -30,6 +35,8 @@ import torch
 import torch.nn.functional as F
 
 __all__ = [
+    "IDENTITY_VIEW",
+    "VIEW_FIELDS",
     "MultiCropSpec",
     "ViewParams",
     "crop_views",
@@ -37,6 +44,7 @@ __all__ = [
     "draw_view",
     "geometry_only",
     "min_decode_size",
+    "pack_views",
 ]
 
 _RATIO = (3 / 4, 4 / 3)  # RandomResizedCrop aspect-ratio range
@@ -94,6 +102,26 @@ class ViewParams:
     """Gaussian blur standard deviation in output pixels; 0 = no blur."""
     solarize: bool
     """Invert pixels >= 128/255."""
+
+
+VIEW_FIELDS = 11
+"""Columns of a packed view (`pack_views`): 0-3 the colour-jitter op codes in the order applied
+(-1 = none in that place), 4-7 the brightness, contrast, saturation factors and hue shift, 8 grayscale
+(0/1), 9 the blur sigma (0 = none), 10 solarize (0/1). float64, so the values are the drawn ones."""
+IDENTITY_VIEW = (-1.0, -1.0, -1.0, -1.0, 1.0, 1.0, 1.0, 0.0, 0.0, 0.0, 0.0)
+"""A packed view with no photometric op (normalisation only)."""
+
+
+def pack_views(views: list[ViewParams]) -> np.ndarray:
+    """The photometric draws of `views` as float64 [n, VIEW_FIELDS] rows (the box and the flip
+    are spent by `crop_views`): what a loader worker hands the main process with the crops."""
+    rows = np.array([IDENTITY_VIEW] * len(views), dtype=np.float64).reshape(-1, VIEW_FIELDS)
+    for row, view in zip(rows, views):
+        order = view.jitter_order or ()
+        row[0:len(order)] = order
+        row[4:8] = view.jitter_factors
+        row[8:11] = float(view.gray), view.blur_sigma, float(view.solarize)
+    return rows
 
 
 def _random_resized_box(
@@ -188,7 +216,11 @@ def min_decode_size(
 
 
 def crop_views(
-    image: torch.Tensor, views: list[ViewParams], size: int, frame_size: tuple[int, int]
+    image: torch.Tensor,
+    views: list[ViewParams],
+    size: int,
+    frame_size: tuple[int, int],
+    out: torch.Tensor | None = None,
 ) -> torch.Tensor:
     """Crop, resize (bicubic, antialiased, on uint8) and flip each view.
 
@@ -197,11 +229,13 @@ def crop_views(
         views: the views to cut; boxes are in full-size pixels (`frame_size`) and rescaled.
         size: output side in pixels.
         frame_size: (H, W) of the full-size stored frame.
+        out: uint8 [n, 3, size, size] to write into; None = a new tensor.
 
     Returns:
         uint8 [n, 3, size, size].
     """
-    out = torch.empty(len(views), 3, size, size, dtype=torch.uint8)  # [n, 3, S, S]
+    if out is None:
+        out = torch.empty(len(views), 3, size, size, dtype=torch.uint8)  # [n, 3, S, S]
     sy, sx = image.shape[1] / frame_size[0], image.shape[2] / frame_size[1]
     for i, view in enumerate(views):
         top, left, h, w = view.box

@@ -9,35 +9,35 @@ float-tensor definition (`torchvision.transforms.functional.adjust_brightness` .
 Why kernels: in eager torch every op is a separate pass over memory, and the HSV round trip of the
 hue shift alone takes about 30 of them; here each op is one pass over a view that stays in cache,
 and the hue shift is one loop (docs/benchmarks.md, "Data loader", for the resulting speed).
-Numba compiles the kernels on first use and caches them on disk (`cache=True`); `warm_up()`
-compiles them ahead of forking DataLoader workers.
+Numba compiles the kernels on first use and caches them on disk (`cache=True`).
 
     out = photometric(crops, views)   # uint8 [n, 3, S, S] -> float32 [n, 3, S, S]
+
+Where they run: in the training process, on the micro-batch's uint8 crops, when the batch stays
+on the CPU (on_device.py; photometric_torch.py holds the same ops for a GPU).
 """
 
 from __future__ import annotations
 
 import math
-from typing import TYPE_CHECKING
 
 import numpy as np
 import torch
 from numba import njit
 
+from megatron_ego.data.augment import ViewParams, pack_views
 from megatron_ego.data.decode import IMAGENET_MEAN, IMAGENET_STD
-
-if TYPE_CHECKING:
-    from megatron_ego.data.augment import ViewParams
 
 __all__ = [
     "BRIGHTNESS",
     "CONTRAST",
     "HUE",
+    "NORM_BIAS",
+    "NORM_SCALE",
     "SATURATION",
     "gaussian_kernel",
     "normalize_into",
     "photometric",
-    "warm_up",
 ]
 
 BRIGHTNESS, CONTRAST, SATURATION, HUE = 0, 1, 2, 3
@@ -47,8 +47,9 @@ _F = np.float32
 _WR, _WG, _WB = _F(0.2989), _F(0.587), _F(0.114)  # torchvision rgb_to_grayscale (ITU-R 601)
 _ZERO, _ONE, _SIX = _F(0.0), _F(1.0), _F(6.0)
 _SOLARIZE = _F(128 / 255)  # PIL ImageOps.solarize threshold 128, on [0, 1] pixels
-_SCALE = (1.0 / np.array(IMAGENET_STD)).astype(np.float32)  # [3]
-_BIAS = (-np.array(IMAGENET_MEAN) / np.array(IMAGENET_STD)).astype(np.float32)  # [3]
+NORM_SCALE = (1.0 / np.array(IMAGENET_STD)).astype(np.float32)  # [3]
+"""ImageNet normalisation of [0, 1] pixels: x * NORM_SCALE + NORM_BIAS = (x - mean) / std."""
+NORM_BIAS = (-np.array(IMAGENET_MEAN) / np.array(IMAGENET_STD)).astype(np.float32)  # [3]
 _KERNELS = dict(cache=True, fastmath=True, boundscheck=False, nogil=True)
 
 
@@ -194,7 +195,7 @@ def normalize_into(images: torch.Tensor, out: torch.Tensor) -> torch.Tensor:
         raise ValueError(f"out must be a contiguous float32 tensor of shape {tuple(images.shape)}")
     n = images.shape[0]
     src = images.contiguous().numpy().reshape(n, 3, -1)
-    _normalize(src, _SCALE, _BIAS, out.numpy().reshape(n, 3, -1))
+    _normalize(src, NORM_SCALE, NORM_BIAS, out.numpy().reshape(n, 3, -1))
     return out
 
 
@@ -210,18 +211,22 @@ def gaussian_kernel(sigma: float, size: int) -> np.ndarray:
 
 
 def photometric(
-    crops: torch.Tensor, views: list[ViewParams], out: torch.Tensor | None = None
+    crops: torch.Tensor,
+    views: list[ViewParams] | np.ndarray | torch.Tensor,
+    out: torch.Tensor | None = None,
 ) -> torch.Tensor:
     """Colour jitter, grayscale, blur, solarize and normalise cropped views, one kernel call each.
 
     Args:
         crops: uint8 [n, 3, S, S] (from `augment.crop_views`).
-        views: n `augment.ViewParams`, the random draws of each view.
+        views: the n views' random draws: `augment.ViewParams`, or their `augment.pack_views`
+            rows, float64 [n, VIEW_FIELDS] (numpy or a CPU tensor).
         out: float32 [n, 3, S, S] to write into (contiguous per view); None = a new tensor.
 
     Returns:
         float32 [n, 3, S, S], ImageNet-normalised.
     """
+    rows = pack_views(views) if isinstance(views, list) else np.asarray(views, dtype=np.float64)
     _, _, height, width = crops.shape
     out = torch.empty(crops.shape, dtype=torch.float32) if out is None else out
     target = out if out.is_contiguous() else torch.empty(crops.shape, dtype=torch.float32)
@@ -229,25 +234,12 @@ def photometric(
     x = np.empty((3, height, width), dtype=np.float32)  # scratch, reused by every view
     tmp = np.empty_like(x)
     row = np.empty(3 * max(height, width), dtype=np.float32)  # a row and its reflected borders
-    for i, view in enumerate(views):
-        order = np.array(view.jitter_order or (), dtype=np.int64)
-        factors = np.array(view.jitter_factors, dtype=np.float32)
-        blur = gaussian_kernel(view.blur_sigma, min(height, width))
-        _view(src[i], order, factors, view.gray, blur, view.solarize, _SCALE, _BIAS, dst[i],
+    for i, view in enumerate(rows):
+        order = view[0:4][view[0:4] >= 0].astype(np.int64)  # the jitter ops, in order
+        factors = view[4:8].astype(np.float32)
+        blur = gaussian_kernel(float(view[9]), min(height, width))
+        _view(src[i], order, factors, bool(view[8]), blur, bool(view[10]), NORM_SCALE, NORM_BIAS, dst[i],
               x, tmp, row)
     if target is not out:
         out.copy_(target)
     return out
-
-
-def warm_up() -> None:
-    """Compile (or load from numba's cache) every kernel now, on an 8 x 8 view using all the ops:
-    call it before forking DataLoader workers so that they inherit the compiled code."""
-    from megatron_ego.data.augment import ViewParams
-
-    view = ViewParams(box=(0, 0, 8, 8), flip=False, jitter_order=(0, 1, 2, 3),
-                      jitter_factors=(1.1, 0.9, 1.2, 0.05), gray=True, blur_sigma=1.0,
-                      solarize=True)
-    crops = torch.zeros(1, 3, 8, 8, dtype=torch.uint8)
-    photometric(crops, [view])
-    normalize_into(crops, torch.empty(1, 3, 8, 8))

@@ -22,6 +22,7 @@ import yaml
 
 from megatron_ego.config import Config, ConfigError, save_config
 from megatron_ego.config_io import to_dict
+from megatron_ego.data.on_device import to_device
 from megatron_ego.losses.objective import EgoAgentObjective
 from megatron_ego.model.egoagent import EgoAgent
 from megatron_ego.runtime.device import seed_everything
@@ -116,9 +117,9 @@ def check_data_paths(cfg: Config) -> None:
 
 
 def _to_device(batch: dict, device: torch.device) -> dict:
-    """Tensors to the device (student inputs are cast to the engine's dtype separately)."""
-    return {k: (v.to(device, non_blocking=True) if torch.is_tensor(v) else v)
-            for k, v in batch.items()}
+    """Tensors to the device, the loader's uint8 images normalised there (data/on_device.py);
+    student inputs are cast to the engine's dtype separately."""
+    return to_device(batch, device)
 
 
 def _cast(inputs: dict, dtype: torch.dtype) -> dict:
