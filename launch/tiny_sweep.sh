@@ -5,9 +5,13 @@
 # share it); a table of the variants' results.json closes the run.
 #
 #   launch/tiny_sweep.sh [--demo runs/demo] [--out runs/sweep] [--jobs 8] \
-#       NAME="--section.key=value ..." [NAME=...]
+#       [--config configs/tiny_cpu.yaml] NAME="--section.key=value ..." [NAME=...]
 #   launch/tiny_sweep.sh base= t01="--loss.predict_contrastive_temp=0.01" \
 #       long="--schedule.train_iters=2400"
+#
+# The demo's two stages with another seed (stage 2 starts from the stage-1 variant's run folder):
+#   launch/tiny_sweep.sh --config configs/tiny_cpu_stage1.yaml st1s1="--run.seed=1"
+#   launch/tiny_sweep.sh st2s1="--run.seed=1 --run.init_from=runs/sweep/st1s1"
 #
 # --demo is a finished `make demo` folder (its data/ and raw/imagefolder/ are read, nothing is
 # written there; without data/walking_tours the variants train on Ego-Exo4D clips alone). Each
@@ -22,14 +26,17 @@ cd "$(dirname "$0")/.."
 demo=runs/demo
 out=runs/sweep
 jobs=8
+config=configs/tiny_cpu.yaml
 variants=()
 while [ $# -gt 0 ]; do
   case "$1" in
     --demo) demo="$2"; shift ;;
     --out) out="$2"; shift ;;
     --jobs) jobs="$2"; shift ;;
+    --config) config="$2"; shift ;;
     -h|--help) sed -n '2,/^set -euo/{/^set -euo/d;s/^# \{0,1\}//;p;}' "$0"; exit 0 ;;
-    -*) echo "usage: $0 [--demo DIR] [--out DIR] [--jobs N] NAME=\"OVERRIDES\" ..." >&2; exit 2 ;;
+    -*) echo "usage: $0 [--demo DIR] [--out DIR] [--jobs N] [--config FILE] NAME=\"OVERRIDES\" ..." >&2
+        exit 2 ;;
     *=*)
       if [[ ! "${1%%=*}" =~ ^[A-Za-z0-9_.-]+$ ]]; then
         echo "variant name '${1%%=*}' must be letters, digits, '.', '_' or '-' (a folder name)" >&2
@@ -69,11 +76,17 @@ variant() {  # variant NAME OVERRIDES: pretrain, export, evaluate; log under $ou
       "choose another name or delete that folder" >&2
     return 0
   fi
+  if [ -f "$dir/config.txt" ] && [ "$(cat "$dir/config.txt")" != "$config" ]; then
+    echo "variant $name failed: $dir was made with --config $(cat "$dir/config.txt");" \
+      "choose another name or delete that folder" >&2
+    return 0
+  fi
   [ -f "$dir/eval/results.json" ] && return 0
   mkdir -p "$dir"
+  printf '%s\n' "$config" > "$dir/config.txt"
   printf '%s\n' "$2" > "$dir/overrides.txt"
   {
-    "$py" launch/pretrain.py --ds_config configs/zero2.json --config configs/tiny_cpu.yaml \
+    "$py" launch/pretrain.py --ds_config configs/zero2.json --config "$config" \
       --resume auto "--run.name=$name" "--run.output_dir=$dir" \
       "--data.egoexo4d_path=$demo/data/egoexo4d/train" "${walking[@]}" "${overrides[@]}" &&
     "$py" launch/export.py --checkpoint "$dir" --out "$dir/export" &&

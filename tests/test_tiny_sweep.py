@@ -76,3 +76,15 @@ def test_a_failed_variant_is_named_and_fails_the_sweep(tiny_run, tmp_path):
     assert done.returncode == 1
     assert "variant bad failed" in done.stderr
     assert "no_such_key" in (tmp_path / "bad" / "train.log").read_text()
+
+
+def test_a_variant_made_with_another_config_is_refused(tiny_run, tmp_path):
+    """--config (the demo's stage 1 is configs/tiny_cpu_stage1.yaml): a folder is never reused
+    with another config, like with other overrides."""
+    (tmp_path / "v").mkdir()
+    (tmp_path / "v" / "overrides.txt").write_text(f"{SHORT}\n")
+    (tmp_path / "v" / "config.txt").write_text("configs/tiny_cpu_stage1.yaml\n")
+    done = _sweep("--demo", str(tiny_run["root"]), "--out", str(tmp_path), f"v={SHORT}")
+    assert done.returncode == 1
+    assert "made with --config configs/tiny_cpu_stage1.yaml" in done.stderr
+    assert not (tmp_path / "v" / "train.log").exists()  # nothing was trained
