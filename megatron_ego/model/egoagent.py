@@ -82,12 +82,17 @@ class EgoAgent(nn.Module):
                     out_dim=cfg.head_out_dim)
         self.represent_head = DINOHead(h, **head)
         self.predict_head = DINOHead(h, **head)
-        if cfg.predict_head_init == "represent":
-            self.predict_head.load_state_dict(self.represent_head.state_dict())
+        self.init_predict_head()
         # The paper's action head: one Linear from the action query's output to 4 x P x J.
         self.action_head = ActionHead(h, cfg.pose_channels, cfg.poses_per_step, cfg.num_joints)
         if cfg.action_head == "anchored":
             self._build_anchored_action_head()
+
+    def init_predict_head(self) -> None:
+        """model.predict_head_init="represent": the state-prediction head starts as a copy of the
+        representation head (called again after run.init_from loads a trained one)."""
+        if self.cfg.predict_head_init == "represent":
+            self.predict_head.load_state_dict(self.represent_head.state_dict())
 
     def _build_anchored_action_head(self) -> None:
         """model.action_head="anchored" (ours; the tiny CPU demo, docs/results.md)."""

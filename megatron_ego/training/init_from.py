@@ -127,17 +127,9 @@ def load_shared(module: nn.Module, weights: dict[str, torch.Tensor], source: Ini
         for name in names:
             state[name].copy_(weights[name].to(device=state[name].device,
                                                dtype=state[name].dtype))
-    if predicts_from_represent(module):
-        # model.predict_head_init=represent: the head starts as a copy of the representation
-        # head the run starts with, i.e. the loaded one (not the random one it was built from)
-        module.predict_head.load_state_dict(module.represent_head.state_dict())
+    # model.predict_head_init=represent: a copy of the loaded head, not of the random one
+    module.init_predict_head()
     return names
-
-
-def predicts_from_represent(module: nn.Module) -> bool:
-    cfg = getattr(module, "cfg", None)
-    return getattr(cfg, "predict_head_init", None) == "represent" and hasattr(
-        module, "predict_head")
 
 
 def fresh_names(module: nn.Module) -> list[str]:
