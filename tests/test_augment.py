@@ -264,7 +264,7 @@ def test_first_crop_holds_every_view_and_avoids_disjoint_pairs_on_wide_frames():
         rng = np.random.default_rng(seed)
         init = draw_init_crop(rng, frame, first)
         top, left, h, w = init
-        assert 0 <= top and top + h <= frame[0] and 0 <= left and left + w <= frame[1]
+        assert top >= 0 and top + h <= frame[0] and left >= 0 and left + w <= frame[1]
         assert 0.2 * 0.95 <= h * w / (frame[0] * frame[1]) <= 1.0
         views_g, views_l = draw_multicrop(rng, view_frame_size(first, frame), first)
         boxes = [_in_frame(init, v.box, 300) for v in views_g + views_l]
