@@ -20,7 +20,8 @@ V = augment.VIEW_FIELDS):
     frames        uint8 [b, T, 3, S, S]     whole frames resized (no crop, no flip)
     poses         float32 [b, T, 4, P, J]   (x, y, z metres in the camera frame, visibility)
     global_crops  uint8 [b, G, 3, S, S]     DINO global views of the anchor frame t_a (cropped,
-                                            resized and flipped; no photometric op yet)
+                                            resized and flipped; no photometric op yet), cut
+                                            from its first crop (data.init_crop_size) if any
     global_views  float64 [b, G, V]         their photometric draws (augment.pack_views)
     local_crops   uint8 [b, L, 3, s, s]     DINO local views of the anchor frame (L may be 0)
     local_views   float64 [b, L, V]
