@@ -44,7 +44,7 @@ def encode_png(image: np.ndarray) -> np.ndarray:
 
     buffer = io.BytesIO()
     Image.fromarray(image).save(buffer, format="PNG", compress_level=1)
-    return np.frombuffer(buffer.getvalue(), dtype=np.uint8)
+    return np.frombuffer(buffer.getvalue(), dtype=np.uint8).copy()
 
 
 def decode_png(data: np.ndarray) -> np.ndarray:

@@ -26,7 +26,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from megatron_ego.eval.policy.bc import CM_PER_M, BCConfig, policy_inputs, train_bc
+from megatron_ego.eval.policy.bc import CM_PER_M, BCConfig, one_thread, policy_inputs, train_bc
 from megatron_ego.eval.policy.demos import DemoSet
 from megatron_ego.eval.policy.encoders import (
     Representation,
@@ -86,8 +86,9 @@ def _rollouts(scene, demos: DemoSet, tests: np.ndarray, make_policy, render: boo
     """Scaled success [len(tests)] of ``make_policy(episode)`` from each test state."""
     from megatron_ego.eval.policy.tasks import run_episode
 
-    return np.array([run_episode(scene, demos.task, demos.initial_state(int(e)),
-                                 make_policy(int(e)), render=render).success for e in tests])
+    with one_thread():
+        return np.array([run_episode(scene, demos.task, demos.initial_state(int(e)),
+                                     make_policy(int(e)), render=render).success for e in tests])
 
 
 def _evaluate_method(name: str, scene, demos: DemoSet, features: np.ndarray, goals: np.ndarray,
