@@ -22,6 +22,11 @@ case "${1:-}" in
 esac
 cd "$(dirname "$0")/.."
 
+# as launch/demo.sh: tell DeepSpeed (the stage-1 export) the accelerator on a CPU-only machine
+if ! command -v nvidia-smi > /dev/null 2>&1; then
+  export DS_ACCELERATOR=cpu
+fi
+
 py=.venv/bin/python
 demo="${DEMO_DIR:-runs/demo}"
 out="$demo/policy"
