@@ -3,11 +3,13 @@
 A folder per task (written by ``python -m preprocess.trifinger_demos``) holds three Megatron
 indexed datasets (``IndexedDatasetBuilder``; one document per episode) and ``manifest.json``:
 
-| file | dtype | one sequence per | content |
-|---|---|---|---|
-| ``steps`` | float32 | observation (T + 1 per episode) | fingertips [9] m, cube centre [3] m, cube orientation [4] (x, y, z, w), the action taken there [9] m (zeros after the last) |
-| ``frames`` | uint8 | camera60 image: every observation of a training episode, the final one of a test episode | PNG bytes |
-| ``episodes`` | float32 | episode | joints [9] rad, cube centre [3], orientation [4], goal [3], the expert's scaled success [1] |
+- ``steps`` (float32), one record per observation (T + 1 per episode): fingertips [9] m, cube
+  centre [3] m, cube orientation [4] (x, y, z, w), the action taken there [9] m (zeros after
+  the last);
+- ``frames`` (uint8), PNG bytes of camera60: every observation of a training episode, the final
+  one of a test episode;
+- ``episodes`` (float32), one record per episode: joints [9] rad, cube centre [3], orientation
+  [4], goal [3], the expert's scaled success [1].
 
 Episodes are in order: the training demonstrations, then the held-out test episodes (the
 expert run from the test initial states; the policies are evaluated from those states, and

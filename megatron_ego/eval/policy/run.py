@@ -81,14 +81,23 @@ def _controller(policy, encode: Callable[[Observation], np.ndarray],
     return act
 
 
-def _rollouts(scene, demos: DemoSet, tests: np.ndarray, make_policy, render: bool
+def _rollouts(scene, demos: DemoSet, tests: np.ndarray, policy,
+              encode: Callable[[Observation], np.ndarray], goals: np.ndarray, render: bool
               ) -> np.ndarray:
-    """Scaled success [len(tests)] of ``make_policy(episode)`` from each test state."""
+    """Scaled success [len(tests)] of ``policy`` from each test state."""
     from megatron_ego.eval.policy.tasks import run_episode
 
+    conditioned = demos.task.goal_conditioned
     with one_thread():
-        return np.array([run_episode(scene, demos.task, demos.initial_state(int(e)),
-                                     make_policy(int(e)), render=render).success for e in tests])
+        return np.array([
+            run_episode(scene, demos.task, demos.initial_state(int(e)),
+                        _controller(policy, encode, goals[int(e)] if conditioned else None),
+                        render=render).success
+            for e in tests])
+
+
+def _true_state(obs: Observation) -> np.ndarray:
+    return obs.cube_position * CM_PER_M  # [3] cm
 
 
 def _evaluate_method(name: str, scene, demos: DemoSet, features: np.ndarray, goals: np.ndarray,
@@ -101,15 +110,8 @@ def _evaluate_method(name: str, scene, demos: DemoSet, features: np.ndarray, goa
         start = time.perf_counter()
         policy = train_bc(inputs, targets, opts.bc, seed)
         trained = time.perf_counter() - start
-        goal_of = (lambda e: goals[e]) if demos.task.goal_conditioned else (lambda e: None)
-        if encode is None:  # the true state: read the cube from the simulator
-            def state(obs: Observation) -> np.ndarray:
-                return obs.cube_position * CM_PER_M
-            row = _rollouts(scene, demos, tests, lambda e: _controller(policy, state, goal_of(e)),
-                            render=False)
-        else:
-            row = _rollouts(scene, demos, tests, lambda e: _controller(policy, encode, goal_of(e)),
-                            render=True)
+        row = _rollouts(scene, demos, tests, policy, encode or _true_state, goals,
+                        render=encode is not None)  # the true state reads the simulator
         scores.append(row)
         log.info("policy %s %s seed %d: trained in %.1f s, mean scaled success %.3f "
                  "(%d rollouts, %.1f s)", demos.task.name, name, seed, trained, row.mean(),
@@ -151,8 +153,8 @@ def policy_provenance(opts: PolicyOptions) -> dict:
     """What results.json records about the policy task's inputs (JSON-safe)."""
     from dataclasses import asdict
 
-    from megatron_ego.eval.provenance import data_manifest
     from megatron_ego.eval.policy.sim import simulator_version
+    from megatron_ego.eval.provenance import data_manifest
 
     return {"demos": [data_manifest(path) for path in opts.demos], "stage1_export": opts.stage1,
             "random_init_seed": RANDOM_INIT_SEED, "training_seeds": opts.seeds,
