@@ -269,3 +269,14 @@ def test_evaluate_runs_the_policy_task_end_to_end(tiny_demos, tmp_path):
     assert "policy_reach_cube" in (out / "results.md").read_text()
     assert sorted(p.name for p in (out / "features").iterdir()) == [
         f"policy_reach_cube_{m}.pt" for m in ("egoagent", "random_init", "stage1")]
+
+
+def test_true_state_is_the_same_for_both_signs_of_a_quaternion():
+    from megatron_ego.eval.policy.run import true_state
+
+    position = np.array([0.01, -0.02, H])
+    q = np.array([0.0, 0.0, np.sin(1.2), -np.cos(1.2)])  # w < 0
+    state = true_state(position, q)
+    np.testing.assert_allclose(state, true_state(position, -q))
+    np.testing.assert_allclose(state[:3], position * 100)
+    assert state[6] > 0

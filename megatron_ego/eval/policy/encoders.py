@@ -4,7 +4,7 @@
   frames are resized to model.image_size inside, megatron_ego/inference.py);
 - ``random_init``: a module of the export's config, randomly initialised with a fixed seed
   (its own initialisation; the same architecture, never trained);
-- ``true_state`` (no image): the cube's true centre in cm.
+- ``true_state`` (no image, run.py): the cube's true centre in cm and its orientation.
 
 Features of the demonstration frames are cached per representation under
 ``OUT/features/policy_<task>_<name>.pt`` and reused while the weights, the demonstration

@@ -7,8 +7,8 @@ initial state; each rollout is scored by the benchmark's scaled success (measure
 
 - ``egoagent``: the export's representation; ``stage1``: the stage-1 (represent-only) export,
   when given; ``random_init``: the same architecture never trained (fixed seed);
-- ``true_state``: the true cube centre (and goal position) instead of an image: the ceiling of
-  the demonstrations and of behaviour cloning;
+- ``true_state``: the true cube pose (centre in cm, orientation quaternion; and the goal
+  position) instead of an image: the ceiling of the demonstrations and of behaviour cloning;
 - ``expert``: the scripted expert itself on the same test states (no training; seeds = 1).
 
     results = run_policy(agent, "runs/x/export", ["data/trifinger/reach_cube"], "runs/x/eval")
@@ -53,9 +53,18 @@ class PolicyOptions:
     max_test: int | None = None  # evaluate only the first N test states
 
 
+def true_state(position: np.ndarray, orientation: np.ndarray) -> np.ndarray:
+    """[..., 7]: the cube centre in cm and its orientation quaternion (x, y, z, w), sign fixed
+    so that w >= 0 (q and -q are the same rotation)."""
+    sign = np.where(orientation[..., 3:] < 0, -1.0, 1.0)  # [..., 1]
+    return np.concatenate([position * CM_PER_M, orientation * sign], axis=-1)
+
+
 def _state_features(demos: DemoSet) -> tuple[np.ndarray, np.ndarray]:
-    """True cube centre in cm: train [n_train, T+1, 3], goal [n, 3] (the goal position)."""
-    return demos.cubes[demos.train, :, :3] * CM_PER_M, demos.goals * CM_PER_M
+    """The true state instead of image features: train [n_train, T+1, 7], goal [n, 3] (the
+    goal position in cm, for goal-conditioned tasks)."""
+    cubes = demos.cubes[demos.train]  # [n_train, T+1, 7]
+    return true_state(cubes[..., :3], cubes[..., 3:]), demos.goals * CM_PER_M
 
 
 def _training_set(demos: DemoSet, features: np.ndarray, goals: np.ndarray
@@ -97,7 +106,7 @@ def _rollouts(scene, demos: DemoSet, tests: np.ndarray, policy,
 
 
 def _true_state(obs: Observation) -> np.ndarray:
-    return obs.cube_position * CM_PER_M  # [3] cm
+    return true_state(obs.cube_position, obs.cube_orientation)  # [7]
 
 
 def _evaluate_method(name: str, scene, demos: DemoSet, features: np.ndarray, goals: np.ndarray,
