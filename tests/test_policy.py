@@ -176,6 +176,32 @@ def test_demo_files_hold_the_expert_episodes(tiny_demos, reach_scene):
     assert not list(tiny_demos.parent.glob(".reach.*"))  # no temporary folder left
 
 
+def test_damaged_demo_folders_are_refused_with_what_to_do(tiny_demos, tmp_path):
+    import shutil
+
+    from megatron_ego.data.indexed import IndexedDataError
+    from megatron_ego.eval.policy.demos import DemoSet
+
+    with pytest.raises(FileNotFoundError, match="preprocess.trifinger_demos"):
+        DemoSet(tmp_path / "nothing")
+    broken = tmp_path / "broken"
+    shutil.copytree(tiny_demos, broken)
+    manifest = json.loads((broken / "manifest.json").read_text())
+    (broken / "manifest.json").write_text(json.dumps({**manifest, "seeds": {"train": [0]}}))
+    with pytest.raises(ValueError, match="make the demonstrations again"):
+        DemoSet(broken)
+    manifest["seeds"]["train"] = [0, 1, 2]  # one more episode than the files hold
+    (broken / "manifest.json").write_text(json.dumps(manifest))
+    with pytest.raises(IndexedDataError, match="make the demonstrations again"):
+        DemoSet(broken)
+    manifest["seeds"]["train"] = [0, 1]
+    (broken / "manifest.json").write_text(json.dumps(manifest))
+    with open(broken / "frames.bin", "r+b") as f:
+        f.truncate(100)
+    with pytest.raises(IndexedDataError):
+        DemoSet(broken)
+
+
 def test_demo_writer_is_all_or_nothing(tiny_demos, tmp_path, monkeypatch, capsys):
     from preprocess import trifinger_demos
 

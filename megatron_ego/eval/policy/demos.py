@@ -82,12 +82,16 @@ class DemoSet:
             raise ValueError(f"{manifest_path} is not a TriFinger demonstration manifest of "
                              f"format {FORMAT_VERSION}: make the demonstrations again")
         self.path, self.manifest = path, manifest
-        self.task = get_task(manifest["task"])
-        self.seeds = {split: [int(s) for s in manifest["seeds"][split]] for split in
-                      ("train", "test")}
+        try:
+            self.task = get_task(manifest["task"])
+            self.seeds = {split: [int(s) for s in manifest["seeds"][split]] for split in
+                          ("train", "test")}
+            self.image_size = int(manifest["image_size"])
+        except (KeyError, TypeError, ValueError) as err:
+            raise ValueError(f"{manifest_path} lacks a valid {err}: make the demonstrations "
+                             "again") from err
         n_train, n_test = len(self.seeds["train"]), len(self.seeds["test"])
         self.train, self.test = np.arange(n_train), np.arange(n_train, n_train + n_test)
-        self.image_size = int(manifest["image_size"])
         self._load(n_train + n_test)
 
     def _load(self, n: int) -> None:
