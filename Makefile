@@ -31,7 +31,8 @@ test-fast: setup lint
 demo: setup
 	bash launch/demo.sh
 
-# The TriFinger policy task on the demo's export (needs `make demo` first; a few minutes).
+# The TriFinger policy task on the demo's export (needs `make demo` first; 7 to 12 min measured
+# on the shared 2-core box, docs/results.md).
 demo-policy: setup
 	bash launch/demo_policy.sh
 
