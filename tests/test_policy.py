@@ -306,3 +306,22 @@ def test_true_state_is_the_same_for_both_signs_of_a_quaternion():
     np.testing.assert_allclose(state, true_state(position, -q))
     np.testing.assert_allclose(state[:3], position * 100)
     assert state[6] > 0
+
+
+def test_evaluate_plans_the_policy_task_from_its_inputs(tiny_demos, tmp_path):
+    from launch import evaluate
+
+    def plan(*extra: str) -> list[str]:
+        args = evaluate.parse_args(["--model", str(tmp_path / "export"), "--out",
+                                    str(tmp_path / "eval"), *extra])
+        return evaluate.plan_tasks(args)
+
+    assert plan("--task", "policy", "--policy-demos", str(tiny_demos)) == ["policy"]
+    assert plan("--task", "all", "--policy-demos", str(tiny_demos)) == ["policy"]
+    with pytest.raises(ValueError, match="--policy-demos"):
+        plan("--task", "policy")
+    with pytest.raises(FileNotFoundError, match="preprocess.trifinger_demos"):
+        plan("--task", "policy", "--policy-demos", str(tmp_path))
+    with pytest.raises(FileNotFoundError, match="launch/export.py"):
+        plan("--task", "policy", "--policy-demos", str(tiny_demos), "--policy-stage1",
+             str(tmp_path))
