@@ -38,38 +38,37 @@ ENV PIP_DISABLE_PIP_VERSION_CHECK=1 \
 
 # The base's /etc/pip/constraint.txt (NGC >= 25.03, PIP_CONSTRAINT) stays in force: nothing below
 # may move a package that the base ships (torch, numpy, TE, tqdm, pillow, ...). So the packages are
-# named here and launch/docker/base_pins.py writes their requirements: a package that the base
-# ships goes bare (its version stays the base's; pip has nothing to do), one that it lacks is pinned
-# at requirements.txt's version (megatron-core and projectaria-tools: at the ARG above). The base's
-# own `pip check` report is kept as the baseline of the last check.
+# named here and launch/docker/base_pins.py writes their requirements, against the base as it
+# comes: a package that the base ships goes bare (its version stays the base's; pip has nothing to
+# do), one that it lacks is pinned at requirements.txt's version (megatron-core and
+# projectaria-tools: at the ARGs above). The base's own `pip check` report is kept as the
+# baseline of the last check.
 COPY requirements.txt launch/docker/base_pins.py /opt/megatron-ego-build/
 RUN python -c "import sys; core = tuple(int(x) for x in '${MEGATRON_CORE_VERSION}'.split('.')[:2]); \
 sys.exit(0 if core < (0, 17) or sys.version_info >= (3, 12) else 'error: megatron-core ${MEGATRON_CORE_VERSION} \
 needs Python >= 3.12 and this base has ' + sys.version.split()[0] + ': build with --build-arg MEGATRON_CORE_VERSION=0.16.1')" \
  && mkdir -p /etc/megatron-ego \
- && { python -m pip check > /etc/megatron-ego/base-pip-check.txt 2>&1 || true; }
+ && { python -m pip check > /etc/megatron-ego/base-pip-check.txt 2>&1 || true; } \
+ && cd /opt/megatron-ego-build \
+ && python base_pins.py requirements.txt deepspeed "megatron-core==${MEGATRON_CORE_VERSION}" av einops \
+      safetensors scikit-image numpy tensorboard tqdm PyYAML pillow matplotlib numba llvmlite > python.txt \
+ && python base_pins.py requirements.txt "projectaria-tools==${PROJECTARIA_TOOLS_VERSION}" > aria.txt \
+ && python base_pins.py requirements.txt mpi4py > mpi.txt
 
-# DeepSpeed ships only an sdist whose setup.py imports torch: build it against the base's torch
-# (--no-build-isolation); its CUDA ops compile on first use (point TORCH_EXTENSIONS_DIR at shared
-# storage to compile once per cluster, see docs/cluster.md).
-RUN pins="python /opt/megatron-ego-build/base_pins.py /opt/megatron-ego-build/requirements.txt" \
- && ds="$($pins deepspeed)" \
- && python -m pip install --no-build-isolation $ds \
- && reqs="$($pins "megatron-core==${MEGATRON_CORE_VERSION}" av einops safetensors scikit-image \
-      numpy tensorboard tqdm PyYAML pillow matplotlib numba llvmlite)" \
- && python -m pip install $reqs
+# One resolve for the Python packages, under the base's constraint. DeepSpeed ships only an sdist
+# whose setup.py imports torch: it builds against the base's torch (--no-build-isolation); its CUDA
+# ops compile on first use (point TORCH_EXTENSIONS_DIR at shared storage to compile once per
+# cluster, see docs/cluster.md).
+RUN python -m pip install --no-build-isolation -r /opt/megatron-ego-build/python.txt
 
 # projectaria-tools for the Aria fisheye undistortion in preprocess/ (calibration, data_provider).
 # --no-deps: its requirements (jupyter, rerun-sdk, plotly, ...) serve its viewers, not those two
 # compiled modules, which import with numpy alone.
-RUN aria="$(python /opt/megatron-ego-build/base_pins.py /opt/megatron-ego-build/requirements.txt \
-      "projectaria-tools==${PROJECTARIA_TOOLS_VERSION}")" \
- && python -m pip install --no-deps $aria
+RUN python -m pip install --no-deps -r /opt/megatron-ego-build/aria.txt
 
 # mpi4py from source against the base's Open MPI (HPC-X, mpicc on PATH), so that
 # `srun --mpi=pmix python -m preprocess.egoexo4d` uses the cluster's PMIx through it.
-RUN mpi="$(python /opt/megatron-ego-build/base_pins.py /opt/megatron-ego-build/requirements.txt mpi4py)" \
- && python -m pip install --no-binary=mpi4py $mpi
+RUN python -m pip install --no-binary=mpi4py -r /opt/megatron-ego-build/mpi.txt
 
 RUN if [ "${USER_UID}" != "0" ] && ! getent passwd "${USER_UID}" >/dev/null; then \
         (getent group "${USER_GID}" >/dev/null || groupadd --gid "${USER_GID}" "${USER_NAME}") \

@@ -10,7 +10,7 @@ as its version differs from the base's. This script is the Dockerfile's one rule
   (`megatron-core==0.17.1`) or else at requirements.txt's.
 
     python launch/docker/base_pins.py requirements.txt deepspeed "megatron-core==0.17.1" tqdm
-    # stdout: deepspeed==0.19.8 megatron-core==0.17.1 tqdm      (on a base that ships tqdm)
+    # stdout, one per line: deepspeed==0.19.8, megatron-core==0.17.1, tqdm (a base with tqdm)
     # stderr: one line per package: what was kept from the base, what will be installed
 
 Exit 2 with an `error:` line for a package that has no version (not in requirements.txt, none
@@ -107,7 +107,7 @@ def main(argv: list[str] | None = None) -> int:
     except ValueError as err:
         print(f"error: {err}", file=sys.stderr)
         return 2
-    print(" ".join(wanted))
+    print("\n".join(wanted))
     return 0
 
 

@@ -46,7 +46,8 @@ mirror="${DEBIAN_MIRROR:-http://deb.debian.org/debian}"
 # requirements.txt's pins: the build must keep these (an exact pin of its own would fail it).
 base_packages=(numpy==2.2.6 packaging==24.2 tqdm==4.67.1 PyYAML==6.0.2 pillow==11.3.0
                matplotlib==3.10.3 numba==0.61.2 llvmlite==0.44.0 tensorboard==2.19.0)
-debs=ca-certificates,python3,python3-pip,python3-dev,python-is-python3,gcc,g++,libopenmpi-dev,openmpi-bin
+# Debian packages: Python, the compilers and the Open MPI that NGC ships (as HPC-X) for mpi4py.
+debs=(python3 python3-pip python3-dev python-is-python3 gcc g++ libopenmpi-dev openmpi-bin)
 
 work="$(mktemp -d "${TMPDIR:-/tmp}/megatron-ego-image.XXXXXX")"
 b=(buildah --root "$work/storage" --runroot "$work/run" --storage-driver overlay)
@@ -65,15 +66,21 @@ trap cleanup EXIT
 trap 'exit 130' INT TERM
 step() { echo "== [$(date +%T), ${SECONDS}s] $*"; }
 
-step "1/4 stand-in base: debootstrap $suite ($debs)"
+step "1/4 stand-in base: debootstrap $suite, then apt-get install ${debs[*]}"
 ctr="$("${b[@]}" from scratch)"
 root="$("${b[@]}" mount "$ctr")"
-debootstrap --variant=minbase --include="$debs" "$suite" "$root" "$mirror" > "$work/debootstrap.log" 2>&1 ||
+debootstrap --variant=minbase --include=ca-certificates "$suite" "$root" "$mirror" \
+  > "$work/debootstrap.log" 2>&1 ||
   { tail -20 "$work/debootstrap.log" >&2; echo "error: debootstrap $suite failed (log above)" >&2; exit 1; }
 # The host's own certificate authorities (PyPI through a TLS proxy, say), trusted in the stand-in.
 if compgen -G "/usr/local/share/ca-certificates/*.crt" > /dev/null; then
   cp /usr/local/share/ca-certificates/*.crt "$root/usr/local/share/ca-certificates/"
 fi
+# apt, not debootstrap --include, for these: debootstrap's resolver misses virtual packages.
+"${b[@]}" run --isolation chroot "$ctr" -- sh -c "apt-get update -qq && DEBIAN_FRONTEND=noninteractive \
+  apt-get install -y -qq --no-install-recommends ${debs[*]} && apt-get clean && update-ca-certificates" \
+  > "$work/apt.log" 2>&1 ||
+  { tail -20 "$work/apt.log" >&2; echo "error: apt-get install in the stand-in failed (log above)" >&2; exit 1; }
 # NGC lets root pip-install into the system Python; so does the stand-in.
 rm -f "$root"/usr/lib/python3*/EXTERNALLY-MANAGED
 py="$("${b[@]}" run --isolation chroot "$ctr" -- python3 -c 'import sys; print("%d.%d" % sys.version_info[:2])')"
@@ -94,9 +101,8 @@ if [ -z "$wheel" ]; then
 fi
 "${b[@]}" run --isolation chroot --volume "$work/wheels:/wheels:ro" "$ctr" -- sh -c "
   set -e
-  update-ca-certificates > /dev/null
   python -m pip install -q --no-cache-dir --root-user-action=ignore /wheels/$(basename "$wheel") ${base_packages[*]}
-  python -m pip freeze --all > /etc/pip/constraint.txt
+  mkdir -p /etc/pip && python -m pip list --format=freeze > /etc/pip/constraint.txt
   echo \"stand-in: Python $py, \$(grep -c == /etc/pip/constraint.txt) packages frozen, \$(grep -E '^(torch|numpy|tqdm|pillow)==' /etc/pip/constraint.txt | tr '\n' ' ')\""
 "${b[@]}" config --env PIP_CONSTRAINT=/etc/pip/constraint.txt "$ctr"
 "${b[@]}" umount "$ctr" > /dev/null
