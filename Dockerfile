@@ -33,6 +33,7 @@ ARG USER_NAME=ego
 
 ENV PIP_DISABLE_PIP_VERSION_CHECK=1 \
     PIP_NO_CACHE_DIR=1 \
+    PIP_ROOT_USER_ACTION=ignore \
     PYTHONUNBUFFERED=1 \
     MEGATRON_EGO_HOME=/workspace/megatron-ego
 
@@ -79,13 +80,14 @@ WORKDIR ${MEGATRON_EGO_HOME}
 COPY --chown=${USER_UID}:${USER_GID} . ${MEGATRON_EGO_HOME}
 # The project itself, without dependencies (they are all above or in the base image). Then every
 # version is checked against megatron_ego/versions.py, `pip check` must add no problem to the
-# base's, and every module of megatron_ego, preprocess and launch must import
+# base's (but projectaria-tools' requirements, left out above), and every module of megatron_ego, preprocess and launch must import
 # (launch/docker/check_image.py). The work folder (and runs/ inside it) is made the image user's,
 # so that runs, caches and egg-info are writable without root; and the base's GPU stack is
 # recorded in the image.
 RUN python -m pip install --no-deps "${MEGATRON_EGO_HOME}" \
  && python -c "from megatron_ego.versions import check_versions; print(check_versions())" \
  && python launch/docker/check_image.py --baseline /etc/megatron-ego/base-pip-check.txt \
+      --no-deps-of projectaria-tools \
  && mkdir -p "${MEGATRON_EGO_HOME}/runs" \
  && chown -R "${USER_UID}:${USER_GID}" "${MEGATRON_EGO_HOME}" \
  && for dist in torch transformer-engine transformer_engine apex megatron-core deepspeed; do \

@@ -140,6 +140,10 @@ def test_the_last_step_checks_versions_pip_and_every_module():
     last = DOCKERFILE.split("megatron-ego-image-versions.txt")[0].rsplit("\nRUN", 1)[1]
     assert "check_versions()" in last
     assert "launch/docker/check_image.py --baseline /etc/megatron-ego/base-pip-check.txt" in last
+    # the one package installed --no-deps on purpose is the one whose missing requirements pass
+    no_deps = [c for c in _run_commands() if "pip install --no-deps -r" in c]
+    assert no_deps == ["python -m pip install --no-deps -r /opt/megatron-ego-build/aria.txt"]
+    assert "--no-deps-of projectaria-tools" in last
     first = DOCKERFILE.index("base-pip-check.txt")
     assert first < DOCKERFILE.index("pip install"), "the baseline must be the base's, before installs"
 
@@ -191,6 +195,11 @@ def test_check_image_tolerates_only_the_bases_own_pip_problems():
     found = [*base, "deepspeed 0.19.8 requires hjson, which is not installed."]
     assert check_image.new_problems(found, base) == found[1:]
     assert check_image.new_problems(base, base) == []
+    aria = "projectaria-tools 2.3.0 requires plotly, which is not installed."
+    assert check_image.new_problems([aria], [], no_deps=("projectaria_tools",)) == []
+    assert check_image.new_problems([aria], [], no_deps=("deepspeed",)) == [aria]
+    conflict = "projectaria-tools 2.3.0 has requirement numpy<2, but you have numpy 2.2.6."
+    assert check_image.new_problems([conflict], [], no_deps=("projectaria-tools",)) == [conflict]
 
 
 def test_check_image_finds_every_module_and_reports_the_broken_ones(tmp_path, monkeypatch):

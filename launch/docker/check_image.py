@@ -1,11 +1,13 @@
 """The image build's last check: `pip check`, and an import of every project module.
 
-    python launch/docker/check_image.py --baseline /etc/megatron-ego/base-pip-check.txt
+    python launch/docker/check_image.py --baseline /etc/megatron-ego/base-pip-check.txt \
+        --no-deps-of projectaria-tools
 
 - `pip check` must report no problem that the base image did not already have: the base's own
   report, written before anything was installed (`python -m pip check > FILE`), is the baseline,
   so a broken requirement that the image build added fails it, one that ships with the base is
-  printed and tolerated.
+  printed and tolerated. So is a missing requirement of a package installed with `--no-deps` on
+  purpose (`--no-deps-of NAME`, repeatable).
 - Every module of the packages `megatron_ego`, `preprocess` and `launch` must import.
 
 Prints one summary line; exit 1 with an `error:` line per problem.
@@ -16,6 +18,7 @@ from __future__ import annotations
 import argparse
 import importlib
 import pkgutil
+import re
 import subprocess
 import sys
 import traceback
@@ -32,10 +35,17 @@ def pip_check_problems() -> list[str]:
             if line.strip() and line.strip() != CLEAN]
 
 
-def new_problems(found: list[str], baseline: list[str]) -> list[str]:
-    """The problems of `found` that the baseline does not list."""
+def _canonical(name: str) -> str:
+    return re.sub(r"[-_.]+", "-", name).lower()
+
+
+def new_problems(found: list[str], baseline: list[str], no_deps: tuple[str, ...] = ()) -> list[str]:
+    """The problems of `found` that the baseline does not list and that are not a missing
+    requirement of a package in `no_deps` (`NAME VERSION requires X, which is not installed.`)."""
     known = {line.strip() for line in baseline}
-    return [line for line in found if line.strip() not in known]
+    skip = {_canonical(name) for name in no_deps}
+    return [line for line in found if line.strip() not in known
+            and not (_canonical(line.split()[0]) in skip and "which is not installed" in line)]
 
 
 def module_names(packages: tuple[str, ...] = PACKAGES) -> list[str]:
@@ -63,13 +73,16 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--baseline", type=Path, default=None,
                         help="the base image's own `pip check` output (default: none tolerated)")
+    parser.add_argument("--no-deps-of", action="append", default=[], metavar="NAME",
+                        help="a package installed with --no-deps on purpose: its missing "
+                             "requirements are tolerated (repeatable)")
     args = parser.parse_args(argv)
     baseline = args.baseline.read_text().splitlines() if args.baseline else []
     found = pip_check_problems()
-    added = new_problems(found, baseline)
+    added = new_problems(found, baseline, tuple(args.no_deps_of))
     for line in found:
         if line not in added:
-            print(f"check_image: the base's own pip check problem (tolerated): {line}")
+            print(f"check_image: tolerated (the base's own, or --no-deps on purpose): {line}")
     names = module_names()
     failed = import_failures(names)
     for line in added:
@@ -78,7 +91,7 @@ def main(argv: list[str] | None = None) -> int:
         print(f"error: import {name}: {why}", file=sys.stderr)
     if added or failed:
         return 1
-    print(f"check_image: pip check adds no problem ({len(found)} of the base's); "
+    print(f"check_image: pip check adds no problem ({len(found)} tolerated); "
           f"{len(names)} modules of {', '.join(PACKAGES)} import")
     return 0
 
