@@ -135,7 +135,7 @@ run="$("${b[@]}" from --pull=never localhost/megatron-ego:standin)"
   w=$(mktemp -d)
   echo "user: $(id -un), python $(python --version 2>&1 | cut -d" " -f2), in $PWD"
   python launch/pretrain.py --config configs/tiny_cpu.yaml --print-config > "$w/config.txt"
-  echo "print-config: $(wc -l < "$w/config.txt") lines, $(grep -c "^  [a-z_]*:" "$w/config.txt") keys"
+  echo "print-config: $(wc -l < "$w/config.txt") lines, sha256 $(sha256sum < "$w/config.txt" | cut -d" " -f1)"
   python -m preprocess.demo_world --out "$w/raw" --takes 2 --seconds 3 --resolution 64 \
     --walking-tours 1 --walking-tours-seconds 3 --knn-train 1 --knn-val 1 > "$w/prep.log" 2>&1
   python -m preprocess.egoexo4d --root "$w/raw" --out "$w/data/egoexo4d" --split train \
