@@ -123,7 +123,7 @@ step "3/4 buildah bud of the Dockerfile on localhost/ngc-standin:$suite ${core_a
   --build-arg IMAGE_TORCH_VERSION="$torch_version" "${core_args[@]}" \
   -t localhost/megatron-ego:standin -f "$repo/Dockerfile" "$repo" > "$work/bud.log" 2>&1 ||
   { tail -40 "$work/bud.log" >&2; echo "error: buildah bud failed (log above)" >&2; exit 1; }
-grep -E '^(base_pins|check_image|STEP)|image-versions|^(torch|megatron-core|deepspeed|transformer|apex) ' \
+grep -E '^(base_pins|check_image|STEP)|image-versions|^(torch|megatron-core|deepspeed|transformer[-_]engine|apex) ' \
   "$work/bud.log" | grep -v '^STEP.*: COPY' || true
 
 step "4/4 inside the image: --print-config, demo world, preprocessing, 2 training steps"
