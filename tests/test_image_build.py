@@ -42,6 +42,7 @@ def build_log() -> str:
         pytest.skip(why)
     proc = subprocess.run(["bash", "launch/docker/build_standin.sh"], cwd=REPO,
                           capture_output=True, text=True, timeout=3600)
+    print(proc.stdout)  # shown with `pytest -s`: the build's summary and the run inside
     assert proc.returncode == 0, f"{proc.stdout[-5000:]}\n{proc.stderr[-5000:]}"
     return proc.stdout
 
