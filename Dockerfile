@@ -19,8 +19,9 @@ ARG BASE_IMAGE=nvcr.io/nvidia/pytorch:25.12-py3
 FROM ${BASE_IMAGE}
 
 # What the base image ships (from its release notes; recorded, never installed: the base's torch
-# stays). The megatron-core version must lie in megatron_ego/versions.py:SUPPORTED
-# (tests/test_docker.py checks it, and the last RUN checks every installed version).
+# stays), then the two versions the image chooses itself. Both must lie in
+# megatron_ego/versions.py:SUPPORTED (tests/test_docker.py checks them, and the last RUN checks
+# every installed version).
 ARG IMAGE_PYTHON_VERSION=3.12
 ARG IMAGE_TORCH_VERSION=2.10.0a0+b4e4ee81d3.nv25.12
 ARG MEGATRON_CORE_VERSION=0.17.1
