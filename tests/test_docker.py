@@ -6,8 +6,11 @@ The Dockerfile keeps its pins as `ARG NAME=value` lines; these tests read them a
 from __future__ import annotations
 
 import importlib.util
+import os
 import re
 import shlex
+import shutil
+import subprocess
 from importlib.metadata import version
 from pathlib import Path
 
@@ -291,3 +294,32 @@ def test_is_supported_edges(package, version, ok):
 def test_unknown_package_is_a_key_error():
     with pytest.raises(KeyError, match="no supported range"):
         check_versions(["tensorflow"])
+
+
+# ---- launch/docker/build_standin.sh (its start-up; tests/test_image_build.py runs it whole) ----
+
+def _standin(args: list[str], **env_vars: str) -> subprocess.CompletedProcess:
+    env = {**os.environ, **env_vars}
+    return subprocess.run([shutil.which("bash"), "launch/docker/build_standin.sh", *args],
+                          cwd=REPO, env=env, capture_output=True, text=True, timeout=60)
+
+
+def test_standin_script_help_and_bad_argument():
+    helped = _standin(["--help"])
+    assert helped.returncode == 0 and "Usage:" in helped.stdout and "--keep" in helped.stdout
+    bad = _standin(["--nope"])
+    assert bad.returncode == 2 and bad.stderr.splitlines()[-1].startswith("error: unknown argument")
+
+
+def test_standin_script_names_a_missing_tool_in_one_line(tmp_path):
+    bin_dir, tmp = tmp_path / "bin", tmp_path / "tmp"
+    bin_dir.mkdir()
+    tmp.mkdir()
+    for tool in ("dirname", "python3"):  # everything but buildah and debootstrap
+        (bin_dir / tool).symlink_to(shutil.which(tool))
+    proc = _standin([], PATH=str(bin_dir), TMPDIR=str(tmp))
+    assert proc.returncode == 2
+    assert proc.stderr.splitlines() == [
+        "error: buildah not found: install it (Debian: apt-get install buildah debootstrap "
+        "python3-pip)"]
+    assert not list(tmp.iterdir())  # it stopped before making anything
