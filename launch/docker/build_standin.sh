@@ -15,7 +15,7 @@
 #   bash launch/docker/build_standin.sh --help   (this text)
 # Environment: STANDIN_SUITE (Debian suite, default bookworm: Python 3.11), DEBIAN_MIRROR,
 # STANDIN_TORCH (the pip requirement of the CPU torch, default torch==2.13.0), STANDIN_TORCH_WHEEL
-# (a CPU torch wheel file to use instead), TMPDIR (where the folder goes; about 6 GB).
+# (a CPU torch wheel file to use instead), TMPDIR (where the folder goes; the stand-in image alone is 2 GB).
 # Needs buildah and debootstrap (apt-get install buildah debootstrap), and PyPI and a Debian mirror.
 set -euo pipefail
 
