@@ -3,7 +3,7 @@ PY      := .venv/bin/python
 STAMP   := .venv/.setup-done
 PIP     := $(PY) -m pip install -q --disable-pip-version-check
 
-.PHONY: setup test test-fast lint demo demo-policy clean-demo
+.PHONY: setup test test-fast test-image lint demo demo-policy clean-demo
 
 setup: $(STAMP)
 
@@ -27,6 +27,11 @@ test: setup lint
 # Everyday work: leaves out the multi-process and end-to-end pipeline tests (tests/conftest.py).
 test-fast: setup lint
 	$(PY) -m pytest -m "not multiprocess and not pipeline"
+
+# The Dockerfile built for real on a debootstrap stand-in for the NGC base (root, buildah,
+# debootstrap, network to PyPI and Debian; docs/cluster.md "Building the image here").
+test-image: setup
+	REQUIRE_IMAGE_BUILD=1 $(PY) -m pytest -s tests/test_image_build.py
 
 demo: setup
 	bash launch/demo.sh
