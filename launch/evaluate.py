@@ -1,7 +1,7 @@
 """Evaluate an exported EgoAgent: represent (k-NN), predict (retrieval), act (motion).
 
     python launch/evaluate.py --model runs/x/export --task all --out runs/x/eval \
-        --data data/egoexo4d/val --knn-train imagenet100/train --knn-val imagenet100/val
+        --data data/egoexo4d/val --knn-train data/imagenet100/train --knn-val data/imagenet100/val
     torchrun --standalone --nproc_per_node 8 launch/evaluate.py --model runs/x/export \
         --task retrieval --out runs/x/eval --data data/egoexo4d/val --batch-size 64
 
@@ -71,11 +71,25 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
                         "checkpoint run is here), none, or a folder")
     p.add_argument("--knn-k", type=int, default=20, help="neighbours of the k-NN vote (DINO: 20)")
     p.add_argument("--knn-temperature", type=float, default=0.07, help="k-NN vote temperature")
+    p.add_argument("--check", action="store_true",
+                   help="check the arguments and inputs (the model's config.yaml, the data "
+                        "folders), print the tasks that would run, exit without loading the "
+                        "model (launch/slurm/evaluate.sbatch runs it before srun)")
     args = p.parse_args(argv)
     args.task = PAPER_NAMES.get(args.task, args.task)
     if args.batch_size < 1 or args.workers < 0 or (args.max_clips is not None and args.max_clips < 1):
         p.error("--batch-size and --max-clips must be >= 1 and --workers >= 0")
     return args
+
+
+def check(args: argparse.Namespace) -> list[str]:
+    """--check: the planned tasks, after checking their inputs and the model folder's config
+    (an export, or the run folder an export will be written from)."""
+    if not (Path(args.model) / "config.yaml").is_file():
+        raise FileNotFoundError(
+            f"--model {args.model} holds no config.yaml: pass an export folder "
+            "(python launch/export.py --checkpoint RUN_DIR --out DIR)")
+    return plan_tasks(args)
 
 
 def _require_dir(path: str | None, flag: str, hint: str) -> None:
@@ -102,7 +116,8 @@ def plan_tasks(args: argparse.Namespace) -> list[str]:
         raise ValueError("k-NN needs both --knn-train and --knn-val (ImageFolder splits)")
     if args.task == "knn" and not knn_given:
         raise ValueError("--task knn needs --knn-train and --knn-val (ImageFolder splits)")
-    hint = "pass an ImageFolder split (root/<class>/<image>)"
+    hint = ("pass an ImageFolder split (root/<class>/<image>); ImageNet-100: "
+            "python -m preprocess.imagenet100 --imagenet IMAGENET_ROOT --out data/imagenet100")
     _require_dir(args.knn_train, "--knn-train", hint)
     _require_dir(args.knn_val, "--knn-val", hint)
     if args.data is None and args.task != "knn":
@@ -196,6 +211,9 @@ def main(argv: list[str] | None = None) -> int:
     from megatron_ego.export.format import ExportError
 
     try:
+        if args.check:
+            print(f"ok: {', '.join(check(args))} of {args.model} -> {args.out}")
+            return 0
         run(args, argv)
     except (FileNotFoundError, ValueError, ConfigError, ExportError, IndexedDataError) as err:
         print(f"error: {err}", file=sys.stderr)

@@ -1,6 +1,7 @@
 """Ego-Exo4D -> Megatron indexed dataset of clips (docs/data_format.md).
 
     python -m preprocess.egoexo4d --root RAW_DIR --out OUT_DIR [--split train|val] [--size 448]
+    python -m preprocess.egoexo4d --root RAW_DIR --out OUT_DIR --check   # find the takes, exit
     mpirun -n 8 python -m preprocess.egoexo4d --root RAW_DIR --out OUT_DIR   # takes over ranks
 
 For every take of the split that has body-pose labels (manual labels win over automatic ones,
@@ -236,6 +237,9 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--limit", type=int, default=0, help="only the first N takes (0: all)")
     p.add_argument("--keep-shards", action="store_true", help="keep OUT/.shards after merging")
     p.add_argument("--overwrite", action="store_true", help="rebuild a complete OUT")
+    p.add_argument("--check", action="store_true",
+                   help="check the arguments and find the split's takes, print how many, exit "
+                        "(launch/slurm/preprocess.sbatch runs it before srun)")
     return p
 
 
@@ -246,7 +250,10 @@ def main(argv: list[str] | None = None) -> dict[str, Any] | None:
         parser.error(f"--stride must be a positive multiple of {IMAGE_STEP}")
     if opts.size < 16 or not 1 <= opts.jpeg_quality <= 100 or opts.num_steps < 2:
         parser.error("need --size >= 16, 1 <= --jpeg-quality <= 100 and --num-steps >= 2")
-    units = discover_takes(opts.root, opts.split)
+    try:
+        units = discover_takes(opts.root, opts.split)
+    except FileNotFoundError as err:  # no annotations for the split, or --root is wrong
+        parser.error(f"{err}: point --root at the `egoexo -o` download folder")
     if opts.limit:
         units = units[: opts.limit]
     if not units:
@@ -255,6 +262,10 @@ def main(argv: list[str] | None = None) -> dict[str, Any] | None:
     if opts.undistort == "on" or (opts.undistort == "auto" and any(
             find_calibration(u.inputs["take_dir"], u.inputs["aria_camera"]) for u in units)):
         require_projectaria()  # fail now, with the fix, rather than on every take
+    if opts.check:
+        print(f"ok: {len(units)} takes with body-pose labels in the {opts.split} split of "
+              f"{opts.root} -> {opts.out}")
+        return None
     options = {k: getattr(opts, k) for k in (
         "split", "size", "encoding", "jpeg_quality", "stride", "num_steps", "undistort",
         "exclude_bouldering")}

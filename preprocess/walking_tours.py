@@ -94,6 +94,9 @@ def main(argv: list[str] | None = None) -> dict[str, Any] | None:
     p.add_argument("--videos-per-shard", type=int, default=1, help="unit of work and resuming")
     p.add_argument("--keep-shards", action="store_true", help="keep OUT/.shards after merging")
     p.add_argument("--overwrite", action="store_true", help="rebuild a complete OUT")
+    p.add_argument("--check", action="store_true",
+                   help="check the arguments, find the videos and open one, print how many, exit "
+                        "(launch/slurm/preprocess.sbatch runs it before srun)")
     opts = p.parse_args(argv)
     if opts.fps <= 0 or opts.size < 16 or not 1 <= opts.jpeg_quality <= 100:
         p.error("need --fps > 0, --size >= 16 and 1 <= --jpeg-quality <= 100")
@@ -109,6 +112,9 @@ def main(argv: list[str] | None = None) -> dict[str, Any] | None:
             continue
     if size is None:
         p.error("none of the videos can be opened")
+    if opts.check:
+        print(f"ok: {len(units)} videos ({size[0]}x{size[1]} stored) -> {opts.out}")
+        return None
     options = {k: getattr(opts, k) for k in ("fps", "size", "encoding", "jpeg_quality")}
     manifest = {
         "source": "walking_tours", "split": "train", "encoding": opts.encoding,

@@ -50,11 +50,15 @@ from megatron_ego.training.metrics import MetricsLogger, truncate_metrics
 from megatron_ego.training.optimizer import apply_schedules, build_optimizer
 from megatron_ego.training.preemption import PreemptionHandler
 from megatron_ego.training.resume import check_compatible, select_checkpoint
+from megatron_ego.training.run_folder import (  # noqa: F401  (check_data_paths: re-exported)
+    PREEMPTED,
+    check_data_paths,
+    run_dir_of,
+)
 from megatron_ego.training.schedules import build_schedules
 
 log = logging.getLogger(__name__)
 
-PREEMPTED = "PREEMPTED"
 _DTYPES = {"bf16": torch.bfloat16, "fp16": torch.float16, "fp32": torch.float32}
 
 
@@ -91,29 +95,6 @@ class StepResult:
     """Seconds spent waiting for the loader."""
     records: tuple[int, int]
     """(records that failed to decode, records read) on this rank."""
-
-
-def run_dir_of(cfg: Config) -> str:
-    out = cfg.run.output_dir
-    return out if Path(out).name == cfg.run.name else os.path.join(out, cfg.run.name)
-
-
-def check_data_paths(cfg: Config) -> None:
-    """Stop before any work when a dataset is missing (one line, with the command to run)."""
-    d = cfg.data
-    need_ego = cfg.loss.predict_weight > 0 or cfg.loss.act_weight > 0 or d.walking_tours_ratio < 1
-    if need_ego and not os.path.isfile(os.path.join(d.egoexo4d_path, "manifest.json")):
-        raise ConfigError(
-            f"data.egoexo4d_path={d.egoexo4d_path!r} holds no preprocessed dataset; run "
-            "`python -m preprocess.egoexo4d --root RAW --out DIR` first and point it there"
-        )
-    if d.walking_tours_ratio > 0 and not os.path.isfile(
-            os.path.join(d.walking_tours_path, "manifest.json")):
-        raise ConfigError(
-            f"data.walking_tours_path={d.walking_tours_path!r} holds no preprocessed dataset; run "
-            "`python -m preprocess.walking_tours --videos DIR --out DIR` or set "
-            "data.walking_tours_ratio=0"
-        )
 
 
 def _to_device(batch: dict, device: torch.device) -> dict:
