@@ -207,13 +207,18 @@ def main(argv: list[str] | None = None) -> int:
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(message)s")
     logging.getLogger("megatron").setLevel(logging.WARNING)
     from megatron_ego.config import ConfigError
+
+    if args.check:  # before the imports below: they load torch
+        try:
+            print(f"ok: {', '.join(check(args))} of {args.model} -> {args.out}")
+        except (FileNotFoundError, ValueError, ConfigError) as err:
+            print(f"error: {err}", file=sys.stderr)
+            return 2
+        return 0
     from megatron_ego.data.indexed import IndexedDataError
     from megatron_ego.export.format import ExportError
 
     try:
-        if args.check:
-            print(f"ok: {', '.join(check(args))} of {args.model} -> {args.out}")
-            return 0
         run(args, argv)
     except (FileNotFoundError, ValueError, ConfigError, ExportError, IndexedDataError) as err:
         print(f"error: {err}", file=sys.stderr)

@@ -32,7 +32,7 @@ import argparse
 import glob
 import json
 import os
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
@@ -45,10 +45,9 @@ from preprocess.ego_pose import (
     read_aria_camera,
     read_body_poses,
 )
-from preprocess.sharded_run import Unit, run_sharded
-from preprocess.shards import ShardWriter
 from preprocess.stats import Stats
 from preprocess.undistort import find_calibration, make_undistorter, require_projectaria
+from preprocess.units import Unit
 from preprocess.video import VideoError, decode_frames, encode_frame, probe_size
 from preprocess.windows import (
     IMAGE_STEP,
@@ -57,6 +56,9 @@ from preprocess.windows import (
     window_camera,
     window_poses,
 )
+
+if TYPE_CHECKING:
+    from preprocess.shards import ShardWriter
 
 __all__ = ["discover_takes", "main", "process_take"]
 
@@ -274,6 +276,8 @@ def main(argv: list[str] | None = None) -> dict[str, Any] | None:
         "frame_height": opts.size, "frame_width": opts.size, "frame_fps": 30 // IMAGE_STEP,
         "pose_fps": 30, "num_steps": opts.num_steps, "poses_per_step": POSES_PER_STEP,
     }
+    from preprocess.sharded_run import run_sharded  # megatron: not needed by --check
+
     return run_sharded(
         opts.out, units, lambda unit, writer, stats: process_take(unit, writer, stats, opts),
         with_clips=True, units_per_shard=opts.takes_per_shard, options=options,

@@ -81,12 +81,15 @@ ego_check() {
     else
         out=$("$@" 2>&1) || rc=$?
     fi
-    last=$(grep -v '^[[:space:]]*$' <<<"$out" | tail -n 1)
     if ((rc != 0)); then
+        last=$(grep -v '^[[:space:]]*$' <<<"$out" | tail -n 1)
         last=${last#*error: }
         ego_die "${last:-$1 exited with $rc} (checked before launching; nothing ran)"
     fi
-    ego_info "${last:-checked}"
+    while IFS= read -r last; do
+        [[ -n "$last" ]] && ego_info "$last"
+    done <<<"$out"
+    return 0
 }
 
 # The allocation's hosts, one per line, in SLURM's order.
