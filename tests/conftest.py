@@ -145,3 +145,12 @@ def demo_data(tmp_path_factory) -> dict[str, str]:
         out = _run([PY, *map(str, cmd)])
         assert out.returncode == 0, out.stderr[-2000:]
     return {"ego": str(data / "egoexo4d"), "wt": str(data / "walking_tours"), "root": str(root)}
+
+
+@pytest.fixture(scope="module")
+def cluster(tmp_path_factory):
+    """A real SLURM cluster for the module (tests/slurm_cluster.py); skips without SLURM, fails
+    instead under EGO_REQUIRE_SLURM=1."""
+    from .slurm_cluster import start_cluster
+
+    yield from start_cluster(tmp_path_factory.mktemp("slurm") / "cluster")

@@ -348,7 +348,8 @@ class Trainer:
                 elapsed = time.perf_counter() - t0
                 records = [records[0] + result.records[0], records[1] + result.records[1]]
                 sources = result.sources
-                host = {**result.values, "sources": sources, "step_s": elapsed,
+                host = {"time": time.time(),  # the step's end (metrics.jsonl), not the flush's
+                        **result.values, "sources": sources, "step_s": elapsed,
                         "data_wait_s": result.data_wait_s, **self._speed(sources, elapsed),
                         "walking_tours_share": sources["walking_tours"] / sum(sources.values()),
                         "skipped_steps": self.state.skipped_steps}
