@@ -3,7 +3,7 @@ PY      := .venv/bin/python
 STAMP   := .venv/.setup-done
 PIP     := $(PY) -m pip install -q --disable-pip-version-check
 
-.PHONY: setup test test-fast lint demo clean-demo
+.PHONY: setup test test-fast test-slurm lint demo clean-demo
 
 setup: $(STAMP)
 
@@ -27,6 +27,11 @@ test: setup lint
 # Everyday work: leaves out the multi-process and end-to-end pipeline tests (tests/conftest.py).
 test-fast: setup lint
 	$(PY) -m pytest -m "not multiprocess and not pipeline"
+
+# The launch/slurm scripts on a real SLURM cluster started on this machine (needs Debian's
+# slurm-wlm, munge and libpmix-dev; .ci/run installs them). Part of `make test`.
+test-slurm: setup
+	$(PY) -m pytest tests/test_slurm_cluster.py
 
 demo: setup
 	bash launch/demo.sh

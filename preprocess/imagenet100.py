@@ -130,7 +130,8 @@ def main(argv: list[str] | None = None) -> int:
     p = make_parser(__doc__)
     p.add_argument("--imagenet", required=True, help="ImageNet-1K download (train/ and val/)")
     p.add_argument("--out", required=True, help="ImageNet-100 ImageFolder to write")
-    p.add_argument("--classes", default=str(CLASSES_FILE), help="class list (one WordNet ID a line)")
+    p.add_argument("--classes", default=None,
+                   help="WordNet IDs, one a line (default: CMC's, preprocess/)")
     p.add_argument("--val-labels", default=None,
                    help="labels of a flat val/ folder (Kaggle's LOC_val_solution.csv)")
     p.add_argument("--copy", action="store_true", help="copy the images instead of linking them")
@@ -138,7 +139,7 @@ def main(argv: list[str] | None = None) -> int:
     args = p.parse_args(argv)
     out = Path(args.out)
     try:
-        classes = read_classes(Path(args.classes))
+        classes = read_classes(Path(args.classes) if args.classes else CLASSES_FILE)
         if out.exists() and not args.overwrite:
             raise LayoutError(f"{out} exists: pass --overwrite to rebuild it")
         images = plan(Path(args.imagenet), classes, Path(args.val_labels) if args.val_labels else None)

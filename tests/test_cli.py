@@ -41,6 +41,7 @@ def test_demo_rejects_an_unknown_argument_with_one_line():
 @pytest.mark.parametrize("cmd", [
     ["launch/pretrain.py"], ["launch/evaluate.py"], ["launch/export.py"],
     ["-m", "preprocess.demo_world"], ["-m", "megatron_ego.eval.demo_summary"],
+    ["-m", "preprocess.imagenet100"], ["bench/cluster_plan.py"],
 ])
 def test_help_shows_the_docstring_usage_and_defaults_without_warnings(cmd):
     proc = _run(PY, *cmd, "--help")
