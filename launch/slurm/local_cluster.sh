@@ -145,17 +145,19 @@ up() {
     mkdir -p "$dir"
     dir=$(cd "$dir" && pwd)
     CLUSTER_DIR=$dir
+    # munge's socket path must fit a UNIX socket address (108 bytes)
+    (( ${#dir} <= 80 )) || die "$dir is too long a path for the daemons' sockets: use a shorter folder"
     write_config "$dir"
     export SLURM_CONF=$dir/slurm.conf
     export EGO_LOCAL_CLUSTER=$dir  # marks the daemons' children for `down`
     start_munge "$dir"
     slurmctld -f "$SLURM_CONF"
-    wait_until "slurmctld" 60 scontrol ping
+    wait_until "slurmctld" 240 scontrol ping
     local name
     while read -r name; do
         slurmd -f "$SLURM_CONF" -N "$name"
     done < <(node_names)
-    wait_until "the nodes to be idle" 120 nodes_idle
+    wait_until "the nodes to be idle" 360 nodes_idle
     echo "export SLURM_CONF=$SLURM_CONF"
 }
 
