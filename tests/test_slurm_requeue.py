@@ -19,13 +19,15 @@ from .slurm_fakes import JOB_ID, REPO, SLURM_DIR, _datasets, _env, _write_exe
 
 FAKE_SRUN = """#!/bin/bash
 # Stands in for srun + trainer: logs its arguments and environment; on SIGUSR1 (or SIGTERM)
-# "checkpoints" (PREEMPTED, in mode checkpoint) and exits 0; in mode exit, exits FAKE_RC at once.
+# "checkpoints" (PREEMPTED, in mode checkpoint) and exits 0 (checkpoint_slowly: only at SIGTERM);
+# in mode exit, exits FAKE_RC at once.
 echo "args $*" >> "$FAKE_LOG"
 echo "env PYTHONFAULTHANDLER=$PYTHONFAULTHANDLER DEEPSPEED_TIMEOUT=$DEEPSPEED_TIMEOUT" >> "$FAKE_LOG"
 run_dir=$FAKE_RUN_DIR
 on_signal() {
     echo "got $1" >> "$FAKE_LOG"
-    if [[ "$FAKE_MODE" == "checkpoint" ]]; then mkdir -p "$run_dir" && touch "$run_dir/PREEMPTED"; fi
+    if [[ "$FAKE_MODE" == checkpoint* ]]; then mkdir -p "$run_dir" && touch "$run_dir/PREEMPTED"; fi
+    if [[ "$FAKE_MODE" == "checkpoint_slowly" && "$1" == "USR1" ]]; then return; fi  # until TERM
     exit 0
 }
 trap 'on_signal USR1' USR1
@@ -63,7 +65,8 @@ def _start(fake_bin: Path, env: dict[str, str]) -> subprocess.Popen:
 
 
 def _srun_pid(log: Path) -> int:
-    _wait_for(lambda: log.exists() and "started" in log.read_text(), "the fake srun")
+    # (the script's fail-fast check runs first: a Python start, slow on a busy machine)
+    _wait_for(lambda: log.exists() and "started" in log.read_text(), "the fake srun", 120)
     return int(log.read_text().split("started ")[1].split()[0])
 
 
@@ -75,7 +78,7 @@ def test_usr1_is_forwarded_and_requeues_only_after_a_checkpoint(fake_bin, tmp_pa
     try:
         _srun_pid(log)
         proc.send_signal(signal.SIGUSR1)  # what `#SBATCH --signal=B:USR1@120` does
-        _, err = proc.communicate(timeout=30)
+        _, err = proc.communicate(timeout=60)
     finally:
         proc.kill()
     assert proc.returncode == (75 if requeued else 0), err
@@ -95,13 +98,33 @@ def test_scancel_sigterm_checkpoints_but_does_not_requeue(fake_bin, tmp_path):
         proc.send_signal(signal.SIGTERM)
         time.sleep(0.5)
         os.kill(srun, signal.SIGTERM)
-        out, err = proc.communicate(timeout=30)
+        out, err = proc.communicate(timeout=60)
     finally:
         proc.kill()
     assert proc.returncode == 75, err
     assert "got TERM" in log.read_text()
     assert _requeues(tmp_path) == []
     assert "not requeueing" in out + err  # the job's output (copied to the run folder's log)
+
+
+def test_time_limit_sigterm_after_the_warning_still_requeues(fake_bin, tmp_path):
+    """A checkpoint slower than the warning's 120 s: SLURM's SIGTERM at the time limit comes
+    after SIGUSR1; the run is preempted, not cancelled, so the job still requeues itself."""
+    env = _preemption_env(fake_bin, tmp_path, "checkpoint_slowly")
+    log = tmp_path / "srun.log"
+    proc = _start(fake_bin, env)
+    try:
+        srun = _srun_pid(log)
+        proc.send_signal(signal.SIGUSR1)
+        _wait_for(lambda: "got USR1" in log.read_text(), "the warning to reach the step")
+        proc.send_signal(signal.SIGTERM)
+        time.sleep(0.5)
+        os.kill(srun, signal.SIGTERM)
+        _, err = proc.communicate(timeout=60)
+    finally:
+        proc.kill()
+    assert proc.returncode == 75, err
+    assert _requeues(tmp_path) == [f"requeue {JOB_ID}"]
 
 
 def test_exit_75_requeues_without_a_marker(fake_bin, tmp_path):

@@ -105,7 +105,7 @@ ego_head_node() {
     echo "$head"
 }
 
-# The first host's IP address: the c10d rendezvous endpoint. A node's name need not resolve on
+# The first host's IP address: the rendezvous endpoint. A node's name need not resolve on
 # the others (or may resolve to another network); its NodeAddr is where SLURM itself reaches it,
 # resolved to an address when it is a name.
 ego_head_address() {
@@ -272,8 +272,8 @@ EGO_EXIT_PREEMPTED=75
 # After the training step ended with `rc`: requeue the job when the trainer checkpointed on a
 # signal -- it exited 75, or left <run_dir>/PREEMPTED (written after its checkpoint; a launcher
 # that reports its own code instead of the workers', and trainers older than exit code 75, show
-# only that) -- and the signal was not SLURM's SIGTERM (scancel, or SLURM's own preemption,
-# which requeues by itself). The requeued job resumes from that checkpoint (--resume auto).
+# only that) -- unless SLURM's SIGTERM came without the time-limit warning before it (scancel, or
+# SLURM's own preemption, which requeues by itself). The requeued job resumes from that checkpoint (--resume auto).
 # Sets EGO_JOB_RC, the job's exit code: 75 when preempted (requeued or not), else `rc`.
 # shellcheck disable=SC2034  # read by pretrain.sbatch
 EGO_JOB_RC=0
@@ -288,7 +288,7 @@ ego_after_training() {
     fi
     # shellcheck disable=SC2034  # read by pretrain.sbatch
     EGO_JOB_RC=$EGO_EXIT_PREEMPTED
-    if [[ "$EGO_GOT_TERM" == "1" ]]; then
+    if [[ "$EGO_GOT_TERM" == "1" && "$EGO_GOT_USR1" != "1" ]]; then
         ego_info "the trainer checkpointed on SIGTERM (scancel or preemption): not requeueing; submit again to resume"
     else
         ego_info "the trainer checkpointed and stopped (exit $rc): requeueing job $SLURM_JOB_ID"
