@@ -45,7 +45,7 @@ def _dry_run(script: str, env: dict[str, str], *args: str) -> list[list[str]]:
     """Run an sbatch script with DRY_RUN=1; return its printed commands, each split like a shell."""
     proc = subprocess.run(
         ["bash", str(SLURM_DIR / script), *args], env={**env, "DRY_RUN": "1"},
-        capture_output=True, text=True, timeout=60)
+        capture_output=True, text=True, timeout=300)
     assert proc.returncode == 0, proc.stderr
     return [shlex.split(line) for line in proc.stdout.splitlines() if line.strip()]
 

@@ -73,7 +73,7 @@ def test_preprocess_rejects_bad_input_with_one_line_before_srun(fake_bin, tmp_pa
     env = {**_env(fake_bin), "RAW_DIR": str(_raw_egoexo4d(tmp_path / "raw")), **extra,
            "DRY_RUN": "1"}
     proc = subprocess.run(["bash", str(SLURM_DIR / "preprocess.sbatch"), *args], env=env,
-                          capture_output=True, text=True, timeout=60)
+                          capture_output=True, text=True, timeout=300)
     assert proc.returncode == 2
     assert proc.stdout == ""  # no srun printed
     lines = proc.stderr.strip().splitlines()
@@ -144,7 +144,7 @@ def test_evaluate_rejects_bad_input_with_one_line_before_srun(fake_bin, tmp_path
     if case == "bad_argument":
         args = ["--batchsize", "4"]
     proc = subprocess.run(["bash", str(SLURM_DIR / "evaluate.sbatch"), *args], env=env,
-                          capture_output=True, text=True, timeout=60)
+                          capture_output=True, text=True, timeout=300)
     assert proc.returncode == 2
     assert proc.stdout == ""
     lines = proc.stderr.strip().splitlines()

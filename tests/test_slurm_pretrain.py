@@ -115,7 +115,7 @@ def test_pretrain_without_slurm_variables_says_to_use_sbatch(fake_bin):
     env = _env(fake_bin)
     del env["SLURM_JOB_NODELIST"]
     proc = subprocess.run(["bash", str(SLURM_DIR / "pretrain.sbatch")], env={**env, "DRY_RUN": "1"},
-                          capture_output=True, text=True, timeout=60)
+                          capture_output=True, text=True, timeout=300)
     assert proc.returncode == 2
     assert "SLURM_JOB_NODELIST" in proc.stderr and "sbatch" in proc.stderr
     assert proc.stdout == ""
@@ -134,7 +134,7 @@ def test_bad_input_stops_the_dry_run_with_one_line_before_srun(fake_bin, args, e
     before any command: exit 2, one `error:` line, nothing printed to run."""
     env = {**_env(fake_bin, 4, **extra_env), "DRY_RUN": "1"}
     proc = subprocess.run(["bash", str(SLURM_DIR / "pretrain.sbatch"), *_datasets(fake_bin), *args],
-                          env=env, capture_output=True, text=True, timeout=60)
+                          env=env, capture_output=True, text=True, timeout=300)
     assert proc.returncode == 2, proc.stderr
     assert proc.stdout == ""  # no srun (nor rm) printed
     lines = proc.stderr.strip().splitlines()
@@ -177,19 +177,25 @@ def test_cpus_per_task_fits_the_trainers_worker_cap():
     ({"SLURM_CPUS_ON_NODE": "96"}, 11),
     ({"SLURM_CPUS_ON_NODE": "4"}, 1),
 ])
-def test_loader_workers_follow_the_trainers_rule(fake_bin, slurm_cpus, workers):
+def test_loader_workers_follow_the_trainers_rule(slurm_cpus, workers):
+    """common.sh's sizing (8 GPUs) is data/loader.py's `auto_workers` for the same CPUs."""
     from megatron_ego.data.loader import auto_workers
 
-    cmds = _dry_run("pretrain.sbatch", _env(fake_bin, 2, **slurm_cpus), *_datasets(fake_bin))
-    srun, _, trainer = _launch(cmds)
-    assert f"--data.num_workers={workers}" in trainer
+    proc = subprocess.run(["bash", "-c", f"source {SLURM_DIR}/common.sh; ego_loader_workers 8"],
+                          env={"PATH": "/usr/bin:/bin", **slurm_cpus}, capture_output=True,
+                          text=True, timeout=300)
+    assert proc.stdout.strip() == str(workers), proc.stderr
     cpus = int(slurm_cpus.get("SLURM_CPUS_PER_TASK", slurm_cpus.get("SLURM_CPUS_ON_NODE")))
-    assert auto_workers(cpus, 8) == workers  # data/loader.py's rule for the same CPUs
+    assert auto_workers(cpus, 8) == workers
+
+
+def test_the_job_sizes_its_workers_and_gives_srun_its_cpus(fake_bin):
+    srun, _, trainer = _launch(_dry_run("pretrain.sbatch", _env(fake_bin, 2, SLURM_CPUS_PER_TASK="96",
+                                                                 SLURM_CPUS_ON_NODE="224"),
+                                        *_datasets(fake_bin)))
+    assert "--data.num_workers=11" in trainer
     # srun gives the step the job's CPUs per task (SLURM < 23.11 does not pass them on itself)
-    if "SLURM_CPUS_PER_TASK" in slurm_cpus:
-        assert _flag(srun, "--cpus-per-task") == slurm_cpus["SLURM_CPUS_PER_TASK"]
-    else:
-        assert not any(a.startswith("--cpus-per-task") for a in srun)
+    assert _flag(srun, "--cpus-per-task") == "96"
 
 
 def test_loader_workers_override_and_user_argument_wins(fake_bin):

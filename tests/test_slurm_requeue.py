@@ -78,7 +78,7 @@ def test_usr1_is_forwarded_and_requeues_only_after_a_checkpoint(fake_bin, tmp_pa
     try:
         _srun_pid(log)
         proc.send_signal(signal.SIGUSR1)  # what `#SBATCH --signal=B:USR1@120` does
-        _, err = proc.communicate(timeout=60)
+        _, err = proc.communicate(timeout=300)
     finally:
         proc.kill()
     assert proc.returncode == (75 if requeued else 0), err
@@ -98,7 +98,7 @@ def test_scancel_sigterm_checkpoints_but_does_not_requeue(fake_bin, tmp_path):
         proc.send_signal(signal.SIGTERM)
         time.sleep(0.5)
         os.kill(srun, signal.SIGTERM)
-        out, err = proc.communicate(timeout=60)
+        out, err = proc.communicate(timeout=300)
     finally:
         proc.kill()
     assert proc.returncode == 75, err
@@ -120,7 +120,7 @@ def test_time_limit_sigterm_after_the_warning_still_requeues(fake_bin, tmp_path)
         proc.send_signal(signal.SIGTERM)
         time.sleep(0.5)
         os.kill(srun, signal.SIGTERM)
-        _, err = proc.communicate(timeout=60)
+        _, err = proc.communicate(timeout=300)
     finally:
         proc.kill()
     assert proc.returncode == 75, err
@@ -132,7 +132,7 @@ def test_exit_75_requeues_without_a_marker(fake_bin, tmp_path):
     launch/torchrun_exit.py) requeues even when no marker is seen."""
     env = _preemption_env(fake_bin, tmp_path, "exit", rc=75)
     proc = subprocess.run(["bash", str(SLURM_DIR / "pretrain.sbatch"), *_datasets(fake_bin)],
-                          env=env, capture_output=True, text=True, timeout=60)
+                          env=env, capture_output=True, text=True, timeout=300)
     assert proc.returncode == 75, proc.stderr
     assert _requeues(tmp_path) == [f"requeue {JOB_ID}"]
 
@@ -143,7 +143,7 @@ def test_normal_end_removes_stale_marker_and_does_not_requeue(fake_bin, tmp_path
     stale.parent.mkdir(parents=True)
     stale.touch()
     proc = subprocess.run(["bash", str(SLURM_DIR / "pretrain.sbatch"), *_datasets(fake_bin)],
-                          env=env, capture_output=True, text=True, timeout=60)
+                          env=env, capture_output=True, text=True, timeout=300)
     assert proc.returncode == 0, proc.stderr
     assert not stale.exists()
     assert _requeues(tmp_path) == []
@@ -155,7 +155,7 @@ def test_normal_end_removes_stale_marker_and_does_not_requeue(fake_bin, tmp_path
 def test_the_trainers_failure_is_the_job_exit_code(fake_bin, tmp_path, rc):
     env = _preemption_env(fake_bin, tmp_path, "exit", rc=rc)
     proc = subprocess.run(["bash", str(SLURM_DIR / "pretrain.sbatch"), *_datasets(fake_bin)],
-                          env=env, capture_output=True, text=True, timeout=60)
+                          env=env, capture_output=True, text=True, timeout=300)
     assert proc.returncode == rc
     assert _requeues(tmp_path) == []
 
@@ -212,7 +212,7 @@ def _run_wrapper_and_signal(tmp_path: Path, args: list[str], env: dict[str, str]
             os.killpg(proc.pid, signal.SIGUSR1)
         else:
             proc.send_signal(signal.SIGUSR1)
-        out, err = proc.communicate(timeout=60)
+        out, err = proc.communicate(timeout=300)
     finally:
         if proc.poll() is None:
             os.killpg(proc.pid, signal.SIGKILL)
