@@ -3,7 +3,7 @@ PY      := .venv/bin/python
 STAMP   := .venv/.setup-done
 PIP     := $(PY) -m pip install -q --disable-pip-version-check
 
-.PHONY: setup test test-fast test-image lint demo demo-policy clean-demo
+.PHONY: setup test test-fast test-slurm test-image lint demo demo-policy clean-demo
 
 setup: $(STAMP)
 
@@ -32,6 +32,11 @@ test-fast: setup lint
 # debootstrap, network to PyPI and Debian; docs/cluster.md "Building the image here").
 test-image: setup
 	REQUIRE_IMAGE_BUILD=1 $(PY) -m pytest -s tests/test_image_build.py
+
+# The launch/slurm scripts on a real SLURM cluster started on this machine (needs Debian's
+# slurm-wlm, munge and libpmix-dev; .ci/run installs them). Part of `make test`.
+test-slurm: setup
+	$(PY) -m pytest tests/test_slurm_cluster.py
 
 demo: setup
 	bash launch/demo.sh

@@ -1,7 +1,7 @@
 """Evaluate an exported EgoAgent: represent (k-NN), predict (retrieval), act (motion).
 
     python launch/evaluate.py --model runs/x/export --task all --out runs/x/eval \
-        --data data/egoexo4d/val --knn-train imagenet100/train --knn-val imagenet100/val
+        --data data/egoexo4d/val --knn-train data/imagenet100/train --knn-val data/imagenet100/val
     torchrun --standalone --nproc_per_node 8 launch/evaluate.py --model runs/x/export \
         --task retrieval --out runs/x/eval --data data/egoexo4d/val --batch-size 64
 
@@ -94,6 +94,10 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
                    help="policy: roll out from only the first N test states (default: all)")
     p.add_argument("--success-threshold", type=float, default=0.8,
                    help="policy: an episode succeeds when its scaled success is at least this")
+    p.add_argument("--check", action="store_true",
+                   help="check the arguments and inputs (the model's config.yaml, the data "
+                        "folders), print the tasks that would run, exit without loading the "
+                        "model (launch/slurm/evaluate.sbatch runs it before srun)")
     args = p.parse_args(argv)
     args.task = PAPER_NAMES.get(args.task, args.task)
     if args.batch_size < 1 or args.workers < 0 or (args.max_clips is not None and args.max_clips < 1):
@@ -103,6 +107,16 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         p.error("--policy-seeds/-epochs/-hidden/-max-test must be >= 1, --policy-lr > 0 and "
                 "0 < --success-threshold <= 1")
     return args
+
+
+def check(args: argparse.Namespace) -> list[str]:
+    """--check: the planned tasks, after checking their inputs and the model folder's config
+    (an export, or the run folder an export will be written from)."""
+    if not (Path(args.model) / "config.yaml").is_file():
+        raise FileNotFoundError(
+            f"--model {args.model} holds no config.yaml: pass an export folder "
+            "(python launch/export.py --checkpoint RUN_DIR --out DIR)")
+    return plan_tasks(args)
 
 
 def _require_dir(path: str | None, flag: str, hint: str) -> None:
@@ -131,7 +145,8 @@ def plan_tasks(args: argparse.Namespace) -> list[str]:
         raise ValueError("--task knn needs --knn-train and --knn-val (ImageFolder splits)")
     if args.task == "policy":
         return _plan_policy(args)
-    hint = "pass an ImageFolder split (root/<class>/<image>)"
+    hint = ("pass an ImageFolder split (root/<class>/<image>); ImageNet-100: "
+            "python -m preprocess.imagenet100 --imagenet IMAGENET_ROOT --out data/imagenet100")
     _require_dir(args.knn_train, "--knn-train", hint)
     _require_dir(args.knn_val, "--knn-val", hint)
     policy = args.policy_demos is not None and args.task == "all"
@@ -262,6 +277,14 @@ def main(argv: list[str] | None = None) -> int:
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(message)s")
     logging.getLogger("megatron").setLevel(logging.WARNING)
     from megatron_ego.config import ConfigError
+
+    if args.check:  # before the imports below: they load torch
+        try:
+            print(f"ok: {', '.join(check(args))} of {args.model} -> {args.out}")
+        except (FileNotFoundError, ValueError, ConfigError) as err:
+            print(f"error: {err}", file=sys.stderr)
+            return 2
+        return 0
     from megatron_ego.data.indexed import IndexedDataError
     from megatron_ego.eval.policy.sim import SimulatorMissingError
     from megatron_ego.export.format import ExportError

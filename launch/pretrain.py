@@ -14,6 +14,7 @@ Any config field can be overridden: --optim.lr=3e-4 --run.micro_batch_size=32 ..
 See the result without training (no launcher needed):
     python launch/pretrain.py --config configs/tiny_cpu.yaml --optim.lr=1e-4 --print-config
     python launch/pretrain.py --config configs/tiny_cpu.yaml --list-keys
+    WORLD_SIZE=32 python launch/pretrain.py --config configs/egoagent_300m.yaml --check
 SIGTERM / SIGUSR1 write a checkpoint and exit (a PREEMPTED file marks it); `--resume auto`
 continues from the newest checkpoint that verifies, on any number of ranks with the same
 global batch. `--resume none` refuses a run folder that holds checkpoints (add --overwrite).
@@ -55,6 +56,11 @@ def parse_args(argv: list[str] | None = None) -> tuple[argparse.Namespace, list[
     parser.add_argument("--list-keys", "--list_keys", dest="list_keys", action="store_true",
                         help="print every config key with its type, resolved value and meaning, "
                              "and exit")
+    parser.add_argument("--check", action="store_true",
+                        help="check the config and overrides, the package versions, the datasets "
+                             "and the DeepSpeed JSON for WORLD_SIZE ranks (environment; 1), then "
+                             "exit: 0 with a summary line, or 2 with one error line "
+                             "(launch/slurm/pretrain.sbatch runs it before srun)")
     parser.add_argument("--local_rank", type=int, default=None, help=argparse.SUPPRESS)
     return parser.parse_known_args(argv)
 
@@ -72,6 +78,38 @@ def _describe(cfg, keys: bool) -> str:
     return yaml.safe_dump(to_dict(cfg), sort_keys=False).rstrip()
 
 
+def preflight(cfg: Config, ds_config: str) -> dict:
+    """What start-up checks before any process group or model exists (raises ConfigError):
+    package versions, the datasets' manifests, the DeepSpeed JSON against the YAML for WORLD_SIZE
+    ranks. Returns the DeepSpeed config. Imports no torch: `--check` runs it before srun."""
+    from megatron_ego.training.ds_config import load_ds_config
+    from megatron_ego.training.run_folder import check_data_paths
+    from megatron_ego.versions import VersionError, check_versions
+
+    try:
+        check_versions(["torch", "megatron-core", "deepspeed"])
+    except VersionError as e:
+        raise ConfigError(str(e).replace("\n", "; ")) from e
+    check_data_paths(cfg)
+    return load_ds_config(ds_config, cfg, int(os.environ.get("WORLD_SIZE", "1")))
+
+
+def check(cfg: Config, args: argparse.Namespace) -> int:
+    """--check: `preflight`, then one line: 0 and a summary, or 2 and the error."""
+    from megatron_ego.training.run_folder import run_dir_of
+
+    try:
+        ds = preflight(cfg, args.ds_config)
+    except ConfigError as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+    world = int(os.environ.get("WORLD_SIZE", "1"))
+    print(f"ok: {args.config} on {world} ranks: micro-batch {cfg.run.micro_batch_size} x "
+          f"{ds['gradient_accumulation_steps']} accumulation steps = global batch "
+          f"{cfg.run.global_batch_size}; run folder {run_dir_of(cfg)}")
+    return 0
+
+
 def main(argv: list[str] | None = None) -> int:
     args, overrides = parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(message)s")
@@ -84,6 +122,8 @@ def main(argv: list[str] | None = None) -> int:
     if args.print_config or args.list_keys:
         print(_describe(cfg, args.list_keys))
         return 0
+    if args.check:
+        return check(cfg, args)
     return run(cfg, args)
 
 
@@ -95,17 +135,9 @@ def run(cfg: Config, args: argparse.Namespace) -> int:
 
     try:
         from megatron_ego.training.distributed import init_distributed
-        from megatron_ego.training.ds_config import load_ds_config
-        from megatron_ego.training.trainer import Trainer, check_data_paths
-        from megatron_ego.versions import VersionError, check_versions
+        from megatron_ego.training.trainer import Trainer
 
-        # Before any process group or model exists: versions, missing data, JSON/YAML mismatch.
-        try:
-            check_versions(["torch", "megatron-core", "deepspeed"])
-        except VersionError as e:
-            raise ConfigError(str(e).replace("\n", "; ")) from e
-        check_data_paths(cfg)
-        load_ds_config(args.ds_config, cfg, int(os.environ.get("WORLD_SIZE", "1")))
+        preflight(cfg, args.ds_config)  # before any process group or model exists
         dist_info = init_distributed()
         trainer = Trainer(cfg, args.ds_config, dist_info, resume=args.resume,
                           overwrite=args.overwrite)

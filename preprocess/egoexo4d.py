@@ -1,6 +1,7 @@
 """Ego-Exo4D -> Megatron indexed dataset of clips (docs/data_format.md).
 
     python -m preprocess.egoexo4d --root RAW_DIR --out OUT_DIR [--split train|val] [--size 448]
+    python -m preprocess.egoexo4d --root RAW_DIR --out OUT_DIR --check   # find the takes, exit
     mpirun -n 8 python -m preprocess.egoexo4d --root RAW_DIR --out OUT_DIR   # takes over ranks
 
 For every take of the split that has body-pose labels (manual labels win over automatic ones,
@@ -31,7 +32,7 @@ import argparse
 import glob
 import json
 import os
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
@@ -44,10 +45,9 @@ from preprocess.ego_pose import (
     read_aria_camera,
     read_body_poses,
 )
-from preprocess.sharded_run import Unit, run_sharded
-from preprocess.shards import ShardWriter
 from preprocess.stats import Stats
 from preprocess.undistort import find_calibration, make_undistorter, require_projectaria
+from preprocess.units import Unit
 from preprocess.video import VideoError, decode_frames, encode_frame, probe_size
 from preprocess.windows import (
     IMAGE_STEP,
@@ -56,6 +56,9 @@ from preprocess.windows import (
     window_camera,
     window_poses,
 )
+
+if TYPE_CHECKING:
+    from preprocess.shards import ShardWriter
 
 __all__ = ["discover_takes", "main", "process_take"]
 
@@ -237,6 +240,9 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--limit", type=int, default=0, help="only the first N takes (0: all)")
     p.add_argument("--keep-shards", action="store_true", help="keep OUT/.shards after merging")
     p.add_argument("--overwrite", action="store_true", help="rebuild a complete OUT")
+    p.add_argument("--check", action="store_true",
+                   help="check the arguments and find the split's takes, print how many, exit "
+                        "(launch/slurm/preprocess.sbatch runs it before srun)")
     return p
 
 
@@ -247,7 +253,10 @@ def main(argv: list[str] | None = None) -> dict[str, Any] | None:
         parser.error(f"--stride must be a positive multiple of {IMAGE_STEP}")
     if opts.size < 16 or not 1 <= opts.jpeg_quality <= 100 or opts.num_steps < 2:
         parser.error("need --size >= 16, 1 <= --jpeg-quality <= 100 and --num-steps >= 2")
-    units = discover_takes(opts.root, opts.split)
+    try:
+        units = discover_takes(opts.root, opts.split)
+    except FileNotFoundError as err:  # no annotations for the split, or --root is wrong
+        parser.error(f"{err}: point --root at the `egoexo -o` download folder")
     if opts.limit:
         units = units[: opts.limit]
     if not units:
@@ -256,6 +265,10 @@ def main(argv: list[str] | None = None) -> dict[str, Any] | None:
     if opts.undistort == "on" or (opts.undistort == "auto" and any(
             find_calibration(u.inputs["take_dir"], u.inputs["aria_camera"]) for u in units)):
         require_projectaria()  # fail now, with the fix, rather than on every take
+    if opts.check:
+        print(f"ok: {len(units)} takes with body-pose labels in the {opts.split} split of "
+              f"{opts.root} -> {opts.out}")
+        return None
     options = {k: getattr(opts, k) for k in (
         "split", "size", "encoding", "jpeg_quality", "stride", "num_steps", "undistort",
         "exclude_bouldering")}
@@ -264,6 +277,8 @@ def main(argv: list[str] | None = None) -> dict[str, Any] | None:
         "frame_height": opts.size, "frame_width": opts.size, "frame_fps": 30 // IMAGE_STEP,
         "pose_fps": 30, "num_steps": opts.num_steps, "poses_per_step": POSES_PER_STEP,
     }
+    from preprocess.sharded_run import run_sharded  # megatron: not needed by --check
+
     return run_sharded(
         opts.out, units, lambda unit, writer, stats: process_take(unit, writer, stats, opts),
         with_clips=True, units_per_shard=opts.takes_per_shard, options=options,

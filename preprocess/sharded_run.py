@@ -17,13 +17,13 @@ import os
 import shutil
 import sys
 from collections.abc import Callable
-from dataclasses import dataclass, field
 from typing import Any
 
 from megatron_ego.progress import progress
 from preprocess.parallel import Ranks, world
 from preprocess.shards import ShardWriter, file_names, merge_shards, write_json_atomic
 from preprocess.stats import Stats
+from preprocess.units import Unit  # noqa: F401  (re-exported: the preprocessors' unit)
 
 __all__ = ["FORMAT_VERSION", "Unit", "run_sharded"]
 
@@ -31,15 +31,6 @@ FORMAT_VERSION = 2  # 2: Ego-Exo4D datasets hold `camera` (camera motion per cli
 SHARD_DIR = ".shards"
 TAKE_FIELDS = ("name", "uid", "first_frame", "num_frames", "num_clips", "aria_camera")
 log = logging.getLogger("preprocess")
-
-
-@dataclass
-class Unit:
-    """One take or video to process: its name, id, and source-specific inputs (paths)."""
-
-    name: str
-    uid: str
-    inputs: dict[str, Any] = field(default_factory=dict)
 
 
 # process(unit, writer, stats) -> {"name", "uid", "num_frames", "num_clips"[, "aria_camera"]},

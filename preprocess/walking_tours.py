@@ -16,12 +16,11 @@ import argparse
 import glob
 import logging
 import os
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from megatron_ego.cli_help import make_parser
-from preprocess.sharded_run import Unit, run_sharded
-from preprocess.shards import ShardWriter
 from preprocess.stats import Stats
+from preprocess.units import Unit
 from preprocess.video import (
     VideoError,
     encode_frame,
@@ -29,6 +28,9 @@ from preprocess.video import (
     probe_size,
     shorter_side_size,
 )
+
+if TYPE_CHECKING:
+    from preprocess.shards import ShardWriter
 
 __all__ = ["find_videos", "main", "process_video"]
 
@@ -96,10 +98,16 @@ def main(argv: list[str] | None = None) -> dict[str, Any] | None:
     p.add_argument("--videos-per-shard", type=int, default=1, help="unit of work and resuming")
     p.add_argument("--keep-shards", action="store_true", help="keep OUT/.shards after merging")
     p.add_argument("--overwrite", action="store_true", help="rebuild a complete OUT")
+    p.add_argument("--check", action="store_true",
+                   help="check the arguments, find the videos and open one, print how many, exit "
+                        "(launch/slurm/preprocess.sbatch runs it before srun)")
     opts = p.parse_args(argv)
     if opts.fps <= 0 or opts.size < 16 or not 1 <= opts.jpeg_quality <= 100:
         p.error("need --fps > 0, --size >= 16 and 1 <= --jpeg-quality <= 100")
-    units = find_videos(opts.videos)
+    try:
+        units = find_videos(opts.videos)
+    except (FileNotFoundError, ValueError) as err:
+        p.error(str(err))
     if not units:
         p.error(f"no videos ({', '.join(VIDEO_EXTENSIONS)}) in {opts.videos}")
     size = None
@@ -111,12 +119,17 @@ def main(argv: list[str] | None = None) -> dict[str, Any] | None:
             continue
     if size is None:
         p.error("none of the videos can be opened")
+    if opts.check:
+        print(f"ok: {len(units)} videos ({size[0]}x{size[1]} stored) -> {opts.out}")
+        return None
     options = {k: getattr(opts, k) for k in ("fps", "size", "encoding", "jpeg_quality")}
     manifest = {
         "source": "walking_tours", "split": "train", "encoding": opts.encoding,
         "frame_height": size[0], "frame_width": size[1], "frame_fps": opts.fps, "pose_fps": 0,
         "num_steps": 1, "poses_per_step": 0,
     }
+    from preprocess.sharded_run import run_sharded  # megatron: not needed by --check
+
     return run_sharded(
         opts.out, units,
         lambda unit, writer, stats: process_video(unit, writer, stats, opts, size),

@@ -20,7 +20,7 @@ import torch
 
 from megatron_ego.config import Config, load_config
 
-from .slurm_fakes import HOSTS, _write_exe
+from .slurm_fakes import ADDRS, HOSTS, _write_exe
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -104,13 +104,21 @@ def agent(tiny_run):
 
 @pytest.fixture()
 def fake_bin(tmp_path: Path) -> Path:
-    """A bin/ with a fake scontrol: `show hostnames` prints HOSTS[:SLURM_NNODES], else it logs."""
+    """A bin/ with a fake scontrol: `show hostnames` prints HOSTS[:SLURM_NNODES], `show node -o
+    H` a line with H's NodeAddr (ADDRS, same order), else it logs its arguments."""
     bin_dir = tmp_path / "bin"
     bin_dir.mkdir()
-    hosts = "\n".join(HOSTS)
+    hosts = " ".join(HOSTS)
+    cases = "\n".join(f"        {h}) echo 'NodeName={h} Arch=x86_64 NodeAddr={a} NodeHostName={h}' ;;"
+                      for h, a in zip(HOSTS, ADDRS))
     _write_exe(bin_dir / "scontrol", f"""#!/bin/bash
 if [[ "$1 $2" == "show hostnames" ]]; then
-    printf '%s\\n' {hosts.replace(chr(10), ' ')} | head -n "${{SLURM_NNODES:-1}}"
+    printf '%s\\n' {hosts} | head -n "${{SLURM_NNODES:-1}}"
+elif [[ "$1 $2 $3" == "show node -o" ]]; then
+    case $4 in
+{cases}
+        *) exit 1 ;;
+    esac
 else
     echo "$*" >> "{tmp_path}/scontrol.log"
 fi
@@ -137,3 +145,12 @@ def demo_data(tmp_path_factory) -> dict[str, str]:
         out = _run([PY, *map(str, cmd)])
         assert out.returncode == 0, out.stderr[-2000:]
     return {"ego": str(data / "egoexo4d"), "wt": str(data / "walking_tours"), "root": str(root)}
+
+
+@pytest.fixture(scope="module")
+def cluster(tmp_path_factory):
+    """A real SLURM cluster for the module (tests/slurm_cluster.py); skips without SLURM, fails
+    instead under EGO_REQUIRE_SLURM=1."""
+    from .slurm_cluster import start_cluster
+
+    yield from start_cluster(tmp_path_factory.mktemp("slurm") / "cluster")

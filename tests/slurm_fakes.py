@@ -17,6 +17,8 @@ REPO = Path(__file__).resolve().parents[1]
 SLURM_DIR = REPO / "launch" / "slurm"
 # Deliberately not in sorted order: the rendezvous host must be the FIRST one scontrol prints.
 HOSTS = ["nodeC17", "nodeA02", "nodeB09", "nodeA01", "nodeD00", "nodeE05"]
+ADDRS = ["10.1.3.17", "10.1.1.2", "10.1.2.9", "10.1.1.1", "10.1.4.0", "10.1.5.5"]
+"""The hosts' NodeAddr (what the fake `scontrol show node -o HOST` prints)."""
 JOB_ID = "4242"
 
 
@@ -43,9 +45,21 @@ def _dry_run(script: str, env: dict[str, str], *args: str) -> list[list[str]]:
     """Run an sbatch script with DRY_RUN=1; return its printed commands, each split like a shell."""
     proc = subprocess.run(
         ["bash", str(SLURM_DIR / script), *args], env={**env, "DRY_RUN": "1"},
-        capture_output=True, text=True, timeout=60)
+        capture_output=True, text=True, timeout=300)
     assert proc.returncode == 0, proc.stderr
     return [shlex.split(line) for line in proc.stdout.splitlines() if line.strip()]
+
+
+def _datasets(fake_bin: Path) -> list[str]:
+    """Overrides pointing the configs' datasets at empty preprocessed folders next to `fake_bin`
+    (a manifest each: what the fail-fast check looks for)."""
+    args = []
+    for key, name in (("egoexo4d_path", "egoexo4d"), ("walking_tours_path", "walking_tours")):
+        folder = fake_bin.parent / "data" / name
+        folder.mkdir(parents=True, exist_ok=True)
+        (folder / "manifest.json").write_text("{}")
+        args.append(f"--data.{key}={folder}")
+    return args
 
 
 def _flag(cmd: list[str], name: str) -> str:

@@ -49,6 +49,7 @@ def test_demo_policy_help_prints_usage_and_runs_nothing():
     ["launch/pretrain.py"], ["launch/evaluate.py"], ["launch/export.py"],
     ["-m", "preprocess.demo_world"], ["-m", "megatron_ego.eval.demo_summary"],
     ["-m", "preprocess.trifinger_demos"],
+    ["-m", "preprocess.imagenet100"], ["bench/cluster_plan.py"],
 ])
 def test_help_shows_the_docstring_usage_and_defaults_without_warnings(cmd):
     proc = _run(PY, *cmd, "--help")

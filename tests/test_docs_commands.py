@@ -24,6 +24,8 @@ import pytest
 from megatron_ego.config import Config
 from megatron_ego.config_keys import config_keys
 
+from .slurm_fakes import _datasets
+
 ROOT = Path(__file__).resolve().parents[1]
 DOCS = [ROOT / "README.md", *sorted((ROOT / "docs").glob("*.md"))]
 EXTERNAL = {"docker", "enroot", "export", "pip", "aws", "egoexo", "stat", "UIDS=$(find"}
@@ -176,7 +178,8 @@ def test_cheap_commands_run_and_print_what_the_docs_say(fake_bin):
     env = {**os.environ, "PATH": f"{fake_bin}:{os.environ['PATH']}"}
     env.update(dict(re.findall(r"([A-Z_]+)=(\S+)", dry.split("bash")[0])))
     env["SLURM_JOB_NODELIST"] = env["SLURM_JOB_NODELIST"].strip("'")
-    proc = subprocess.run(["bash", "launch/slurm/pretrain.sbatch"], cwd=ROOT, env=env,
-                          capture_output=True, text=True, timeout=60)
+    # the script checks the datasets before it prints anything: point them at stand-ins
+    proc = subprocess.run(["bash", "launch/slurm/pretrain.sbatch", *_datasets(fake_bin)], cwd=ROOT,
+                          env=env, capture_output=True, text=True, timeout=60)
     assert proc.returncode == 0, proc.stderr
     assert proc.stdout.splitlines()[-1].startswith("srun --nodes=4 --ntasks=4")

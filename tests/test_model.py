@@ -33,6 +33,43 @@ def test_backbone_is_megatron_gptmodel_with_rmsnorm_rope_swiglu(tiny_model):
     assert isinstance(tiny_model.backbone.final_norm, FusedRMSNorm)
 
 
+def test_megatron_builds_the_swiglu_mlp_as_its_own_mlp(tiny_cfg, caplog):
+    """megatron-core recognises the fused MLP: no "Unknown MLP type ... Using default kwargs"
+    warning, and each layer's MLP holds the tensor-parallel group the layer holds (what megatron
+    passes its own MLP)."""
+    import logging
+
+    with caplog.at_level(logging.WARNING):
+        model = EgoAgent(tiny_cfg.model)
+    assert not [r for r in caplog.records if "MLP" in r.getMessage()], caplog.text
+    layers = model.backbone.gpt.decoder.layers
+    assert len(layers) == tiny_cfg.model.num_layers
+    for layer in layers:
+        assert type(layer.mlp) is SwiGLUMLP
+        assert layer.mlp.tp_group is layer.pg_collection.tp
+
+
+def test_swiglu_mlp_spec_binds_megatron_018_builder_to_the_fused_mlp(monkeypatch):
+    """megatron-core >= 0.18 gives the local spec's MLP as partial(MLP.as_mlp_submodule, ...):
+    the fused spec calls the same builder bound to SwiGLUMLP, with the same submodules."""
+    import functools
+
+    from megatron.core.transformer.mlp import MLP
+
+    from megatron_ego.model.fused import swiglu_mlp_spec
+
+    def as_mlp_submodule(cls, submodules, config, pg_collection, is_mtp_layer, name=None):
+        return cls, submodules, pg_collection.tp
+
+    monkeypatch.setattr(MLP, "as_mlp_submodule", classmethod(as_mlp_submodule), raising=False)
+    spec = swiglu_mlp_spec(functools.partial(MLP.as_mlp_submodule, submodules="subs"))
+    pgs = type("PG", (), {"tp": "tp-group"})()
+    assert spec(config=None, pg_collection=pgs, is_mtp_layer=False) == (SwiGLUMLP, "subs",
+                                                                         "tp-group")
+    other = functools.partial(print, submodules="subs")  # another builder: left alone
+    assert swiglu_mlp_spec(other) is other
+
+
 def test_fused_elementwise_ops_match_megatron_and_torch():
     """RMSNorm, RoPE and SwiGLU nodes: forward and gradients equal the unfused references."""
     from megatron.core.models.common.embeddings.rope_utils import _apply_rotary_pos_emb_bshd

@@ -1,37 +1,41 @@
-"""pretrain.sbatch and torchrun_node.sh with simulated SLURM variables (dry run and for real)."""
+"""pretrain.sbatch with simulated SLURM variables (DRY_RUN=1: the commands it would run), and its
+fail-fast check; the preemption path is in test_slurm_requeue.py, the real cluster in
+test_slurm_cluster.py."""
 
 from __future__ import annotations
 
-import os
-import signal
+import re
 import subprocess
-import sys
-import time
 from pathlib import Path
 
 import pytest
 
 from .slurm_fakes import (
-    HOSTS,
+    ADDRS,
     JOB_ID,
     REPO,
     SLURM_DIR,
+    _datasets,
     _dry_run,
     _env,
     _flag,
     _split_at,
-    _write_exe,
 )
 
-# ---------------------------------------------------------------- pretrain.sbatch (dry run)
+
+def _launch(cmds: list[list[str]]) -> tuple[list[str], list[str], list[str]]:
+    """The srun line's (srun options, torchrun_node.sh options, trainer argv)."""
+    srun, rest = _split_at(cmds[-1], "launch/slurm/torchrun_node.sh")
+    torchrun, trainer = _split_at(rest, "launch/pretrain.py")
+    return srun, torchrun, trainer
+
 
 @pytest.mark.parametrize("nnodes", [1, 4, 6])
-def test_pretrain_one_torchrun_per_node_rendezvous_on_first_host(fake_bin, nnodes):
-    cmds = _dry_run("pretrain.sbatch", _env(fake_bin, nnodes))
+def test_pretrain_one_torchrun_per_node_rendezvous_on_first_address(fake_bin, nnodes):
+    cmds = _dry_run("pretrain.sbatch", _env(fake_bin, nnodes), *_datasets(fake_bin))
     assert cmds[0] == ["rm", "-f", "runs/egoagent_300m/PREEMPTED"]
     assert len(cmds) == 2
-    srun, rest = _split_at(cmds[1], "launch/slurm/torchrun_node.sh")
-    torchrun, trainer = _split_at(rest, "launch/pretrain.py")
+    srun, torchrun, trainer = _launch(cmds)
     assert srun[0] == "srun"
     assert _flag(srun, "--nodes") == str(nnodes)
     assert _flag(srun, "--ntasks") == str(nnodes)
@@ -39,9 +43,11 @@ def test_pretrain_one_torchrun_per_node_rendezvous_on_first_host(fake_bin, nnode
     assert not any(a.startswith("--container") for a in srun)
     assert _flag(torchrun, "--nnodes") == str(nnodes)
     assert _flag(torchrun, "--nproc_per_node") == "8"
-    assert _flag(torchrun, "--rdzv_backend") == "c10d"
-    assert _flag(torchrun, "--rdzv_endpoint") == f"{HOSTS[0]}:29500"
+    # the first host's address (its NodeAddr), not its name: names need not resolve elsewhere
+    assert _flag(torchrun, "--rdzv_backend") == "static"  # ranks in SLURM's node order
+    assert _flag(torchrun, "--rdzv_endpoint") == f"{ADDRS[0]}:29500"
     assert _flag(torchrun, "--rdzv_id") == JOB_ID
+    assert _flag(torchrun, "--logs") == f"runs/egoagent_300m/logs/pretrain-{JOB_ID}"
     assert _flag(trainer, "--resume") == "auto"
     assert _flag(trainer, "--ds_config") == "configs/zero2.json"
     assert _flag(trainer, "--config") == "configs/egoagent_300m.yaml"
@@ -50,12 +56,12 @@ def test_pretrain_one_torchrun_per_node_rendezvous_on_first_host(fake_bin, nnode
 def test_pretrain_world_size_follows_gpus_on_node_and_overrides_pass_through(fake_bin):
     env = _env(fake_bin, 3, SLURM_GPUS_ON_NODE="4", MASTER_PORT="31000",
                CONFIG="configs/egoagent_1b.yaml")
-    cmds = _dry_run("pretrain.sbatch", env, "--optim.lr=3e-4", "--run.log_interval=5")
-    _, rest = _split_at(cmds[-1], "launch/slurm/torchrun_node.sh")
-    torchrun, trainer = _split_at(rest, "launch/pretrain.py")
+    cmds = _dry_run("pretrain.sbatch", env, *_datasets(fake_bin), "--optim.lr=3e-4",
+                    "--run.log_interval=5")
+    _, torchrun, trainer = _launch(cmds)
     world = int(_flag(torchrun, "--nnodes")) * int(_flag(torchrun, "--nproc_per_node"))
     assert world == 12
-    assert _flag(torchrun, "--rdzv_endpoint") == f"{HOSTS[0]}:31000"
+    assert _flag(torchrun, "--rdzv_endpoint") == f"{ADDRS[0]}:31000"
     assert _flag(trainer, "--config") == "configs/egoagent_1b.yaml"
     assert "--run.name=egoagent_1b" in trainer
     assert trainer[-2:] == ["--optim.lr=3e-4", "--run.log_interval=5"]
@@ -68,10 +74,11 @@ def test_pretrain_world_size_follows_gpus_on_node_and_overrides_pass_through(fak
 ])
 def test_pretrain_run_dir_matches_the_trainer(fake_bin, output_dir, run_dir):
     env = _env(fake_bin, OUTPUT_DIR=output_dir, RUN_NAME="exp1")
-    cmds = _dry_run("pretrain.sbatch", env)
+    cmds = _dry_run("pretrain.sbatch", env, *_datasets(fake_bin))
     assert cmds[0] == ["rm", "-f", f"{run_dir}/PREEMPTED"]
     assert f"--run.output_dir={output_dir}" in cmds[1]
     assert "--run.name=exp1" in cmds[1]
+    assert _flag(cmds[1], "--logs") == f"{run_dir}/logs/pretrain-{JOB_ID}"
 
 
 def test_pretrain_command_parses_and_its_run_dir_is_the_trainers(fake_bin):
@@ -79,13 +86,13 @@ def test_pretrain_command_parses_and_its_run_dir_is_the_trainers(fake_bin):
     and the PREEMPTED marker the script watches lies in the trainer's run directory."""
     from launch.pretrain import parse_args
     from megatron_ego.config import load_config
-    from megatron_ego.training.trainer import PREEMPTED, run_dir_of
+    from megatron_ego.training.run_folder import PREEMPTED, run_dir_of
 
     env = _env(fake_bin, OUTPUT_DIR="/lustre/runs", RUN_NAME="exp1")
-    rm, launch = _dry_run("pretrain.sbatch", env, "--optim.lr=3e-4")
+    rm, launch = _dry_run("pretrain.sbatch", env, *_datasets(fake_bin), "--optim.lr=3e-4")
     _, trainer_argv = _split_at(launch, "launch/pretrain.py")
     args, overrides = parse_args(trainer_argv)
-    assert (args.resume, args.ds_config) == ("auto", "configs/zero2.json")
+    assert (args.resume, args.ds_config, args.check) == ("auto", "configs/zero2.json", False)
     cfg = load_config(str(REPO / args.config), overrides)
     assert cfg.optim.lr == 3e-4
     assert rm == ["rm", "-f", str(Path(run_dir_of(cfg)) / PREEMPTED)]
@@ -93,20 +100,45 @@ def test_pretrain_command_parses_and_its_run_dir_is_the_trainers(fake_bin):
 
 def test_pretrain_container_flags_only_when_image_set(fake_bin):
     env = _env(fake_bin, CONTAINER_IMAGE="/shared/ego.sqsh", CONTAINER_MOUNTS="/lustre:/lustre")
-    srun, _ = _split_at(_dry_run("pretrain.sbatch", env)[1], "launch/slurm/torchrun_node.sh")
+    check, _, launch = _dry_run("pretrain.sbatch", env, *_datasets(fake_bin))
+    srun, _ = _split_at(launch, "launch/slurm/torchrun_node.sh")
     assert _flag(srun, "--container-image") == "/shared/ego.sqsh"
     assert _flag(srun, "--container-mounts").split(",") == [f"{REPO}:{REPO}", "/lustre:/lustre"]
     assert _flag(srun, "--container-workdir") == str(REPO)
+    assert _flag(srun, "--container-name") == f"egoagent-{JOB_ID}"  # reused after a requeue
+    # the fail-fast check runs inside the image too (printed, not run, under DRY_RUN=1)
+    assert _flag(check, "--container-image") == "/shared/ego.sqsh"
+    assert check[-1] == "--check" and "launch/pretrain.py" in check
 
 
 def test_pretrain_without_slurm_variables_says_to_use_sbatch(fake_bin):
     env = _env(fake_bin)
     del env["SLURM_JOB_NODELIST"]
     proc = subprocess.run(["bash", str(SLURM_DIR / "pretrain.sbatch")], env={**env, "DRY_RUN": "1"},
-                          capture_output=True, text=True, timeout=60)
+                          capture_output=True, text=True, timeout=300)
     assert proc.returncode == 2
     assert "SLURM_JOB_NODELIST" in proc.stderr and "sbatch" in proc.stderr
     assert proc.stdout == ""
+
+
+@pytest.mark.parametrize(("args", "extra_env", "message"), [
+    (["--optim.lrr=3e-4"], {}, "unknown config key 'optim.lrr'"),
+    # 1920 = 60 x 32, but not 64 x 32: the world size is the job's (4 nodes x 8 GPUs)
+    (["--run.micro_batch_size=64"], {}, "not a multiple of run.micro_batch_size x world size = 64 x 32"),
+    ([], {"CONFIG": "configs/nope.yaml"}, "configs/nope.yaml"),
+    (["--data.egoexo4d_path=/nonexistent"], {}, "holds no preprocessed dataset"),
+    ([], {"DS_CONFIG": "configs/nope.json"}, "--ds_config 'configs/nope.json' does not exist"),
+])
+def test_bad_input_stops_the_dry_run_with_one_line_before_srun(fake_bin, args, extra_env, message):
+    """The trainer's own start-up checks (launch/pretrain.py --check) for the job's world size,
+    before any command: exit 2, one `error:` line, nothing printed to run."""
+    env = {**_env(fake_bin, 4, **extra_env), "DRY_RUN": "1"}
+    proc = subprocess.run(["bash", str(SLURM_DIR / "pretrain.sbatch"), *_datasets(fake_bin), *args],
+                          env=env, capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 2, proc.stderr
+    assert proc.stdout == ""  # no srun (nor rm) printed
+    lines = proc.stderr.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("error: ") and message in lines[0], lines
 
 
 def test_sbatch_headers_signal_requeue_and_come_before_any_command():
@@ -123,172 +155,54 @@ def test_sbatch_headers_signal_requeue_and_come_before_any_command():
         assert f"#SBATCH {directive}\n" in header
 
 
-# ------------------------------------------------------ pretrain.sbatch: preemption, for real
+# ------------------------------------------------------------------------ CPUs and loader workers
 
-FAKE_SRUN = """#!/bin/bash
-# Stands in for srun + trainer: logs its arguments; on SIGUSR1 "checkpoints" (PREEMPTED) and exits 0.
-echo "args $*" >> "$FAKE_LOG"
-run_dir=$FAKE_RUN_DIR
-on_usr1() {
-    echo "got USR1" >> "$FAKE_LOG"
-    if [[ "$FAKE_MODE" == "checkpoint" ]]; then mkdir -p "$run_dir" && touch "$run_dir/PREEMPTED"; fi
-    exit 0
-}
-trap on_usr1 USR1
-echo "started" >> "$FAKE_LOG"
-if [[ "$FAKE_MODE" == "exit" ]]; then exit "$FAKE_RC"; fi
-for _ in $(seq 1200); do sleep 0.05; done  # gives up after a minute, should a test fail
-exit 99
-"""
+def test_cpus_per_task_fits_the_trainers_worker_cap():
+    """#SBATCH --cpus-per-task = 8 GPUs x (the trainer's cap of loader workers + the rank), and
+    common.sh's cap is the trainer's."""
+    from megatron_ego.data.loader import MAX_AUTO_WORKERS
+
+    header = (SLURM_DIR / "pretrain.sbatch").read_text()
+    gpus = int(re.search(r"^#SBATCH --gpus-per-node=(\d+)$", header, re.M).group(1))
+    cpus = int(re.search(r"^#SBATCH --cpus-per-task=(\d+)$", header, re.M).group(1))
+    assert cpus == gpus * (MAX_AUTO_WORKERS + 1)
+    common = (SLURM_DIR / "common.sh").read_text()
+    assert f"\nEGO_MAX_LOADER_WORKERS={MAX_AUTO_WORKERS}\n" in common
 
 
-def _wait_for(predicate, what: str, timeout: float = 30.0) -> None:
-    deadline = time.monotonic() + timeout
-    while not predicate():
-        if time.monotonic() > deadline:
-            raise AssertionError(f"timed out waiting for {what}")
-        time.sleep(0.02)
+@pytest.mark.parametrize(("slurm_cpus", "workers"), [
+    ({"SLURM_CPUS_PER_TASK": "136"}, 16),
+    ({"SLURM_CPUS_PER_TASK": "256", "SLURM_CPUS_ON_NODE": "256"}, 16),  # capped, not 31
+    ({"SLURM_CPUS_PER_TASK": "96", "SLURM_CPUS_ON_NODE": "224"}, 11),  # the task's CPUs count
+    ({"SLURM_CPUS_ON_NODE": "96"}, 11),
+    ({"SLURM_CPUS_ON_NODE": "4"}, 1),
+])
+def test_loader_workers_follow_the_trainers_rule(slurm_cpus, workers):
+    """common.sh's sizing (8 GPUs) is data/loader.py's `auto_workers` for the same CPUs."""
+    from megatron_ego.data.loader import auto_workers
+
+    proc = subprocess.run(["bash", "-c", f"source {SLURM_DIR}/common.sh; ego_loader_workers 8"],
+                          env={"PATH": "/usr/bin:/bin", **slurm_cpus}, capture_output=True,
+                          text=True, timeout=300)
+    assert proc.stdout.strip() == str(workers), proc.stderr
+    cpus = int(slurm_cpus.get("SLURM_CPUS_PER_TASK", slurm_cpus.get("SLURM_CPUS_ON_NODE")))
+    assert auto_workers(cpus, 8) == workers
 
 
-def _preemption_env(fake_bin: Path, tmp_path: Path, mode: str, rc: int = 0) -> dict[str, str]:
-    _write_exe(fake_bin / "srun", FAKE_SRUN)
-    out = tmp_path / "runs"
-    return _env(fake_bin, 2, OUTPUT_DIR=str(out), RUN_NAME="exp", FAKE_LOG=str(tmp_path / "srun.log"),
-                FAKE_RUN_DIR=str(out / "exp"), FAKE_MODE=mode, FAKE_RC=str(rc))
+def test_the_job_sizes_its_workers_and_gives_srun_its_cpus(fake_bin):
+    srun, _, trainer = _launch(_dry_run("pretrain.sbatch", _env(fake_bin, 2, SLURM_CPUS_PER_TASK="96",
+                                                                 SLURM_CPUS_ON_NODE="224"),
+                                        *_datasets(fake_bin)))
+    assert "--data.num_workers=11" in trainer
+    # srun gives the step the job's CPUs per task (SLURM < 23.11 does not pass them on itself)
+    assert _flag(srun, "--cpus-per-task") == "96"
 
 
-def _requeues(tmp_path: Path) -> list[str]:
-    log = tmp_path / "scontrol.log"
-    return log.read_text().splitlines() if log.exists() else []
-
-
-@pytest.mark.parametrize(("mode", "requeued"), [("checkpoint", True), ("no_marker", False)])
-def test_usr1_is_forwarded_and_requeues_only_after_a_checkpoint(fake_bin, tmp_path, mode, requeued):
-    env = _preemption_env(fake_bin, tmp_path, mode)
-    log = tmp_path / "srun.log"
-    proc = subprocess.Popen(["bash", str(SLURM_DIR / "pretrain.sbatch")], env=env,
-                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
-    try:
-        _wait_for(lambda: log.exists() and "started" in log.read_text(), "the fake srun")
-        proc.send_signal(signal.SIGUSR1)  # what `#SBATCH --signal=B:USR1@120` does
-        _, err = proc.communicate(timeout=30)
-    finally:
-        proc.kill()
-    assert proc.returncode == 0, err
-    assert "got USR1" in log.read_text()
-    assert (tmp_path / "runs" / "exp" / "PREEMPTED").exists() == requeued
-    assert _requeues(tmp_path) == ([f"requeue {JOB_ID}"] if requeued else [])
-
-
-def test_normal_end_removes_stale_marker_and_does_not_requeue(fake_bin, tmp_path):
-    env = _preemption_env(fake_bin, tmp_path, "exit", rc=0)
-    stale = tmp_path / "runs" / "exp" / "PREEMPTED"
-    stale.parent.mkdir(parents=True)
-    stale.touch()
-    proc = subprocess.run(["bash", str(SLURM_DIR / "pretrain.sbatch")], env=env,
-                          capture_output=True, text=True, timeout=60)
-    assert proc.returncode == 0, proc.stderr
-    assert not stale.exists()
-    assert _requeues(tmp_path) == []
-
-
-def test_launcher_failure_is_the_job_exit_code(fake_bin, tmp_path):
-    env = _preemption_env(fake_bin, tmp_path, "exit", rc=3)
-    proc = subprocess.run(["bash", str(SLURM_DIR / "pretrain.sbatch")], env=env,
-                          capture_output=True, text=True, timeout=60)
-    assert proc.returncode == 3
-    assert _requeues(tmp_path) == []
-
-
-# ------------------------------------------------------------------ torchrun_node.sh, for real
-
-FAKE_TORCHRUN = """#!{python}
-# Stands in for torchrun: records argv, starts one worker, exits with the worker's status.
-# It installs no SIGUSR1 handler, like the real torchrun.
-import subprocess, sys
-open(sys.argv[0] + ".args", "w").write("\\n".join(sys.argv[1:]))
-worker = subprocess.Popen([{python!r}, {worker!r}])
-sys.exit(worker.wait())
-"""
-
-FAKE_WORKER = """#!{python}
-# Stands in for a training process: on SIGUSR1 it checkpoints and exits 0 (gives up after 60 s).
-import os, signal, sys, time
-from pathlib import Path
-requested = []
-signal.signal(signal.SIGUSR1, lambda *_: requested.append(1))
-rank = os.environ.get("LOCAL_RANK", "0")
-Path({ready!r} + rank).touch()
-deadline = time.monotonic() + 60
-while not requested and time.monotonic() < deadline:
-    time.sleep(0.02)
-if not requested:
-    sys.exit(99)
-Path({done!r} + rank).write_text(str(len(requested)))
-# A step-wide signal arrives twice (SLURM's, then the wrapper's copy); like the trainer, ignore
-# late copies while exiting (at interpreter shutdown the handler reverts to the default: die).
-signal.signal(signal.SIGUSR1, signal.SIG_IGN)
-sys.exit(0)
-"""
-
-
-def _run_wrapper_and_signal(tmp_path: Path, args: list[str], env: dict[str, str], nworkers: int,
-                            step_wide: bool) -> subprocess.CompletedProcess:
-    """Start torchrun_node.sh in its own session, wait for the workers, send SIGUSR1."""
-    proc = subprocess.Popen(["bash", str(SLURM_DIR / "torchrun_node.sh"), *args], env=env,
-                            cwd=REPO, start_new_session=True, stderr=subprocess.PIPE, text=True)
-    try:
-        _wait_for(lambda: all((tmp_path / f"ready{r}").exists() for r in range(nworkers)),
-                  "the workers", timeout=120)
-        if step_wide:  # SLURM signals every process of the step, torchrun included
-            os.killpg(proc.pid, signal.SIGUSR1)
-        else:
-            proc.send_signal(signal.SIGUSR1)
-        _, err = proc.communicate(timeout=60)
-    finally:
-        if proc.poll() is None:
-            os.killpg(proc.pid, signal.SIGKILL)
-    return subprocess.CompletedProcess(proc.args, proc.returncode, "", err)
-
-
-@pytest.mark.parametrize("step_wide", [False, True], ids=["to-wrapper", "to-whole-step"])
-def test_torchrun_node_hands_usr1_to_workers_and_torchrun_survives(tmp_path, step_wide):
-    worker = _write_exe(tmp_path / "worker.py", FAKE_WORKER.format(
-        python=sys.executable, ready=str(tmp_path / "ready"), done=str(tmp_path / "done")))
-    torchrun = _write_exe(tmp_path / "torchrun", FAKE_TORCHRUN.format(
-        python=sys.executable, worker=str(worker)))
-    args = ["--nnodes", "2", "--nproc_per_node", "8", "launch/pretrain.py", "--resume", "auto"]
-    env = {**os.environ, "TORCHRUN": str(torchrun)}
-    proc = _run_wrapper_and_signal(tmp_path, args, env, 1, step_wide)
-    # 128 + SIGUSR1 here would mean torchrun died of the signal instead of waiting for its worker.
-    assert proc.returncode == 0, proc.stderr
-    assert (tmp_path / "done0").exists()
-    assert (tmp_path / "torchrun.args").read_text().splitlines() == args
-
-
-@pytest.mark.multiprocess
-def test_torchrun_node_with_the_real_torchrun(tmp_path):
-    """The real torchrun dies of SIGUSR1 and starts its workers in sessions of their own; through
-    the wrapper, both workers checkpoint and the node's launcher exits 0."""
-    worker = _write_exe(tmp_path / "worker.py", FAKE_WORKER.format(
-        python=sys.executable, ready=str(tmp_path / "ready"), done=str(tmp_path / "done")))
-    env = {**os.environ, "PATH": f"{Path(sys.executable).parent}:{os.environ['PATH']}"}
-    args = ["--nnodes", "1", "--nproc_per_node", "2", "--rdzv_backend", "c10d",
-            "--rdzv_endpoint", "localhost:0", "--max_restarts", "0", str(worker)]
-    proc = _run_wrapper_and_signal(tmp_path, args, env, 2, step_wide=True)
-    assert proc.returncode == 0, proc.stderr[-3000:]
-    assert (tmp_path / "done0").exists() and (tmp_path / "done1").exists()
-
-
-
-
-def test_pretrain_labels_ranks_sizes_workers_and_names_the_container(fake_bin):
-    env = _env(fake_bin, 2, SLURM_CPUS_ON_NODE="96", CONTAINER_IMAGE="/shared/ego.sqsh")
-    srun, rest = _split_at(_dry_run("pretrain.sbatch", env)[1], "launch/slurm/torchrun_node.sh")
-    assert "--label" in srun  # each line of the step says which node printed it
-    assert _flag(srun, "--container-name") == f"egoagent-{JOB_ID}"  # reused after a requeue
-    assert "--data.num_workers=11" in rest  # 96 CPUs / 8 GPUs - 1 for the training process
-    env_one_cpu = _env(fake_bin, 2, SLURM_CPUS_ON_NODE="4")
-    cmd = _dry_run("pretrain.sbatch", env_one_cpu, "--data.num_workers=3")[1]
+def test_loader_workers_override_and_user_argument_wins(fake_bin):
+    cmd = _dry_run("pretrain.sbatch", _env(fake_bin, 2, SLURM_CPUS_ON_NODE="4"),
+                   *_datasets(fake_bin), "--data.num_workers=3")[-1]
     workers = [a for a in cmd if a.startswith("--data.num_workers=")]
     assert workers == ["--data.num_workers=1", "--data.num_workers=3"]  # the user's comes last
+    cmd = _dry_run("pretrain.sbatch", _env(fake_bin, 2, LOADER_WORKERS="0"), *_datasets(fake_bin))[-1]
+    assert "--data.num_workers=0" in cmd
+    assert "--label" in cmd  # each line of the step says which node printed it

@@ -8,7 +8,6 @@ norm, so the trunk adds its own RMSNorm built from the same family as the layer 
 from __future__ import annotations
 
 import torch
-from megatron.core import parallel_state
 from megatron.core.models.gpt import GPTModel
 from megatron.core.transformer.enums import AttnMaskType
 from megatron.core.transformer.spec_utils import ModuleSpec
@@ -18,7 +17,13 @@ from torch import nn
 from megatron_ego.config import ModelConfig
 from megatron_ego.model.attention import SDPAttention
 from megatron_ego.model.cpu import make_rope_cpu_safe
-from megatron_ego.model.fused import FusedRMSNorm, SwiGLUMLP, get_residual_add, set_compile
+from megatron_ego.model.fused import (
+    FusedRMSNorm,
+    get_residual_add,
+    set_compile,
+    swiglu_mlp_spec,
+    use_swiglu_mlp,
+)
 from megatron_ego.model.packing import Segments
 from megatron_ego.model.parallel import ensure_model_parallel
 from megatron_ego.model.transformer_config import transformer_config
@@ -73,9 +78,7 @@ def build_layer_spec(cfg: ModelConfig) -> tuple[ModuleSpec, str]:
             module=SDPAttention, params={"rotary_base": cfg.rotary_base})
         sub.input_layernorm = sub.pre_mlp_layernorm = FusedRMSNorm
         sub.self_attn_bda = sub.mlp_bda = get_residual_add
-        sub.mlp.module = SwiGLUMLP  # megatron passes MLP's tp_group only to MLP itself
-        sub.mlp.params = {**sub.mlp.params,
-                          "tp_group": parallel_state.get_tensor_model_parallel_group(False)}
+        sub.mlp = swiglu_mlp_spec(sub.mlp)  # built as megatron's own MLP (its tp_group)
         name = "local+sdpa"
     mask_type = AttnMaskType.arbitrary if cfg.frame_bidirectional else AttnMaskType.causal
     spec.submodules.self_attention.params = {
@@ -136,6 +139,8 @@ class Backbone(nn.Module):
             position_embedding_type="rope" if self.spec_name == "transformer_engine" else "none",
             rotary_base=cfg.rotary_base,
         )
+        if self.spec_name == "local+sdpa":
+            use_swiglu_mlp(self.gpt)  # megatron-core <= 0.17: the spec had to name MLP itself
         # GPTModel builds a word embedding whenever pre_process=True; it is never called.
         self.gpt.embedding.requires_grad_(False)
         if self.spec_name == "transformer_engine":

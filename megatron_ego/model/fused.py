@@ -17,6 +17,8 @@ one generated kernel each (meant for GPUs; on CPU it needs a C++ compiler and mi
 
 from __future__ import annotations
 
+import functools
+
 import torch
 import torch.nn.functional as F
 from megatron.core.transformer.mlp import MLP
@@ -190,8 +192,10 @@ def swiglu(x: torch.Tensor) -> torch.Tensor:
 
 
 class SwiGLUMLP(MLP):
-    """megatron-core's MLP (same submodules and weights) with the SwiGLU as one autograd node;
-    megatron's unfused path computes `silu(x1) * (x2 + 0.0)`, a copy and three more nodes."""
+    """megatron-core's MLP (same submodules, weights and constructor) with the SwiGLU as one
+    autograd node; megatron's unfused path computes `silu(x1) * (x2 + 0.0)`, a copy and three
+    more nodes. Only `forward` differs. Put in a layer spec with `swiglu_mlp_spec`, so that
+    megatron builds it as its own MLP."""
 
     def forward(self, hidden_states, per_token_scale=None, **kwargs):
         if (per_token_scale is not None or self.config.bias_activation_fusion
@@ -203,6 +207,34 @@ class SwiGLUMLP(MLP):
         if bias is not None:
             intermediate = intermediate + bias
         return self.linear_fc2(swiglu(intermediate))  # ([s, b, h], bias)
+
+
+def swiglu_mlp_spec(mlp):
+    """A layer spec's `mlp` entry (megatron's MLP) -> the entry that gives the layer a SwiGLUMLP
+    with what megatron-core passes its own MLP (the layer's tensor-parallel group):
+
+    - megatron-core >= 0.18 builds the MLP with a builder called with the layer's process groups,
+      `partial(MLP.as_mlp_submodule, submodules=...)`: the same classmethod, bound to SwiGLUMLP;
+    - up to 0.17 a ModuleSpec: the layer passes `tp_group` only when the spec's module IS `MLP`
+      (transformer_layer.py compares with ==; any other class, a subclass too, is logged as
+      "Unknown MLP type ... Using default kwargs" and gets no group). The spec stays MLP, and
+      `use_swiglu_mlp` turns the built MLPs into SwiGLUMLPs.
+    """
+    if isinstance(mlp, functools.partial) and getattr(mlp.func, "__self__", None) is MLP:
+        return functools.partial(SwiGLUMLP.as_mlp_submodule, *mlp.args, **mlp.keywords)
+    return mlp
+
+
+def use_swiglu_mlp(model: torch.nn.Module) -> int:
+    """Make every megatron MLP built from a `swiglu_mlp_spec` ModuleSpec (megatron-core <= 0.17)
+    a SwiGLUMLP: a subclass with no state of its own, so only `forward` changes (weights, state-dict
+    keys, tensor-parallel group stay). Returns how many changed."""
+    count = 0
+    for module in model.modules():
+        if type(module) is MLP:
+            module.__class__ = SwiGLUMLP
+            count += 1
+    return count
 
 
 # ------------------------------------------------------------------------------ residual add

@@ -69,10 +69,11 @@ class MetricsLogger:
             self.tb.add_text("config", text, start_step)
 
     def log(self, step: int, scalars: dict) -> None:
-        """Record the scalars of optimizer step `step` (1-based: steps done) in metrics.jsonl."""
+        """Record the scalars of optimizer step `step` (1-based: steps done) in metrics.jsonl;
+        `time` is the scalars' own (the trainer's: when the step ended), else now."""
         if not self.is_main:
             return
-        record = {"step": step, "time": time.time(), **scalars}
+        record = {"step": step, "time": time.time(), **scalars}  # the scalars' time wins
         self.jsonl.write(json.dumps(record) + "\n")
         self.bar.update(1)
 

@@ -1,9 +1,6 @@
-"""The run folder: where a run writes (`run_dir_of`), the data it needs before it starts
-(`check_data_paths`), and the PREEMPTED marker a signal leaves for the SLURM script.
-
-    <output_dir>/<name>/    checkpoints/ (training/checkpoint.py), RUN, metrics.jsonl,
-                            tensorboard/, config.yaml, PREEMPTED
-"""
+"""Where a run lives and what it reads, checked without torch: the run folder (`run_dir_of`), its
+PREEMPTED marker, and the preprocessed datasets (`check_data_paths`). Used by the trainer, and by
+`launch/pretrain.py --check`, which the SLURM scripts run before they allocate any GPU."""
 
 from __future__ import annotations
 
@@ -13,7 +10,7 @@ from pathlib import Path
 from megatron_ego.config import Config, ConfigError
 
 PREEMPTED = "PREEMPTED"
-"""Written by rank 0 after the checkpoint a signal asked for (launch/slurm reads it)."""
+"""Written into the run folder by rank 0 after a signal's checkpoint: a requeue is wanted."""
 
 
 def run_dir_of(cfg: Config) -> str:

@@ -269,7 +269,8 @@ class Trainer:
                 elapsed = time.perf_counter() - t0
                 records = [records[0] + result.records[0], records[1] + result.records[1]]
                 sources = result.sources
-                host = {**result.values, "sources": sources, "step_s": elapsed,
+                host = {"time": time.time(),  # the step's end (metrics.jsonl), not the flush's
+                        **result.values, "sources": sources, "step_s": elapsed,
                         "data_wait_s": result.data_wait_s,
                         **step_speed(self.per_clip, self.peak_tflops, self.dist.world_size,
                                      sources, elapsed),
