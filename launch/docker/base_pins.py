@@ -59,11 +59,12 @@ def base_packages(constraint_text: str = "") -> dict[str, str]:
     """{canonical name: version or 'constrained'} of what the base ships: every distribution
     installed in this Python, plus every name its constraint file freezes."""
     shipped = {canonical(name): "constrained" for name in constrained_names(constraint_text)}
-    for dist in metadata.distributions():
+    installed: dict[str, str] = {}
+    for dist in metadata.distributions():  # in sys.path order: the first is the one imported
         name = dist.metadata["Name"]
         if name:
-            shipped[canonical(name)] = dist.version
-    return shipped
+            installed.setdefault(canonical(name), dist.version)
+    return shipped | installed
 
 
 def resolve(wanted: Iterable[str], pins: Mapping[str, str], base: Mapping[str, str],
