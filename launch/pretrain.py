@@ -14,14 +14,15 @@ Any config field can be overridden: --optim.lr=3e-4 --run.micro_batch_size=32 ..
 See the result without training (no launcher needed):
     python launch/pretrain.py --config configs/tiny_cpu.yaml --optim.lr=1e-4 --print-config
     python launch/pretrain.py --config configs/tiny_cpu.yaml --list-keys
-SIGTERM / SIGUSR1 write a checkpoint and exit (a PREEMPTED file marks it); `--resume auto`
+SIGTERM / SIGUSR1 write a checkpoint and exit 75 (a PREEMPTED file marks it); `--resume auto`
 continues from the newest checkpoint that verifies, on any number of ranks with the same
 global batch. `--resume none` refuses a run folder that holds checkpoints (add --overwrite).
 
-Exit codes: 0 done (or stopped by a signal after checkpointing); 2 a usage, config or data error
-found at start-up (one `error:` line: what is wrong and what to do); 1 the run stopped itself
-(diverged, non-finite weights, too many bad records: one `error:` line, no checkpoint written);
-anything else is a crash with its traceback. See docs/reliability.md.
+Exit codes (megatron_ego/runtime/exit_codes.py, docs/reliability.md): 0 finished; 1 an uncaught
+crash (its traceback); 2 an input error found at start-up (config, data, paths, a run folder in
+use by another job: one `error:` line saying what to do); 3 the run stopped itself (diverged,
+non-finite weights, too much bad data, a full disk: one `error:` line naming the checkpoint to
+resume from); 75 preempted (a signal, a checkpoint written: requeue it).
 """
 
 from __future__ import annotations
@@ -33,6 +34,7 @@ import sys
 
 from megatron_ego.cli_help import make_parser
 from megatron_ego.config import Config, ConfigError, load_config
+from megatron_ego.runtime import exit_codes
 
 
 def parse_args(argv: list[str] | None = None) -> tuple[argparse.Namespace, list[str]]:
@@ -48,8 +50,8 @@ def parse_args(argv: list[str] | None = None) -> tuple[argparse.Namespace, list[
                         help="with --resume none: delete the run folder's checkpoints and "
                              "metrics instead of refusing to start")
     parser.add_argument("--max_steps", type=int, default=None,
-                        help="stop after this many more steps (the schedules still follow "
-                             "schedule.train_iters)")
+                        help="stop after this many more steps, at least 1 (the schedules still "
+                             "follow schedule.train_iters)")
     parser.add_argument("--print-config", "--print_config", dest="print_config", action="store_true",
                         help="print the resolved config (YAML, overrides applied) and exit")
     parser.add_argument("--list-keys", "--list_keys", dest="list_keys", action="store_true",
@@ -78,12 +80,15 @@ def main(argv: list[str] | None = None) -> int:
     logging.getLogger("megatron").setLevel(logging.WARNING)  # per-file IndexedDataset chatter
     try:
         cfg = load_config(args.config, overrides)
+        if args.max_steps is not None and args.max_steps < 1:
+            raise ConfigError(f"--max_steps={args.max_steps} must be >= 1 (leave it out to train "
+                              "to schedule.train_iters)")
     except ConfigError as e:
         print(f"error: {e}", file=sys.stderr)
-        return 2
+        return exit_codes.INPUT_ERROR
     if args.print_config or args.list_keys:
         print(_describe(cfg, args.list_keys))
-        return 0
+        return exit_codes.FINISHED
     return run(cfg, args)
 
 
@@ -112,11 +117,11 @@ def run(cfg: Config, args: argparse.Namespace) -> int:
         trainer.fit(max_steps=args.max_steps)  # opens the data first: its errors are start-up's
     except (ConfigError, IndexedDataError) as e:
         print(f"error: {e}", file=sys.stderr)
-        return 2
+        return exit_codes.INPUT_ERROR
     except (TrainingStopped, CheckpointError) as e:  # CheckpointError: e.g. the disk is full
         print(f"error: {e}", file=sys.stderr)
-        return 1
-    return 0
+        return exit_codes.STOPPED
+    return exit_codes.PREEMPTED if trainer.preempted else exit_codes.FINISHED
 
 
 if __name__ == "__main__":

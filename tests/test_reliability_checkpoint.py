@@ -19,6 +19,7 @@ from pathlib import Path
 import pytest
 import torch
 
+from megatron_ego.runtime import exit_codes
 from megatron_ego.training import checkpoint as ckpt
 from megatron_ego.training.metrics import truncate_metrics
 from megatron_ego.training.resume import select_checkpoint
@@ -303,7 +304,7 @@ def test_disk_full_while_saving_is_one_line_and_keeps_the_previous_checkpoint(
     args = _args(demo_data, str(tmp_path), *STEPS, "--resume", "none")
     procs = _start(["-c", _DISK_FULL, *args], world=2)
     codes, logs = _finish(procs)
-    assert codes == [1, 1], logs[0][-3000:]
+    assert codes == [exit_codes.STOPPED] * 2, logs[0][-3000:]
     for log in logs:
         errors = _errors(log)
         assert len(errors) == 1, log[-3000:]

@@ -22,6 +22,7 @@ from megatron.core.datasets.indexed_dataset import IndexedDatasetBuilder
 
 from megatron_ego.data.clips import ClipDataset
 from megatron_ego.data.indexed import IndexedDataError, open_indexed
+from megatron_ego.runtime import exit_codes
 from megatron_ego.training.guards import (
     BadRecords,
     SkippedSteps,
@@ -237,7 +238,7 @@ def test_lr_1e6_stops_as_diverged_without_a_checkpoint_and_the_teacher_is_frozen
         dataset, tmp_path):
     result, stderr = _probe("diverge", tmp_path, dataset, "--schedule.train_iters=40",
                             "--run.save_interval=1", "--optim.max_skipped_steps=3")
-    assert result["rc"] == 1
+    assert result["rc"] == exit_codes.STOPPED
     errors = [line for line in stderr.splitlines() if line.startswith("error:")]
     assert len(errors) == 1 and "diverged: 3 optimizer steps in a row skipped" in errors[0]
     assert "lower optim.lr" in errors[0]
@@ -263,7 +264,7 @@ def test_lr_1e6_stops_as_diverged_without_a_checkpoint_and_the_teacher_is_frozen
 def test_a_non_finite_teacher_is_never_saved(dataset, tmp_path):
     result, stderr = _probe("nan_teacher", tmp_path, dataset, "--schedule.train_iters=2",
                             "--run.save_interval=100", "--optim.lr=1e-4")
-    assert result["rc"] == 1
+    assert result["rc"] == exit_codes.STOPPED
     errors = [line for line in stderr.splitlines() if line.startswith("error:")]
     assert len(errors) == 1 and "non-finite weights at step 2 (e.g. teacher." in errors[0]
     checkpoints = tmp_path / "run" / "checkpoints"
@@ -349,7 +350,7 @@ def test_a_corrupt_jpeg_during_training_is_skipped_then_stops_the_run_past_the_s
     assert [m["step"] for m in metrics] == [1, 2, 3, 4, 5] and metrics[-1]["bad_records"] >= 1
     stop = _pretrain(*common, f"--run.output_dir={tmp_path / 'stop'}",
                      "--data.max_bad_record_share=0")
-    assert stop.returncode == 1
+    assert stop.returncode == exit_codes.STOPPED
     line = _one_error(stop)
     assert line.startswith("error: bad data: 1 of") and "re-run preprocessing" in line
     stopped_at = len((tmp_path / "stop" / "run" / "metrics.jsonl").read_text().splitlines()) + 1

@@ -104,6 +104,7 @@ class Trainer:
         self.state = TrainState()
         self.skips = SkippedSteps(cfg.optim.max_skipped_steps, dist_info.is_main)
         self.bad_records: BadRecords | None = None  # set by fit() once the data is open
+        self.preempted = False  # fit() stopped on a signal after writing a checkpoint
         if folder is not None:
             self._resume(folder)
         if dist_info.is_main:
@@ -296,6 +297,7 @@ class Trainer:
                     self.save()
                     due = False
                 if stop:
+                    self.preempted = True
                     if self.dist.is_main:
                         marker.write_text(f"stopped by signal at step {self.state.step}\n")
                         log.warning("signal received: checkpoint written at step %d, exiting",
