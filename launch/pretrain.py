@@ -98,6 +98,7 @@ def run(cfg: Config, args: argparse.Namespace) -> int:
     from megatron_ego.training.checkpoint import CheckpointError
     from megatron_ego.training.guards import TrainingStopped
 
+    trainer = None
     try:
         from megatron_ego.training.distributed import init_distributed
         from megatron_ego.training.ds_config import load_ds_config
@@ -121,6 +122,9 @@ def run(cfg: Config, args: argparse.Namespace) -> int:
     except (TrainingStopped, CheckpointError) as e:  # CheckpointError: e.g. the disk is full
         print(f"error: {e}", file=sys.stderr)
         return exit_codes.STOPPED
+    finally:
+        if trainer is not None:
+            trainer.close()  # the run folder's lease
     return exit_codes.PREEMPTED if trainer.preempted else exit_codes.FINISHED
 
 

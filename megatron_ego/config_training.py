@@ -190,7 +190,19 @@ class RunConfig:
     each: no weight or EMA update; counted as `nonfinite_steps` in metrics.jsonl) before the
     run stops (exit 1). Checked at each log interval: the step never reads the loss on the host."""
 
+    lease_renew_s: float = 60.0
+    """Seconds between renewals of the run folder's lease (`<run_dir>/LEASE`: one job per run
+    folder; a second is refused, exit 2; training/lease.py)."""
+    lease_expiry_s: float = 600.0
+    """A lease not renewed for this many seconds is taken over by the next job, when its holder
+    is on another host and SLURM cannot say whether it still runs (a dead holder on the same
+    host, or an ended SLURM job, is taken over at once). Must be >= 2 x lease_renew_s."""
+
     def __post_init__(self) -> None:
+        positive(self, "run", "lease_renew_s")
+        check(self.lease_expiry_s >= 2 * self.lease_renew_s,
+              f"run.lease_expiry_s={self.lease_expiry_s} must be >= 2 x run.lease_renew_s="
+              f"{self.lease_renew_s} (a holder renews several times before it may expire)")
         check(bool(_RUN_NAME.fullmatch(self.name)),
                f"run.name={self.name!r} must be a plain folder name (letters, digits, '.', '_', "
                "'-'; no path separators, no leading '.' or '-'); put the parent in run.output_dir")

@@ -4,6 +4,8 @@ Used by tests/test_reliability_input.py (in a subprocess, one rank):
 
     python tests/reliability_probe.py diverge ARGS...    # optim.lr forced to 1e6 after validation
     python tests/reliability_probe.py nan_teacher ARGS...  # a teacher weight set to nan, then save()
+    PROBE_HOLD_S=8 python tests/reliability_probe.py hold ARGS...  # a slow start: waits 8 s
+                                                        # after taking the run folder's lease
 
 ARGS are launch/pretrain.py's. `diverge` records, for every optimizer step, whether it was skipped
 and a checksum of the EMA teacher, then runs launch/pretrain.py's `run` (exit code, message).
@@ -12,7 +14,9 @@ and a checksum of the EMA teacher, then runs launch/pretrain.py's `run` (exit co
 from __future__ import annotations
 
 import json
+import os
 import sys
+import time
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -60,6 +64,15 @@ def main() -> int:
                 next(self.teacher.parameters()).view(-1)[0] = float("nan")
             self.save()
             return state
+
+        trainer.Trainer.fit = fit
+        result["rc"] = pretrain.run(cfg, args)
+    elif mode == "hold":
+        original_fit = trainer.Trainer.fit
+
+        def fit(self, max_steps=None):
+            time.sleep(float(os.environ.get("PROBE_HOLD_S", "8")))
+            return original_fit(self, max_steps)
 
         trainer.Trainer.fit = fit
         result["rc"] = pretrain.run(cfg, args)

@@ -52,6 +52,9 @@ class _FakeTrainer:
     def __init__(self, *args, **kwargs):
         self.preempted = False
 
+    def close(self):
+        pass
+
     def fit(self, max_steps=None):
         from megatron_ego.training.checkpoint import CheckpointError
         from megatron_ego.training.guards import TrainingStopped

@@ -28,7 +28,12 @@ from megatron_ego.training import checkpoint as ckpt
 from megatron_ego.training.ds_config import load_ds_config
 from megatron_ego.training.ema import EMA, make_teacher
 from megatron_ego.training.flops import clip_flops, device_peak_tflops
-from megatron_ego.training.guards import BadRecords, SkippedSteps, check_finite_weights
+from megatron_ego.training.guards import (
+    BadRecords,
+    SkippedSteps,
+    TrainingStopped,
+    check_finite_weights,
+)
 from megatron_ego.training.init_from import (
     InitSource,
     check_model_config,
@@ -38,6 +43,7 @@ from megatron_ego.training.init_from import (
     summary_line,
 )
 from megatron_ego.training.interval import IntervalStats, StepTerms
+from megatron_ego.training.lease import take_lease
 from megatron_ego.training.metrics import MetricsLogger, truncate_metrics
 from megatron_ego.training.optimizer import apply_schedules, build_optimizer
 from megatron_ego.training.preemption import PreemptionHandler
@@ -73,6 +79,17 @@ class Trainer:
         self.ds_config = load_ds_config(ds_config_path, cfg, dist_info.world_size)
         self.grad_accum = self.ds_config["gradient_accumulation_steps"]
         self.dtype = _DTYPES[cfg.run.precision]
+        # One job per run folder: taken before anything in it is read or written (rank 0).
+        self.lease = take_lease(self.run_dir, cfg.run.lease_renew_s, cfg.run.lease_expiry_s,
+                                dist_info.is_main)
+        try:
+            self._build(resume, overwrite)
+        except BaseException:
+            self.close()
+            raise
+
+    def _build(self, resume: str, overwrite: bool) -> None:
+        cfg, dist_info = self.cfg, self.dist
         # Which checkpoint, before any model is built: a refused resume costs nothing.
         folder, self.run_id = decide_resume(self.run_dir, resume, overwrite,
                                             cfg.run.global_batch_size, cfg.run.micro_batch_size,
@@ -116,6 +133,12 @@ class Trainer:
         self.per_clip = {src: clip_flops(cfg, self.engine.module, with_poses=src == "egoexo4d")
                          for src in ("egoexo4d", "walking_tours")}
         self.device_name, self.peak_tflops = device_peak_tflops(cfg.run.precision)
+
+    def close(self) -> None:
+        """Give the run folder back (delete its lease); the trainer is not used afterwards."""
+        if self.lease is not None:
+            self.lease.release()
+            self.lease = None
 
     # ------------------------------------------------------------------------------ checkpoints
     def _init_source(self, resume_from: Path | None) -> InitSource | None:
@@ -281,7 +304,10 @@ class Trainer:
                 if on_gpu:
                     host["peak_memory_gib"] = torch.cuda.max_memory_allocated() / 2**30
                 stats.add(self.state.step, result.terms, host)
-                stop = preemption.requested(self.dist.device)
+                stop, lost = preemption.poll(self.dist.device, self._lease_lost())
+                if lost:  # another job holds the folder now: write nothing more
+                    raise TrainingStopped(self.lease.lost_message() if self.lease else
+                                          "rank 0 lost the run folder's lease to another job")
                 due = due or self.state.step % cfg.run.save_interval == 0
                 postpone = due and self.skips.in_a_row and not (stop or self.state.step == end)
                 save = not postpone and (stop or due or self.state.step == end)
@@ -307,3 +333,6 @@ class Trainer:
             preemption.restore()
             logger.close()
         return self.state
+
+    def _lease_lost(self) -> bool:
+        return self.lease is not None and self.lease.lost is not None
