@@ -185,10 +185,14 @@ class RunConfig:
     the teacher's trunk, image projector, state query and representation head; everything else
     (other modules, optimizer, schedules, step, DINO centers) starts afresh. Not a resume: a run
     that has a checkpoint of its own resumes from it and ignores this. Empty = from scratch."""
+    init_from_partial: bool = False
+    """Let run.init_from load a source whose trunk has another model.num_layers: the layers both
+    have are loaded, the others start afresh (each named in the log). Off (the default): a
+    layer-count mismatch is refused at start-up (exit 2), as it would load part of a trunk."""
     max_nonfinite_retries: int = 3
     """Under bf16/fp32: optimizer steps in a row whose loss was non-finite (DeepSpeed skips
     each: no weight or EMA update; counted as `nonfinite_steps` in metrics.jsonl) before the
-    run stops (exit 1). Checked at each log interval: the step never reads the loss on the host."""
+    run stops (exit 3). Checked at each log interval: the step never reads the loss on the host."""
 
     lease_renew_s: float = 60.0
     """Seconds between renewals of the run folder's lease (`<run_dir>/LEASE`: one job per run

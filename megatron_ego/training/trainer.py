@@ -98,14 +98,16 @@ class Trainer:
         student = EgoAgent(cfg.model, precision=cfg.run.precision)
         init_source = self._init_source(folder)
         if init_source is not None:  # before DeepSpeed copies the weights into its partitions
-            loaded = load_shared(student, init_source.student, init_source, "student")
+            loaded = load_shared(student, init_source.student, init_source, "student",
+                                 cfg.run.init_from_partial)
         optimizer = build_optimizer(student, cfg.optim)
         self.engine, self.optimizer, _, _ = deepspeed.initialize(
             model=student, optimizer=optimizer, config=self.ds_config)
         ckpt.install_safe_checkpoint_engine(self.engine)
         self.teacher = make_teacher(self.engine.module, cfg.model, dist_info.device)
         if init_source is not None:
-            load_shared(self.teacher, init_source.teacher, init_source, "teacher")
+            load_shared(self.teacher, init_source.teacher, init_source, "teacher",
+                        cfg.run.init_from_partial)
             if dist_info.is_main:
                 log.info(summary_line(cfg, init_source, loaded, fresh_names(student)))
         self.ema = EMA(self.teacher, self.engine.module)
@@ -151,7 +153,7 @@ class Trainer:
                 log.info("run.init_from=%s ignored: the run resumes from its own checkpoint", path)
             return None
         source = read_init_source(path)
-        check_model_config(self.cfg.model, source)
+        check_model_config(self.cfg.model, source, self.cfg.run.init_from_partial)
         return source
 
     def _resume(self, folder: Path) -> None:
