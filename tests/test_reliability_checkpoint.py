@@ -186,19 +186,24 @@ def test_no_weights_only_false_in_the_code():
 
 
 # ----------------------------------------------------- COMPLETE verified, fallback, latest
-@pytest.mark.parametrize("damage", ["truncate", "delete"])
+@pytest.mark.parametrize("damage", ["truncate", "delete", "torn_page"])
 def test_a_damaged_checkpoint_falls_back_to_the_previous_one(straight, tmp_path, caplog, damage):
     run = _copy_run(straight[2], tmp_path)
     bad = run / "checkpoints" / "step_0000004" / "zero_pp_rank_1_mp_rank_00_optim_states.pt"
     if damage == "truncate":
         bad.write_bytes(bad.read_bytes()[:1000])
-    else:
+    elif damage == "delete":
         bad.unlink()
-    assert "zero_pp_rank_1" in ckpt.verify(bad.parent)
+    else:  # 16 KiB of zeros in the largest file, its size unchanged
+        bad = max(bad.parent.iterdir(), key=lambda p: p.stat().st_size)
+        data = bytearray(bad.read_bytes())
+        data[len(data) // 3:len(data) // 3 + (16 << 10)] = bytes(16 << 10)
+        bad.write_bytes(bytes(data))
+    assert bad.name in ckpt.verify(bad.parent)
     with caplog.at_level(logging.WARNING):
         found, failed = ckpt.find_resume_checkpoint(run)
     assert found.name == "step_0000002"
-    assert "step_0000004" in caplog.text and "zero_pp_rank_1" in caplog.text
+    assert "step_0000004" in caplog.text and bad.name in caplog.text
     assert "falling back to checkpoint" in caplog.text and failed
 
 

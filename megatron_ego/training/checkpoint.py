@@ -11,9 +11,9 @@ Layout of a run folder:
             trainer_state.pt             teacher, DINO centers, step, data position, config
             rng_rank00000.pt ...         every RNG state (tensors), one file per rank
             COMPLETE                     the manifest (json): step, world size, batch sizes, run
-                                         id, and every file with its size (and crc32 up to
-                                         CHECKSUM_MAX_BYTES), written by rank 0 after every
-                                         rank fsynced its files
+                                         id, and every file with its size and crc32 (computed
+                                         while writing, gathered from every rank), written by
+                                         rank 0 after every rank fsynced its files
         latest                       the newest complete tag, replaced atomically after COMPLETE
 
 Every file goes to `<name>.tmp`, is fsynced and renamed, and the folder is fsynced; COMPLETE is
@@ -67,7 +67,6 @@ from megatron_ego.checkpoint_format.layout import (  # noqa: F401  (re-exported:
     write_run_id,
 )
 from megatron_ego.checkpoint_format.manifest import (  # noqa: F401  (re-exported: the API)
-    CHECKSUM_MAX_BYTES,
     COMPLETE,
     mark_complete,
     read_manifest,
@@ -161,8 +160,10 @@ def save_checkpoint(engine, run_dir: str, step: int, trainer_state: dict, rank: 
     _barrier()
     io = engine.checkpoint_engine
     errors = getattr(io, "errors", None)
+    checksums = getattr(io, "checksums", {})  # file name -> crc32, computed while writing
     if errors is not None:
         errors.clear()
+    checksums.clear()
     error = None
     try:
         engine.save_checkpoint(str(root), tag=tag_for(step), save_latest=False)
@@ -170,19 +171,23 @@ def save_checkpoint(engine, run_dir: str, step: int, trainer_state: dict, rank: 
         error = describe_write_error(err, folder)
     if error is None and errors:
         error = errors[0]
+    mine = dict(checksums)
     if error is None:
         target = folder / f"rng_rank{rank:05d}.pt"
         try:
-            durable_torch_save(rng_state(), target)
+            mine[target.name] = durable_torch_save(rng_state(), target)
             if rank == 0:
                 target = folder / "trainer_state.pt"
-                durable_torch_save(trainer_state, target)
+                mine[target.name] = durable_torch_save(trainer_state, target)
         except Exception as err:  # noqa: BLE001
             error = describe_write_error(err, target)
-    _raise_if_any(_gather(error), rank, folder, previous)
+    gathered = _gather((error, mine))
+    _raise_if_any([e for e, _ in gathered], rank, folder, previous)
     if rank == 0:
+        written = {name: crc for _, crcs in gathered for name, crc in crcs.items()}
         try:
-            mark_complete(folder, {"step": step, "world_size": _world(), **(meta or {})})
+            mark_complete(folder, {"step": step, "world_size": _world(), **(meta or {})},
+                          written)
             atomic_write_text(root / LATEST, tag_for(step))
         except Exception as err:  # noqa: BLE001
             error = describe_write_error(err, folder / COMPLETE)
