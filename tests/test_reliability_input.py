@@ -221,11 +221,13 @@ def test_non_finite_weights_are_found_by_name():
         check_finite_weights({"student": net}, step=7)
 
 
-def _probe(mode: str, run_dir: Path, data: Path, *extra: str) -> tuple[dict, str]:
+def _probe(mode: str, run_dir: Path, data: Path, *extra: str, **extra_env: str
+           ) -> tuple[dict, str]:
     args = ["--config", "configs/tiny_cpu.yaml", "--ds_config", "configs/zero2.json", *TINY,
             f"--data.egoexo4d_path={data}", f"--run.output_dir={run_dir}", *extra]
     env = {k: v for k, v in os.environ.items()
            if k not in ("RANK", "WORLD_SIZE", "LOCAL_RANK", "MASTER_ADDR", "MASTER_PORT")}
+    env.update(extra_env)
     out = subprocess.run([PY, "tests/reliability_probe.py", mode, *args], cwd=ROOT, text=True,
                          capture_output=True, timeout=600, env=env)  # one rank, plain python
     lines = [line for line in out.stdout.splitlines() if line.startswith("PROBE ")]

@@ -124,14 +124,17 @@ def set_rng_state(state: dict) -> None:
 
 
 # ------------------------------------------------------------------------------------- saving
-def prune(root: Path, keep_last: int, newest: Path) -> None:
-    """Keep the `keep_last` newest complete checkpoints up to `newest` (just written); delete
-    older incomplete folders and every folder newer than `newest` (a timeline abandoned by a
-    resume from an older checkpoint, or a stale attempt)."""
+def prune(root: Path, keep_last: int, newest: Path, protect: frozenset[int] = frozenset()
+          ) -> None:
+    """Keep the `keep_last` newest complete checkpoints up to `newest` (just written) and those
+    of the steps in `protect` (the last good checkpoints: training/last_good.py); delete older
+    incomplete folders and every folder newer than `newest` (a timeline abandoned by a resume
+    from an older checkpoint, or a stale attempt)."""
     folders = step_folders(root)
     upto = [p for p in folders if step_of(p) <= step_of(newest)]
     complete = [p for p in upto if (p / COMPLETE).is_file()]
-    doomed = complete[:-keep_last] if keep_last > 0 else []
+    doomed = [p for p in (complete[:-keep_last] if keep_last > 0 else [])
+              if step_of(p) not in protect]
     doomed += [p for p in upto if p not in complete and p != newest]
     newer = [p for p in folders if step_of(p) > step_of(newest)]
     if newer:
@@ -142,8 +145,10 @@ def prune(root: Path, keep_last: int, newest: Path) -> None:
 
 
 def save_checkpoint(engine, run_dir: str, step: int, trainer_state: dict, rank: int,
-                    keep_last: int, meta: dict | None = None) -> Path:
-    """Collective: every rank calls it. Returns the tag folder.
+                    keep_last: int, meta: dict | None = None,
+                    protect: frozenset[int] = frozenset()) -> Path:
+    """Collective: every rank calls it. Returns the tag folder. Pruning keeps `keep_last`
+    checkpoints and those of the steps in `protect`.
 
     Raises:
         CheckpointError: a rank could not write its part (e.g. "No space left on device while
@@ -194,7 +199,7 @@ def save_checkpoint(engine, run_dir: str, step: int, trainer_state: dict, rank: 
             (folder / COMPLETE).unlink(missing_ok=True)
     _raise_if_any(_gather(error), rank, folder, previous)
     if rank == 0:
-        prune(root, keep_last, folder)
+        prune(root, keep_last, folder, frozenset(protect))
     _barrier()
     return folder
 

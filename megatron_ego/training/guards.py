@@ -57,8 +57,8 @@ class SkippedSteps:
         if self.in_a_row >= self.limit:
             raise TrainingStopped(
                 f"diverged: {self.in_a_row} optimizer steps in a row skipped ({why}) up to step "
-                f"{step} (optim.max_skipped_steps={self.limit}); no checkpoint written: resume "
-                "from the last checkpoint with a lower optim.lr, or check the data")
+                f"{step} (optim.max_skipped_steps={self.limit}); no checkpoint written: lower "
+                "optim.lr, or check the data")
 
 
 def nonfinite_weights(module: nn.Module) -> list[str]:
@@ -83,7 +83,7 @@ def check_finite_weights(modules: dict[str, nn.Module], step: int) -> None:
         where = f" (e.g. {first})" if first else " (on another rank)"
         raise TrainingStopped(
             f"diverged: non-finite weights at step {step}{where}; checkpoint not written: "
-            "resume from the last checkpoint with a lower optim.lr")
+            "lower optim.lr")
 
 
 class BadRecords:

@@ -39,6 +39,7 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 
 from megatron_ego.config import ConfigError
+from megatron_ego.training.guards import TrainingStopped
 
 log = logging.getLogger(__name__)
 
@@ -53,6 +54,10 @@ _ENDED = {"BOOT_FAIL", "CANCELLED", "COMPLETED", "DEADLINE", "FAILED", "NODE_FAI
 
 class LeaseRefused(ConfigError):
     """Another job holds the run folder (exit 2 at start-up)."""
+
+
+class LeaseLost(TrainingStopped):
+    """Another job took the run folder over while this one ran (it was judged gone): stop."""
 
 
 @dataclass

@@ -64,7 +64,7 @@ def flush_interval(engine, state: TrainState, stats: IntervalStats, logger: Metr
             f"diverged: non-finite loss in {state.nonfinite_streak} optimizer steps in a "
             f"row (up to step {rows[-1]['step']}; each was skipped; "
             f"run.max_nonfinite_retries={max_nonfinite_retries}); no checkpoint "
-            "written: lower optim.lr, check the data, or resume from an earlier checkpoint")
+            "written: lower optim.lr, or check the data")
 
 
 def step_speed(per_clip: dict[str, dict], peak_tflops: float | None, world: int,

@@ -43,7 +43,8 @@ from megatron_ego.training.init_from import (
     summary_line,
 )
 from megatron_ego.training.interval import IntervalStats, StepTerms
-from megatron_ego.training.lease import take_lease
+from megatron_ego.training.last_good import LastGood
+from megatron_ego.training.lease import LeaseLost, take_lease
 from megatron_ego.training.metrics import MetricsLogger, truncate_metrics
 from megatron_ego.training.optimizer import apply_schedules, build_optimizer
 from megatron_ego.training.preemption import PreemptionHandler
@@ -124,6 +125,7 @@ class Trainer:
         self.skips = SkippedSteps(cfg.optim.max_skipped_steps, dist_info.is_main)
         self.bad_records: BadRecords | None = None  # set by fit() once the data is open
         self.preempted = False  # fit() stopped on a signal after writing a checkpoint
+        self.resumed_step = 0  # the step of the checkpoint resumed from (0: a new run)
         if folder is not None:
             self._resume(folder)
         if dist_info.is_main:
@@ -167,6 +169,7 @@ class Trainer:
         self.ema.refresh_low()
         self.objective.load_state_dict(state["objective"])
         self.state = TrainState(**state["train_state"])
+        self.resumed_step = self.state.step
         if saved_world != self.dist.world_size and self.cfg.data.mix_mode == "within_batch":
             raise ConfigError(
                 f"{folder} was written by {saved_world} ranks, this run has "
@@ -194,7 +197,8 @@ class Trainer:
         meta = {"run_id": self.run_id, "global_batch_size": self.cfg.run.global_batch_size,
                 "micro_batch_size": self.cfg.run.micro_batch_size}
         return ckpt.save_checkpoint(self.engine, self.run_dir, self.state.step, trainer_state,
-                                    self.dist.rank, self.cfg.run.keep_last, meta)
+                                    self.dist.rank, self.cfg.run.keep_last, meta,
+                                    frozenset(self.state.protected))
 
     # --------------------------------------------------------------------------------- one step
     def _teacher_context(self):
@@ -285,56 +289,74 @@ class Trainer:
         if self.dist.is_main and marker.exists():
             marker.unlink()
         stats = IntervalStats(self.dist.world_size)
-        records = [0, 0]  # bad, drawn on this rank since the last log interval
-        on_gpu = self.dist.device.type == "cuda"
-        due = False  # an interval checkpoint postponed by skipped steps
+        keeper = LastGood(self.state, cfg.run.keep_last, Path(self.run_dir) / "checkpoints",
+                          self.resumed_step)
         try:
-            while self.state.step < end:
-                t0 = time.perf_counter()
-                result = self.train_step(loader)
-                elapsed = time.perf_counter() - t0
-                records = [records[0] + result.records[0], records[1] + result.records[1]]
-                sources = result.sources
-                host = {**result.values, "sources": sources, "step_s": elapsed,
-                        "data_wait_s": result.data_wait_s,
-                        **step_speed(self.per_clip, self.peak_tflops, self.dist.world_size,
-                                     sources, elapsed),
-                        "walking_tours_share": sources["walking_tours"] / sum(sources.values()),
-                        "skipped_steps": self.state.skipped_steps}
-                if cfg.run.precision == "fp16":
-                    host["loss_scale"] = float(getattr(self.optimizer, "loss_scale", "nan"))
-                if on_gpu:
-                    host["peak_memory_gib"] = torch.cuda.max_memory_allocated() / 2**30
-                stats.add(self.state.step, result.terms, host)
-                stop, lost = preemption.poll(self.dist.device, self._lease_lost())
-                if lost:  # another job holds the folder now: write nothing more
-                    raise TrainingStopped(self.lease.lost_message() if self.lease else
-                                          "rank 0 lost the run folder's lease to another job")
-                due = due or self.state.step % cfg.run.save_interval == 0
-                postpone = due and self.skips.in_a_row and not (stop or self.state.step == end)
-                save = not postpone and (stop or due or self.state.step == end)
-                if save or self.state.step % cfg.run.log_interval == 0:
-                    count_records(self.state, self.bad_records, records, self.dist.device)
-                    records = [0, 0]
-                    flush_interval(self.engine, self.state, stats, logger,
-                                   cfg.run.max_nonfinite_retries)
-                if postpone and self.dist.is_main:  # the weights are those of a skipped step
-                    log.warning("step %d: checkpoint postponed until a step is not skipped",
-                                self.state.step)
-                if save:
-                    self.save()
-                    due = False
-                if stop:
-                    self.preempted = True
-                    if self.dist.is_main:
-                        marker.write_text(f"stopped by signal at step {self.state.step}\n")
-                        log.warning("signal received: checkpoint written at step %d, exiting",
-                                    self.state.step)
-                    break
+            self._loop(loader, end, logger, preemption, marker, stats, keeper)
+        except TrainingStopped as err:
+            if isinstance(err, LeaseLost):
+                raise
+            raise TrainingStopped(f"{err}; {keeper.advice()}") from None
         finally:
             preemption.restore()
             logger.close()
         return self.state
+
+    def _loop(self, loader, end: int, logger: MetricsLogger, preemption: PreemptionHandler,
+              marker: Path, stats: IntervalStats, keeper: LastGood) -> None:
+        cfg = self.cfg
+        records = [0, 0]  # bad, drawn on this rank since the last log interval
+        on_gpu = self.dist.device.type == "cuda"
+        due = False  # an interval checkpoint postponed by flagged steps
+        while self.state.step < end:
+            t0 = time.perf_counter()
+            result = self.train_step(loader)
+            elapsed = time.perf_counter() - t0
+            records = [records[0] + result.records[0], records[1] + result.records[1]]
+            stats.add(self.state.step, result.terms, self._host_facts(result, elapsed, on_gpu))
+            stop, lost = preemption.poll(self.dist.device, self._lease_lost())
+            if lost:  # another job holds the folder now: write nothing more
+                raise LeaseLost(self.lease.lost_message() if self.lease else
+                                "rank 0 lost the run folder's lease to another job")
+            step = self.state.step
+            due = due or step % cfg.run.save_interval == 0
+            wanted = stop or due or step == end
+            if wanted or step % cfg.run.log_interval == 0:  # flags known before a save
+                count_records(self.state, self.bad_records, records, self.dist.device)
+                records = [0, 0]
+                flush_interval(self.engine, self.state, stats, logger,
+                               cfg.run.max_nonfinite_retries)
+            flagged = keeper.observe(step, self.skips.in_a_row, self.state.nonfinite_streak)
+            if wanted and flagged is not None and self.dist.is_main:
+                log.warning("step %d: checkpoint postponed until a step is not skipped "
+                            "(steps skipped or non-finite since step %d; %s)", step,
+                            flagged, keeper.advice())
+            if wanted and flagged is None:
+                self.save()
+                keeper.saved(step)
+                due = False
+            if stop:
+                self.preempted = True
+                if self.dist.is_main:
+                    done = "checkpoint written" if flagged is None else "no checkpoint"
+                    marker.write_text(f"stopped by signal at step {step} ({done})\n")
+                    log.warning("signal received: %s at step %d, exiting", done, step)
+                break
+
+    def _host_facts(self, result: StepResult, elapsed: float, on_gpu: bool) -> dict:
+        """A step's metrics known on the host: schedule values, sources, times, throughput."""
+        sources = result.sources
+        host = {**result.values, "sources": sources, "step_s": elapsed,
+                "data_wait_s": result.data_wait_s,
+                **step_speed(self.per_clip, self.peak_tflops, self.dist.world_size, sources,
+                             elapsed),
+                "walking_tours_share": sources["walking_tours"] / sum(sources.values()),
+                "skipped_steps": self.state.skipped_steps}
+        if self.cfg.run.precision == "fp16":
+            host["loss_scale"] = float(getattr(self.optimizer, "loss_scale", "nan"))
+        if on_gpu:
+            host["peak_memory_gib"] = torch.cuda.max_memory_allocated() / 2**30
+        return host
 
     def _lease_lost(self) -> bool:
         return self.lease is not None and self.lease.lost is not None
