@@ -31,6 +31,7 @@ import argparse
 import logging
 import os
 import sys
+import threading
 
 from megatron_ego.cli_help import make_parser
 from megatron_ego.config import Config, ConfigError, load_config
@@ -74,8 +75,31 @@ def _describe(cfg, keys: bool) -> str:
     return yaml.safe_dump(to_dict(cfg), sort_keys=False).rstrip()
 
 
+def _thread_oserror_in_one_line(hook_args: threading.ExceptHookArgs) -> None:
+    """An OSError in a helper thread (TensorBoard's writer on a full disk) is one log line; the
+    main thread meets the same error at its next write and stops the run with its own line."""
+    if hook_args.exc_type is not None and issubclass(hook_args.exc_type, OSError):
+        name = hook_args.thread.name if hook_args.thread is not None else "?"
+        logging.getLogger(__name__).warning("thread %s stopped: %s: %s", name,
+                                            hook_args.exc_type.__name__, hook_args.exc_value)
+        return
+    threading.__excepthook__(hook_args)
+
+
+def _lost_peer(err: BaseException) -> bool:
+    """A collective failed because another rank is gone (it exited after its own error)."""
+    import torch.distributed as dist
+
+    text = str(err)
+    return dist.is_initialized() and dist.get_world_size() > 1 and (
+        isinstance(err, getattr(dist, "DistBackendError", ())) or any(
+            needle in text for needle in ("Connection closed by peer", "Connection reset by peer",
+                                          "Broken pipe", "NCCL communicator was aborted")))
+
+
 def main(argv: list[str] | None = None) -> int:
     args, overrides = parse_args(argv)
+    threading.excepthook = _thread_oserror_in_one_line
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(message)s")
     logging.getLogger("megatron").setLevel(logging.WARNING)  # per-file IndexedDataset chatter
     try:
@@ -122,6 +146,14 @@ def run(cfg: Config, args: argparse.Namespace) -> int:
     except (TrainingStopped, CheckpointError) as e:  # CheckpointError: e.g. the disk is full
         print(f"error: {e}", file=sys.stderr)
         return exit_codes.STOPPED
+    except RuntimeError as e:
+        if not _lost_peer(e):
+            raise
+        first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+        print(f"error: rank {os.environ.get('RANK', '?')} lost contact with the other ranks "
+              f"({first}): another rank stopped first, and its own error line says why",
+              file=sys.stderr)
+        return exit_codes.CRASHED
     finally:
         if trainer is not None:
             trainer.close()  # the run folder's lease

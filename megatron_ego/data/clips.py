@@ -80,9 +80,9 @@ class ClipDataset:
 
     Raises:
         FileNotFoundError: no manifest.json in `path` (preprocessing not run or not finished).
-        ValueError: the manifest is of another format version (an older preprocessing run:
-            re-run it) or of an unknown source.
-        IndexedDataError: a `.bin`/`.idx` file is missing or damaged.
+        ValueError: the manifest is of an unknown source.
+        IndexedDataError: the manifest is unreadable or of another format version (an older
+            preprocessing run: re-run it), or a `.bin`/`.idx` file is missing or damaged.
     """
 
     def __init__(self, path: str) -> None:
@@ -93,8 +93,17 @@ class ClipDataset:
                 f"{manifest_path} not found: {path} is not a finished preprocessed dataset; run "
                 f"`python -m preprocess.egoexo4d --out {path}` (or preprocess.walking_tours) first"
             )
-        with open(manifest_path) as f:
-            self._manifest: dict[str, Any] = json.load(f)
+        try:
+            with open(manifest_path) as f:
+                self._manifest: dict[str, Any] = json.load(f)
+            if not isinstance(self._manifest, dict):
+                raise ValueError(f"a JSON {type(self._manifest).__name__}, not an object")
+        except (OSError, ValueError) as err:
+            raise IndexedDataError(
+                f"{manifest_path} is not a readable manifest ({err}): it was cut short or "
+                f"damaged; re-run preprocessing (python -m preprocess.egoexo4d / "
+                f"preprocess.walking_tours --out {path}) to rebuild it"
+            ) from err
         version = self._manifest.get("format_version")
         if version != FORMAT_VERSION:
             raise IndexedDataError(

@@ -49,7 +49,7 @@ from megatron_ego.training.metrics import MetricsLogger, truncate_metrics
 from megatron_ego.training.optimizer import apply_schedules, build_optimizer
 from megatron_ego.training.preemption import PreemptionHandler
 from megatron_ego.training.report import count_records, flush_interval, step_speed
-from megatron_ego.training.resume import data_position, decide_resume
+from megatron_ego.training.resume import data_position, decide_resume, model_mismatch
 from megatron_ego.training.run_folder import (  # noqa: F401  (re-exported: older imports)
     PREEMPTED,
     check_data_paths,
@@ -163,11 +163,13 @@ class Trainer:
         saved_world = int(manifest.get("world_size", self.dist.world_size))
         try:
             state = ckpt.load_checkpoint(self.engine, folder, self.dist.rank)
+            self.teacher.load_state_dict(state["teacher"])
+            self.objective.load_state_dict(state["objective"])
         except ckpt.CheckpointError as err:
             raise ConfigError(str(err)) from err
-        self.teacher.load_state_dict(state["teacher"])
+        except (RuntimeError, KeyError, ValueError) as err:  # another model's tensors
+            raise ConfigError(model_mismatch(folder, self.cfg.model, err)) from err
         self.ema.refresh_low()
-        self.objective.load_state_dict(state["objective"])
         self.state = TrainState(**state["train_state"])
         self.resumed_step = self.state.step
         if saved_world != self.dist.world_size and self.cfg.data.mix_mode == "within_batch":
