@@ -199,6 +199,13 @@ class ClipDataset:
             return data.reshape(height, width, 3)  # [H, W, 3]
         return data
 
+    def poses(self, i: int) -> np.ndarray:
+        """Clip i's stored poses, float32 [T * P, J, 4] (a copy; no frame is read)."""
+        if self._poses is None:
+            raise ValueError(f"{self.path} holds {self.source} frames without poses")
+        num_poses = int(self._manifest["num_steps"]) * int(self._manifest["poses_per_step"])
+        return np.array(self._poses[int(i)]).reshape(num_poses, -1, 4)
+
     def __getitem__(self, i: int) -> RawClip:
         if not -len(self) <= i < len(self):
             raise IndexError(f"sample {i} out of range for {self.path} ({len(self)} samples)")
