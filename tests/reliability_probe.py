@@ -48,9 +48,10 @@ def main() -> int:
         made.append(self)
         steps.append({"step": 0, "skipped": False, "teacher": _teacher_sum(self)})
 
-    def record(self, step, skipped, why=""):
-        steps.append({"step": step, "skipped": skipped, "teacher": _teacher_sum(made[0])})
-        return original_record(self, step, skipped, why)
+    def record(self, step, skipped, why="", records=""):
+        steps.append({"step": step, "skipped": skipped, "teacher": _teacher_sum(made[0]),
+                      "records": records})
+        return original_record(self, step, skipped, why, records)
 
     trainer.Trainer.__init__, guards.SkippedSteps.record = init, record
     result: dict = {}

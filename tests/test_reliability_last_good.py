@@ -66,6 +66,13 @@ def test_a_run_with_two_skip_streaks_keeps_the_checkpoint_before_each_and_names_
     assert stderr.count("checkpoint postponed until a step is not skipped") == 4  # 3, 4, 7, 8
     errors = [line for line in stderr.splitlines() if line.startswith("error:")]
     assert len(errors) == 1 and "diverged: 3 optimizer steps in a row skipped" in errors[0]
+    # each skipped step names the records it drew (issue 23 item 3)
+    named = {s["step"]: s["records"] for s in result["steps"] if s["skipped"]}
+    assert all(named[step].startswith(f"rank 0: {data} clips [") for step in skipped)
+    assert f"step 3 skipped (inf/nan gradients: no weight or EMA update): 1 in a row, 1 in this " \
+           f"run; its records: {named[3]}" in stderr
+    assert f"(the skipped steps' records: step 7: {named[7]}; step 8: {named[8]}; step 9: " \
+           f"{named[9]})" in errors[0]
     assert errors[0].endswith(f"the newest checkpoint before the first flagged step 7 is "
                               f"{root / 'step_0000006'}: resume with --resume "
                               f"{root / 'step_0000006'}")

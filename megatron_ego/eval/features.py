@@ -28,6 +28,7 @@ from torch.utils.data import DataLoader, Dataset
 from megatron_ego.data.clips import ClipDataset
 from megatron_ego.data.decode import IMAGENET_MEAN, IMAGENET_STD, load_frame
 from megatron_ego.data.indexed import open_indexed
+from megatron_ego.pose_format import pose_problem
 
 log = logging.getLogger(__name__)
 
@@ -262,20 +263,24 @@ def open_val_clips(path: str | Path, agent) -> ClipDataset:
     return dataset
 
 
-def finite_pose_clips(dataset: ClipDataset, clip_ids: np.ndarray
-                      ) -> tuple[np.ndarray, list[str]]:
-    """(the clips of ``clip_ids`` whose stored poses are all finite, one 'why' per clip left out
-    naming its file and record). A NaN in a visible joint would otherwise make every MPJPE NaN
-    (reported as null) or stop ``agent.act`` / ``agent.predict``."""
+def usable_clips(dataset: ClipDataset, clip_ids: np.ndarray) -> tuple[np.ndarray, list[str]]:
+    """(the clips of ``clip_ids`` that can be scored, one 'why' per clip left out, naming its
+    file and record): a clip is left out when its stored poses hold a NaN or an inf, a
+    visibility outside [0, 1] or a visible joint beyond pose_format.MAX_ABS_METRES, when a
+    record fails its crc32, or when its frames leave its take (found at open). A NaN in a
+    visible joint would otherwise make every MPJPE NaN (reported as null) or stop
+    ``agent.act`` / ``agent.predict``."""
     kept, skipped = [], []
-    for clip in np.asarray(clip_ids):
-        poses = dataset.poses(int(clip))  # [F, J, 4]
-        if np.isfinite(poses).all():
-            kept.append(int(clip))
+    for clip in np.asarray(clip_ids).tolist():
+        try:
+            why = dataset.bad_clip(clip) or pose_problem(dataset.poses(clip))
+        except ValueError as err:  # a record that does not match its crc32
+            why = str(err)
+        if why is None:
+            kept.append(clip)
         else:
-            bad = np.argwhere(~np.isfinite(poses))[0]
-            skipped.append(f"{dataset.path}/poses.bin record {int(clip)}: non-finite pose value "
-                           f"(pose {bad[0]}, joint {bad[1]}, channel {bad[2]})")
+            skipped.append(why if why.startswith(dataset.path)
+                           else f"{dataset.path}/poses.bin record {clip}: {why}")
     return np.asarray(kept, dtype=np.int64), skipped
 
 

@@ -39,10 +39,10 @@ from megatron_ego.eval.features import (
     camera_table,
     clip_table,
     extract,
-    finite_pose_clips,
     make_loader,
     open_val_clips,
     select_clips,
+    usable_clips,
 )
 from megatron_ego.eval.retrieval import (
     ROTATION_BINS,
@@ -143,10 +143,10 @@ def run_retrieval(agent, data_dir: str, out_dir: str | Path, ranks: Processes,
     dataset = open_val_clips(data_dir, agent)
     T = agent.num_steps
     table = clip_table(data_dir)  # [N, 2 + T]
-    clip_ids, skipped = finite_pose_clips(dataset, select_clips(len(table), max_clips))
+    clip_ids, skipped = usable_clips(dataset, select_clips(len(table), max_clips))
     if ranks.is_main:
         for why in skipped:
-            log.warning("retrieval: skipped a val clip with non-finite poses, %s", why)
+            log.warning("retrieval: skipped a val clip, %s", why)
     frame_ids = np.unique(table[clip_ids, 2: 2 + T])  # gallery: every frame the clips use
     frames_info = (dataset.encoding, dataset.frame_size)
     gallery = _gallery(agent, data_dir, frame_ids, ranks, frames_info, batch_size, workers)
@@ -178,7 +178,7 @@ def run_retrieval(agent, data_dir: str, out_dir: str | Path, ranks: Processes,
         results[method] = {"top1": 100.0 * top1.double().mean().item(),
                            "map": 100.0 * ap.mean().item(),
                            "num_queries": int(top1.numel()), "gallery_size": int(len(frame_ids)),
-                           "num_nonfinite_clips": len(skipped),
+                           "num_bad_clips": len(skipped),
                            **motion_breakdown(top1, ap, motion["rot"], ROTATION_BINS, "rot",
                                               transitions),
                            **motion_breakdown(top1, ap, motion["trans"], TRANSLATION_BINS,

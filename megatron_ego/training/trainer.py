@@ -48,7 +48,13 @@ from megatron_ego.training.lease import LeaseLost, take_lease
 from megatron_ego.training.metrics import MetricsLogger, truncate_metrics
 from megatron_ego.training.optimizer import apply_schedules, build_optimizer
 from megatron_ego.training.preemption import PreemptionHandler
-from megatron_ego.training.report import count_records, flush_interval, step_speed
+from megatron_ego.training.report import (
+    count_records,
+    describe_records,
+    flush_interval,
+    gather_objects,
+    step_speed,
+)
 from megatron_ego.training.resume import data_position, decide_resume, model_mismatch
 from megatron_ego.training.run_folder import (  # noqa: F401  (re-exported: older imports)
     PREEMPTED,
@@ -240,6 +246,7 @@ class Trainer:
         bad = drawn = 0
         wait = 0.0
         skipped_before = self.engine.skipped_steps
+        drawn_ids = []  # (samples per source, host index tensor): named if the step is skipped
         for _ in range(self.grad_accum):
             t0 = time.perf_counter()
             batch = next(loader)
@@ -250,6 +257,7 @@ class Trainer:
             counts = batch.get("counts") or {batch["source"]: self.cfg.run.micro_batch_size}
             for source, n in counts.items():  # samples of this rank
                 sources[source] += n
+            drawn_ids.append((counts, batch.get("index")))
             terms.add(batch["source"], self._micro_step(batch, values["teacher_temp"]))
         self.objective.commit_centers()
         skipped = self.engine.skipped_steps > skipped_before  # a host int, the same on every rank
@@ -257,8 +265,18 @@ class Trainer:
             self.ema.update(values["ema_momentum"])  # a skipped step changed no student weight
         self.state.step += 1
         self.state.skipped_steps += int(skipped)
-        self.skips.record(self.state.step, skipped, "inf/nan gradients: no weight or EMA update")
+        self.skips.record(self.state.step, skipped, "inf/nan gradients: no weight or EMA update",
+                          self._records_of(drawn_ids) if skipped else "")
         return StepResult(terms, values, sources, wait, (bad, drawn))
+
+    def _records_of(self, drawn_ids: list) -> str:
+        """The records a skipped step drew on every rank, as one string (a collective: every
+        rank sees the same skipped steps)."""
+        d = self.cfg.data
+        mine = describe_records(drawn_ids, {"egoexo4d": d.egoexo4d_path,
+                                            "walking_tours": d.walking_tours_path})
+        everyone = gather_objects(mine)
+        return "; ".join(f"rank {r}: {text}" for r, text in enumerate(everyone) if text)
 
     def _note_bad_records(self, bad: list[str]) -> int:
         """Log this rank's records that failed to decode (each names its file and index)."""
