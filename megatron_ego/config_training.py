@@ -46,8 +46,9 @@ class LossConfig:
     center_momentum: float = 0.9
     """Momentum of the teacher centering buffer."""
     center_init: Literal["zero", "first_batch"] = "zero"
-    """Start of the DINO center: zero, then EMA after each loss (the official DINO), or the first
-    batch's mean (ours, the tiny CPU demo: no zero-start transient in a short run's loss)."""
+    """Start of the DINO center: zero, then EMA after each loss (the official DINO), or the mean
+    of the first micro-batch of the global batch's slot 0, the same on any number of ranks
+    (ours, the tiny CPU demo: no zero-start transient in a short run's loss)."""
     koleo_weight: float = 0.0
     """DINOv2's KoLeo regulariser on the student's state features of the first global crop
     (pushes each feature away from its nearest neighbour in the batch, against feature collapse);
