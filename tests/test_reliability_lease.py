@@ -22,7 +22,7 @@ import yaml
 from megatron_ego.runtime import exit_codes
 from megatron_ego.training import checkpoint as ckpt
 
-from .test_reliability_input import TINY, make_dataset
+from .reliability_data import TINY, make_dataset
 
 ROOT = Path(__file__).resolve().parents[1]
 STEPS = ["--schedule.train_iters=4", "--run.save_interval=2", "--optim.lr=1e-4"]

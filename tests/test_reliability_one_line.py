@@ -18,7 +18,7 @@ from megatron_ego.data.indexed import IndexedDataError
 from megatron_ego.runtime import exit_codes
 
 from .pretrain_runs import _free_port
-from .test_reliability_input import TINY, make_dataset
+from .reliability_data import TINY, make_dataset
 
 ROOT = Path(__file__).resolve().parents[1]
 PY = sys.executable
