@@ -31,6 +31,9 @@ Writes OUT/results.json ({task: {method: {metric: value}}}, merged with an exist
 OUT/results.md (the same as tables) and PNG figures under OUT/figures/, and adds the metrics to
 the run's TensorBoard (--tensorboard). Under torchrun every rank takes a block of the
 images and clips; rank 0 writes the outputs.
+
+Exit codes (megatron_ego/runtime/exit_codes.py): 0 done; 2 bad input (a missing or damaged
+folder, export or dataset: one `error:` line); 1 a crash (its traceback).
 """
 
 from __future__ import annotations
@@ -42,6 +45,7 @@ import time
 from pathlib import Path
 
 from megatron_ego.cli_help import make_parser
+from megatron_ego.runtime import exit_codes
 
 TASKS = ("knn", "retrieval", "motion", "policy")
 PAPER_NAMES = {"represent": "knn", "predict": "retrieval", "act": "motion"}
@@ -294,8 +298,8 @@ def main(argv: list[str] | None = None) -> int:
     except (FileNotFoundError, ValueError, ConfigError, ExportError, IndexedDataError,
             SimulatorMissingError) as err:
         print(f"error: {err}", file=sys.stderr)
-        return 2
-    return 0
+        return exit_codes.INPUT_ERROR
+    return exit_codes.FINISHED
 
 
 if __name__ == "__main__":

@@ -12,6 +12,9 @@ one step_* folder. --weights:
 - student: the student only (fp32 master weights consolidated from the ZeRO-2 partitions).
 Load the result with `megatron_ego.inference.EgoAgent.from_pretrained(DIR)`; loading never
 unpickles anything.
+
+Exit codes (megatron_ego/runtime/exit_codes.py): 0 exported; 2 no checkpoint that verifies, or
+one that does not load safely (one `error:` line); 1 a crash (its traceback).
 """
 
 from __future__ import annotations
@@ -21,6 +24,7 @@ import logging
 import sys
 
 from megatron_ego.cli_help import make_parser
+from megatron_ego.runtime import exit_codes
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
@@ -58,14 +62,14 @@ def main(argv: list[str] | None = None) -> int:
         )
     except ExportError as err:
         print(f"error: {err}", file=sys.stderr)
-        return 2
+        return exit_codes.INPUT_ERROR
     count = sum(t.numel() for t in weights.values())
     print(f"exported {main} of {folder} (step {step}; {count:,} values; from {source}) "
           f"-> {weights_path}, {config_path}")
     if student is not None:
         print(f"exported student (predict, act) from {student_meta['source']} "
               f"-> {weights_path.with_name(STUDENT_FILE)}")
-    return 0
+    return exit_codes.FINISHED
 
 
 if __name__ == "__main__":

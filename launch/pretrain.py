@@ -15,14 +15,15 @@ See the result without training (no launcher needed):
     python launch/pretrain.py --config configs/tiny_cpu.yaml --optim.lr=1e-4 --print-config
     python launch/pretrain.py --config configs/tiny_cpu.yaml --list-keys
     WORLD_SIZE=32 python launch/pretrain.py --config configs/egoagent_300m.yaml --check
-SIGTERM / SIGUSR1 write a checkpoint and exit (a PREEMPTED file marks it); `--resume auto`
+SIGTERM / SIGUSR1 write a checkpoint and exit 75 (a PREEMPTED file marks it); `--resume auto`
 continues from the newest checkpoint that verifies, on any number of ranks with the same
 global batch. `--resume none` refuses a run folder that holds checkpoints (add --overwrite).
 
-Exit codes: 0 done (or stopped by a signal after checkpointing); 2 a usage, config or data error
-found at start-up (one `error:` line: what is wrong and what to do); 1 the run stopped itself
-(diverged, non-finite weights, too many bad records: one `error:` line, no checkpoint written);
-anything else is a crash with its traceback. See docs/reliability.md.
+Exit codes (megatron_ego/runtime/exit_codes.py, docs/reliability.md): 0 finished; 1 an uncaught
+crash (its traceback); 2 an input error found at start-up (config, data, paths, a run folder in
+use by another job: one `error:` line saying what to do); 3 the run stopped itself (diverged,
+non-finite weights, too much bad data, a full disk: one `error:` line naming the checkpoint to
+resume from); 75 preempted (a signal, a checkpoint written: requeue it).
 """
 
 from __future__ import annotations
@@ -31,9 +32,11 @@ import argparse
 import logging
 import os
 import sys
+import threading
 
 from megatron_ego.cli_help import make_parser
 from megatron_ego.config import Config, ConfigError, load_config
+from megatron_ego.runtime import exit_codes
 
 
 def parse_args(argv: list[str] | None = None) -> tuple[argparse.Namespace, list[str]]:
@@ -49,8 +52,8 @@ def parse_args(argv: list[str] | None = None) -> tuple[argparse.Namespace, list[
                         help="with --resume none: delete the run folder's checkpoints and "
                              "metrics instead of refusing to start")
     parser.add_argument("--max_steps", type=int, default=None,
-                        help="stop after this many more steps (the schedules still follow "
-                             "schedule.train_iters)")
+                        help="stop after this many more steps, at least 1 (the schedules still "
+                             "follow schedule.train_iters)")
     parser.add_argument("--print-config", "--print_config", dest="print_config", action="store_true",
                         help="print the resolved config (YAML, overrides applied) and exit")
     parser.add_argument("--list-keys", "--list_keys", dest="list_keys", action="store_true",
@@ -102,26 +105,52 @@ def check(cfg: Config, args: argparse.Namespace) -> int:
         ds = preflight(cfg, args.ds_config)
     except ConfigError as e:
         print(f"error: {e}", file=sys.stderr)
-        return 2
+        return exit_codes.INPUT_ERROR
     world = int(os.environ.get("WORLD_SIZE", "1"))
     print(f"ok: {args.config} on {world} ranks: micro-batch {cfg.run.micro_batch_size} x "
           f"{ds['gradient_accumulation_steps']} accumulation steps = global batch "
           f"{cfg.run.global_batch_size}; run folder {run_dir_of(cfg)}")
-    return 0
+    return exit_codes.FINISHED
+
+
+def _thread_oserror_in_one_line(hook_args: threading.ExceptHookArgs) -> None:
+    """An OSError in a helper thread (TensorBoard's writer on a full disk) is one log line; the
+    main thread meets the same error at its next write and stops the run with its own line."""
+    if hook_args.exc_type is not None and issubclass(hook_args.exc_type, OSError):
+        name = hook_args.thread.name if hook_args.thread is not None else "?"
+        logging.getLogger(__name__).warning("thread %s stopped: %s: %s", name,
+                                            hook_args.exc_type.__name__, hook_args.exc_value)
+        return
+    threading.__excepthook__(hook_args)
+
+
+def _lost_peer(err: BaseException) -> bool:
+    """A collective failed because another rank is gone (it exited after its own error)."""
+    import torch.distributed as dist
+
+    text = str(err)
+    return dist.is_initialized() and dist.get_world_size() > 1 and (
+        isinstance(err, getattr(dist, "DistBackendError", ())) or any(
+            needle in text for needle in ("Connection closed by peer", "Connection reset by peer",
+                                          "Broken pipe", "NCCL communicator was aborted")))
 
 
 def main(argv: list[str] | None = None) -> int:
     args, overrides = parse_args(argv)
+    threading.excepthook = _thread_oserror_in_one_line
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(message)s")
     logging.getLogger("megatron").setLevel(logging.WARNING)  # per-file IndexedDataset chatter
     try:
         cfg = load_config(args.config, overrides)
+        if args.max_steps is not None and args.max_steps < 1:
+            raise ConfigError(f"--max_steps={args.max_steps} must be >= 1 (leave it out to train "
+                              "to schedule.train_iters)")
     except ConfigError as e:
         print(f"error: {e}", file=sys.stderr)
-        return 2
+        return exit_codes.INPUT_ERROR
     if args.print_config or args.list_keys:
         print(_describe(cfg, args.list_keys))
-        return 0
+        return exit_codes.FINISHED
     if args.check:
         return check(cfg, args)
     return run(cfg, args)
@@ -133,6 +162,7 @@ def run(cfg: Config, args: argparse.Namespace) -> int:
     from megatron_ego.training.checkpoint import CheckpointError
     from megatron_ego.training.guards import TrainingStopped
 
+    trainer = None
     try:
         from megatron_ego.training.distributed import init_distributed
         from megatron_ego.training.trainer import Trainer
@@ -144,11 +174,22 @@ def run(cfg: Config, args: argparse.Namespace) -> int:
         trainer.fit(max_steps=args.max_steps)  # opens the data first: its errors are start-up's
     except (ConfigError, IndexedDataError) as e:
         print(f"error: {e}", file=sys.stderr)
-        return 2
+        return exit_codes.INPUT_ERROR
     except (TrainingStopped, CheckpointError) as e:  # CheckpointError: e.g. the disk is full
         print(f"error: {e}", file=sys.stderr)
-        return 1
-    return 0
+        return exit_codes.STOPPED
+    except RuntimeError as e:
+        if not _lost_peer(e):
+            raise
+        first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+        print(f"error: rank {os.environ.get('RANK', '?')} lost contact with the other ranks "
+              f"({first}): another rank stopped first, and its own error line says why",
+              file=sys.stderr)
+        return exit_codes.CRASHED
+    finally:
+        if trainer is not None:
+            trainer.close()  # the run folder's lease
+    return exit_codes.PREEMPTED if trainer.preempted else exit_codes.FINISHED
 
 
 if __name__ == "__main__":

@@ -46,8 +46,9 @@ class LossConfig:
     center_momentum: float = 0.9
     """Momentum of the teacher centering buffer."""
     center_init: Literal["zero", "first_batch"] = "zero"
-    """Start of the DINO center: zero, then EMA after each loss (the official DINO), or the first
-    batch's mean (ours, the tiny CPU demo: no zero-start transient in a short run's loss)."""
+    """Start of the DINO center: zero, then EMA after each loss (the official DINO), or the mean
+    of the first micro-batch of the global batch's slot 0, the same on any number of ranks
+    (ours, the tiny CPU demo: no zero-start transient in a short run's loss)."""
     koleo_weight: float = 0.0
     """DINOv2's KoLeo regulariser on the student's state features of the first global crop
     (pushes each feature away from its nearest neighbour in the batch, against feature collapse);
@@ -185,12 +186,28 @@ class RunConfig:
     the teacher's trunk, image projector, state query and representation head; everything else
     (other modules, optimizer, schedules, step, DINO centers) starts afresh. Not a resume: a run
     that has a checkpoint of its own resumes from it and ignores this. Empty = from scratch."""
+    init_from_partial: bool = False
+    """Let run.init_from load a source whose trunk has another model.num_layers: the layers both
+    have are loaded, the others start afresh (each named in the log). Off (the default): a
+    layer-count mismatch is refused at start-up (exit 2), as it would load part of a trunk."""
     max_nonfinite_retries: int = 3
     """Under bf16/fp32: optimizer steps in a row whose loss was non-finite (DeepSpeed skips
     each: no weight or EMA update; counted as `nonfinite_steps` in metrics.jsonl) before the
-    run stops (exit 1). Checked at each log interval: the step never reads the loss on the host."""
+    run stops (exit 3). Checked at each log interval: the step never reads the loss on the host."""
+
+    lease_renew_s: float = 60.0
+    """Seconds between renewals of the run folder's lease (`<run_dir>/LEASE`: one job per run
+    folder; a second is refused, exit 2; training/lease.py)."""
+    lease_expiry_s: float = 600.0
+    """A lease not renewed for this many seconds is taken over by the next job, when its holder
+    is on another host and SLURM cannot say whether it still runs (a dead holder on the same
+    host, or an ended SLURM job, is taken over at once). Must be >= 2 x lease_renew_s."""
 
     def __post_init__(self) -> None:
+        positive(self, "run", "lease_renew_s")
+        check(self.lease_expiry_s >= 2 * self.lease_renew_s,
+              f"run.lease_expiry_s={self.lease_expiry_s} must be >= 2 x run.lease_renew_s="
+              f"{self.lease_renew_s} (a holder renews several times before it may expire)")
         check(bool(_RUN_NAME.fullmatch(self.name)),
                f"run.name={self.name!r} must be a plain folder name (letters, digits, '.', '_', "
                "'-'; no path separators, no leading '.' or '-'); put the parent in run.output_dir")

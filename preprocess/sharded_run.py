@@ -2,8 +2,9 @@
 
 Takes (or videos) are cut into fixed shards of `units_per_shard`, in a fixed order; rank r of
 N handles shards r, r+N, ...; each shard is written, then marked finished (see `shards`). After
-a barrier rank 0 merges the shards in order into one dataset per file name, writes stats.json,
-then manifest.json last (its presence means the directory is complete). The shards do not
+a barrier rank 0 merges the shards in order into one dataset per file name, writes a crc32 per
+record of each (`<name>.crc`, data/checksums.py), stats.json, then manifest.json last (its
+presence means the directory is complete). The shards do not
 depend on the number of ranks, so a run on N ranks gives the same bytes as one on 1 rank, and a
 re-run with the same options skips the shards already finished.
 """
@@ -19,9 +20,10 @@ import sys
 from collections.abc import Callable
 from typing import Any
 
+from megatron_ego.data.checksums import CHECKSUMS, write_record_checksums
 from megatron_ego.progress import progress
 from preprocess.parallel import Ranks, world
-from preprocess.shards import ShardWriter, file_names, merge_shards, write_json_atomic
+from preprocess.shards import DTYPES, ShardWriter, file_names, merge_shards, write_json_atomic
 from preprocess.stats import Stats
 from preprocess.units import Unit  # noqa: F401  (re-exported: the preprocessors' unit)
 
@@ -109,6 +111,8 @@ def _merge(out_dir: str, shard_dir: str, num_shards: int, with_clips: bool,
         "num_frames": sum(t["num_frames"] for t in takes),
         "num_clips": sum(t["num_clips"] for t in takes),
         "takes": [{k: t[k] for k in TAKE_FIELDS if k in t} for t in takes],
+        # a crc32 per record of every file (data/checksums.py), read back from the merged files
+        CHECKSUMS: write_record_checksums(out_dir, {n: DTYPES[n] for n in file_names(with_clips)}),
     }
     write_json_atomic(os.path.join(out_dir, "stats.json"), stats.to_dict())
     write_json_atomic(os.path.join(out_dir, "manifest.json"), manifest)

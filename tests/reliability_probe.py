@@ -4,6 +4,10 @@ Used by tests/test_reliability_input.py (in a subprocess, one rank):
 
     python tests/reliability_probe.py diverge ARGS...    # optim.lr forced to 1e6 after validation
     python tests/reliability_probe.py nan_teacher ARGS...  # a teacher weight set to nan, then save()
+    PROBE_HOLD_S=8 python tests/reliability_probe.py hold ARGS...  # a slow start: waits 8 s
+                                                        # after taking the run folder's lease
+    PROBE_NAN_STEPS=3,4 python tests/reliability_probe.py nan_steps ARGS...  # the loss of those
+                                                        # optimizer steps times nan
 
 ARGS are launch/pretrain.py's. `diverge` records, for every optimizer step, whether it was skipped
 and a checksum of the EMA teacher, then runs launch/pretrain.py's `run` (exit code, message).
@@ -12,7 +16,9 @@ and a checksum of the EMA teacher, then runs launch/pretrain.py's `run` (exit co
 from __future__ import annotations
 
 import json
+import os
 import sys
+import time
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -42,9 +48,10 @@ def main() -> int:
         made.append(self)
         steps.append({"step": 0, "skipped": False, "teacher": _teacher_sum(self)})
 
-    def record(self, step, skipped, why=""):
-        steps.append({"step": step, "skipped": skipped, "teacher": _teacher_sum(made[0])})
-        return original_record(self, step, skipped, why)
+    def record(self, step, skipped, why="", records=""):
+        steps.append({"step": step, "skipped": skipped, "teacher": _teacher_sum(made[0]),
+                      "records": records})
+        return original_record(self, step, skipped, why, records)
 
     trainer.Trainer.__init__, guards.SkippedSteps.record = init, record
     result: dict = {}
@@ -62,6 +69,29 @@ def main() -> int:
             return state
 
         trainer.Trainer.fit = fit
+        result["rc"] = pretrain.run(cfg, args)
+    elif mode == "hold":
+        original_fit = trainer.Trainer.fit
+
+        def fit(self, max_steps=None):
+            time.sleep(float(os.environ.get("PROBE_HOLD_S", "8")))
+            return original_fit(self, max_steps)
+
+        trainer.Trainer.fit = fit
+        result["rc"] = pretrain.run(cfg, args)
+    elif mode == "nan_steps":
+        from megatron_ego.losses.objective import EgoAgentObjective
+
+        bad = {int(s) for s in os.environ["PROBE_NAN_STEPS"].split(",")}
+        original_forward = EgoAgentObjective.forward
+
+        def forward(self, *a, **kw):
+            loss, terms = original_forward(self, *a, **kw)
+            if made and made[0].state.step + 1 in bad:  # the step being computed
+                loss = loss * float("nan")
+            return loss, terms
+
+        EgoAgentObjective.forward = forward
         result["rc"] = pretrain.run(cfg, args)
     result["steps"] = steps
     print("PROBE " + json.dumps(result), flush=True)

@@ -12,6 +12,7 @@ from pathlib import Path
 import pytest
 import torch
 
+from megatron_ego.runtime import exit_codes
 from megatron_ego.training.checkpoint import safe_load
 
 from .pretrain_runs import PY, ROOT, _args, _losses, _run, _start, _wait, _weights
@@ -71,7 +72,8 @@ def test_sigterm_checkpoints_and_the_run_resumes(demo_data, tmp_path):
         time.sleep(0.5)
     for p in procs:  # as scancel / a node drain does: every task gets SIGTERM
         p.send_signal(signal.SIGTERM)
-    _wait(procs)  # exit code 0 after checkpointing
+    logs = [p.communicate(timeout=600)[0] for p in procs]
+    assert [p.returncode for p in procs] == [exit_codes.PREEMPTED] * 2, logs[0][-3000:]
     checkpoints = tmp_path / "run" / "checkpoints"
     latest = (checkpoints / "latest").read_text().strip()
     assert (checkpoints / latest / "COMPLETE").is_file()

@@ -19,6 +19,7 @@ from pathlib import Path
 import pytest
 import torch
 
+from megatron_ego.runtime import exit_codes
 from megatron_ego.training import checkpoint as ckpt
 from megatron_ego.training.metrics import truncate_metrics
 from megatron_ego.training.resume import select_checkpoint
@@ -106,6 +107,20 @@ def test_resume_on_another_world_size_continues_the_run(demo_data, straight, tmp
         torch.testing.assert_close(b[key], a[key], rtol=1e-4, atol=1e-6)
 
 
+def test_one_rank_with_two_micro_steps_trains_as_two_ranks_from_scratch(straight):
+    """Issue 23 item 9: the same global batch on 1 rank x 2 accumulation steps and on 2 ranks x
+    1, from scratch (the demo config: loss.center_init=first_batch, KoLeo, the contrastive terms,
+    WalkingTours micro-steps) is the same run up to floating-point reduction order. Before, the
+    first DINO centre averaged the ranks' first micro-batches (2 on 2 ranks, 1 on 1 rank):
+    bench/world_size_compare.py measured up to 3.8% apart in loss by step 8 (docs/reliability.md)."""
+    one, two = _metrics(straight[1]), _metrics(straight[2])
+    assert [r["step"] for r in one] == [r["step"] for r in two] == [1, 2, 3, 4]
+    for a, b in zip(one, two):
+        for term in ("loss", "loss_represent", "loss_predict", "loss_act"):
+            if term in a or term in b:
+                assert a[term] == pytest.approx(b[term], rel=1e-6), (a["step"], term)
+
+
 def test_resume_needs_the_same_global_batch(demo_data, straight, tmp_path):  # noqa: F811
     source = straight[2] / "checkpoints" / "step_0000002"
     out = _run([PY, *_args(demo_data, str(tmp_path), *STEPS, "--resume", str(source),
@@ -185,19 +200,24 @@ def test_no_weights_only_false_in_the_code():
 
 
 # ----------------------------------------------------- COMPLETE verified, fallback, latest
-@pytest.mark.parametrize("damage", ["truncate", "delete"])
+@pytest.mark.parametrize("damage", ["truncate", "delete", "torn_page"])
 def test_a_damaged_checkpoint_falls_back_to_the_previous_one(straight, tmp_path, caplog, damage):
     run = _copy_run(straight[2], tmp_path)
     bad = run / "checkpoints" / "step_0000004" / "zero_pp_rank_1_mp_rank_00_optim_states.pt"
     if damage == "truncate":
         bad.write_bytes(bad.read_bytes()[:1000])
-    else:
+    elif damage == "delete":
         bad.unlink()
-    assert "zero_pp_rank_1" in ckpt.verify(bad.parent)
+    else:  # 16 KiB of zeros in the largest file, its size unchanged
+        bad = max(bad.parent.iterdir(), key=lambda p: p.stat().st_size)
+        data = bytearray(bad.read_bytes())
+        data[len(data) // 3:len(data) // 3 + (16 << 10)] = bytes(16 << 10)
+        bad.write_bytes(bytes(data))
+    assert bad.name in ckpt.verify(bad.parent)
     with caplog.at_level(logging.WARNING):
         found, failed = ckpt.find_resume_checkpoint(run)
     assert found.name == "step_0000002"
-    assert "step_0000004" in caplog.text and "zero_pp_rank_1" in caplog.text
+    assert "step_0000004" in caplog.text and bad.name in caplog.text
     assert "falling back to checkpoint" in caplog.text and failed
 
 
@@ -303,7 +323,7 @@ def test_disk_full_while_saving_is_one_line_and_keeps_the_previous_checkpoint(
     args = _args(demo_data, str(tmp_path), *STEPS, "--resume", "none")
     procs = _start(["-c", _DISK_FULL, *args], world=2)
     codes, logs = _finish(procs)
-    assert codes == [1, 1], logs[0][-3000:]
+    assert codes == [exit_codes.STOPPED] * 2, logs[0][-3000:]
     for log in logs:
         errors = _errors(log)
         assert len(errors) == 1, log[-3000:]

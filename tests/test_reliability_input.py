@@ -8,7 +8,6 @@ on a hand-built JPEG dataset (seconds to build, no video decoding).
 
 from __future__ import annotations
 
-import io
 import json
 import os
 import subprocess
@@ -18,10 +17,10 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-from megatron.core.datasets.indexed_dataset import IndexedDatasetBuilder
 
 from megatron_ego.data.clips import ClipDataset
 from megatron_ego.data.indexed import IndexedDataError, open_indexed
+from megatron_ego.runtime import exit_codes
 from megatron_ego.training.guards import (
     BadRecords,
     SkippedSteps,
@@ -30,64 +29,10 @@ from megatron_ego.training.guards import (
     nonfinite_weights,
 )
 
+from .reliability_data import TINY, J, P, T, make_dataset
+
 ROOT = Path(__file__).resolve().parents[1]
 PY = sys.executable
-T, P, J, SIDE = 4, 5, 17, 72
-TINY = ["--model.num_layers=1", "--model.hidden_size=32", "--model.num_attention_heads=2",
-        "--model.head_hidden_dim=32", "--model.head_bottleneck_dim=16", "--model.head_out_dim=32",
-        "--data.num_workers=0", "--data.num_local_crops=2", "--data.walking_tours_ratio=0",
-        "--run.micro_batch_size=2", "--run.global_batch_size=2", "--schedule.warmup_iters=0",
-        "--run.log_interval=1", "--run.name=run"]
-
-
-# ------------------------------------------------------------------------------------ the data
-def _write(prefix: Path, dtype, items: list[np.ndarray], docs: list[int]) -> None:
-    builder = IndexedDatasetBuilder(f"{prefix}.bin", dtype=dtype)
-    for k, item in enumerate(items):
-        builder.add_item(torch.from_numpy(np.array(item).reshape(-1)))
-        if k + 1 in docs:
-            builder.end_document()
-    builder.finalize(f"{prefix}.idx")
-
-
-def _jpeg(rng: np.random.Generator) -> np.ndarray:
-    from PIL import Image
-
-    pixels = rng.integers(0, 256, (SIDE, SIDE, 3), dtype=np.uint8)
-    out = io.BytesIO()
-    Image.fromarray(pixels).save(out, format="JPEG", quality=90)
-    return np.frombuffer(out.getvalue(), dtype=np.uint8)
-
-
-def make_dataset(path: Path, takes: int = 2, frames_per_take: int = 8) -> Path:
-    """An Ego-Exo4D-style JPEG dataset: `takes` x `frames_per_take` frames, a clip per start."""
-    path.mkdir(parents=True, exist_ok=True)
-    rng = np.random.default_rng(0)
-    frames = [_jpeg(rng) for _ in range(takes * frames_per_take)]
-    clips, poses, camera, meta = [], [], [], []
-    for take in range(takes):
-        first = take * frames_per_take
-        starts = range(frames_per_take - T + 1)
-        for s in starts:
-            clips.append(np.array([take, 5 * s] + [first + s + t for t in range(T)]))
-            p = rng.standard_normal((T * P, J, 4)).astype(np.float32)
-            p[..., 3] = 1.0
-            poses.append(p)
-            camera.append(np.tile(np.eye(3, 4, dtype=np.float32), (T * P, 1, 1)))  # [T P, 3, 4]
-        meta.append(dict(name=f"take{take}", uid=f"u{take}", first_frame=first,
-                         num_frames=frames_per_take, num_clips=len(starts)))
-    _write(path / "frames", np.uint8, frames, [(t + 1) * frames_per_take for t in range(takes)])
-    _write(path / "poses", np.float32, poses, [len(poses)])
-    _write(path / "camera", np.float32, camera, [len(camera)])
-    _write(path / "clips", np.int64, clips, [len(clips)])
-    manifest = dict(format_version=2, source="egoexo4d", split="train", encoding="jpeg",
-                    frame_height=SIDE, frame_width=SIDE, frame_fps=6, pose_fps=30, num_steps=T,
-                    poses_per_step=P, num_frames=len(frames), num_clips=len(clips),
-                    preprocess={}, takes=meta)
-    (path / "manifest.json").write_text(json.dumps(manifest))
-    return path
-
-
 @pytest.fixture()
 def dataset(tmp_path) -> Path:
     return make_dataset(tmp_path / "data")
@@ -220,11 +165,13 @@ def test_non_finite_weights_are_found_by_name():
         check_finite_weights({"student": net}, step=7)
 
 
-def _probe(mode: str, run_dir: Path, data: Path, *extra: str) -> tuple[dict, str]:
+def _probe(mode: str, run_dir: Path, data: Path, *extra: str, **extra_env: str
+           ) -> tuple[dict, str]:
     args = ["--config", "configs/tiny_cpu.yaml", "--ds_config", "configs/zero2.json", *TINY,
             f"--data.egoexo4d_path={data}", f"--run.output_dir={run_dir}", *extra]
     env = {k: v for k, v in os.environ.items()
            if k not in ("RANK", "WORLD_SIZE", "LOCAL_RANK", "MASTER_ADDR", "MASTER_PORT")}
+    env.update(extra_env)
     out = subprocess.run([PY, "tests/reliability_probe.py", mode, *args], cwd=ROOT, text=True,
                          capture_output=True, timeout=600, env=env)  # one rank, plain python
     lines = [line for line in out.stdout.splitlines() if line.startswith("PROBE ")]
@@ -237,7 +184,7 @@ def test_lr_1e6_stops_as_diverged_without_a_checkpoint_and_the_teacher_is_frozen
         dataset, tmp_path):
     result, stderr = _probe("diverge", tmp_path, dataset, "--schedule.train_iters=40",
                             "--run.save_interval=1", "--optim.max_skipped_steps=3")
-    assert result["rc"] == 1
+    assert result["rc"] == exit_codes.STOPPED
     errors = [line for line in stderr.splitlines() if line.startswith("error:")]
     assert len(errors) == 1 and "diverged: 3 optimizer steps in a row skipped" in errors[0]
     assert "lower optim.lr" in errors[0]
@@ -263,7 +210,7 @@ def test_lr_1e6_stops_as_diverged_without_a_checkpoint_and_the_teacher_is_frozen
 def test_a_non_finite_teacher_is_never_saved(dataset, tmp_path):
     result, stderr = _probe("nan_teacher", tmp_path, dataset, "--schedule.train_iters=2",
                             "--run.save_interval=100", "--optim.lr=1e-4")
-    assert result["rc"] == 1
+    assert result["rc"] == exit_codes.STOPPED
     errors = [line for line in stderr.splitlines() if line.startswith("error:")]
     assert len(errors) == 1 and "non-finite weights at step 2 (e.g. teacher." in errors[0]
     checkpoints = tmp_path / "run" / "checkpoints"
@@ -349,7 +296,7 @@ def test_a_corrupt_jpeg_during_training_is_skipped_then_stops_the_run_past_the_s
     assert [m["step"] for m in metrics] == [1, 2, 3, 4, 5] and metrics[-1]["bad_records"] >= 1
     stop = _pretrain(*common, f"--run.output_dir={tmp_path / 'stop'}",
                      "--data.max_bad_record_share=0")
-    assert stop.returncode == 1
+    assert stop.returncode == exit_codes.STOPPED
     line = _one_error(stop)
     assert line.startswith("error: bad data: 1 of") and "re-run preprocessing" in line
     stopped_at = len((tmp_path / "stop" / "run" / "metrics.jsonl").read_text().splitlines()) + 1

@@ -11,6 +11,7 @@ from __future__ import annotations
 import errno
 import os
 import pickle
+import zlib
 from pathlib import Path
 
 import torch
@@ -40,20 +41,42 @@ def atomic_write_text(path: Path, text: str) -> None:
     fsync_dir(path.parent)
 
 
-def durable_torch_save(obj, path: Path, zipfile: bool = True) -> None:
+class ChecksumWriter:
+    """A binary file that keeps the crc32 of everything written through it (torch.save calls
+    only `write`; no `fileno`, so torch never writes around it)."""
+
+    def __init__(self, f) -> None:
+        self.f, self.crc32, self.size = f, 0, 0
+
+    def write(self, data) -> int:
+        written = self.f.write(data)
+        view = memoryview(data).cast("B")
+        written = len(view) if written is None else written
+        self.crc32 = zlib.crc32(view[:written], self.crc32)
+        self.size += written
+        return written
+
+    def flush(self) -> None:
+        self.f.flush()
+
+
+def durable_torch_save(obj, path: Path, zipfile: bool = True) -> int:
     """torch.save through a Python file (so a full disk raises OSError ENOSPC, not torch's
-    'iostream error'), fsynced and renamed into place."""
+    'iostream error'), fsynced and renamed into place. Returns the crc32 of the bytes written,
+    computed while writing (the COMPLETE manifest records it: checkpoint_format/manifest.py)."""
     path = Path(path)
     tmp = path.with_name(path.name + ".tmp")
     try:
         with open(tmp, "wb") as f:
-            torch.save(obj, f, _use_new_zipfile_serialization=zipfile)
+            out = ChecksumWriter(f)
+            torch.save(obj, out, _use_new_zipfile_serialization=zipfile)
             f.flush()
             os.fsync(f.fileno())
         os.replace(tmp, path)
     except BaseException:
         tmp.unlink(missing_ok=True)
         raise
+    return out.crc32
 
 
 def is_disk_full(err: BaseException | None) -> bool:

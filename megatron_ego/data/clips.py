@@ -10,20 +10,27 @@
 An Ego-Exo4D directory yields clips (T images at 6 fps + 20 poses at 30 fps); a WalkingTours
 directory yields single frames (`frames` has one entry, `poses` and `camera` are None). Opening reads
 manifest.json and memory-maps the files; the object pickles by path, so DataLoader workers
-re-open the maps instead of copying data.
+re-open the maps instead of copying data. Every record read is checked against its crc32
+(data/checksums.py) when preprocessing wrote them, and a clip whose frames leave its take or
+run out of order is found at open; either raises ValueError naming the file and record when
+read (the loader skips and counts it).
 """
 
 from __future__ import annotations
 
 import io
 import json
+import logging
 import os
 from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
 
+from megatron_ego.data.checksums import RecordChecksums
 from megatron_ego.data.indexed import IndexedDataError, open_indexed
+
+log = logging.getLogger(__name__)
 
 __all__ = ["ClipDataset", "RawClip", "decode_frame"]
 
@@ -80,9 +87,9 @@ class ClipDataset:
 
     Raises:
         FileNotFoundError: no manifest.json in `path` (preprocessing not run or not finished).
-        ValueError: the manifest is of another format version (an older preprocessing run:
-            re-run it) or of an unknown source.
-        IndexedDataError: a `.bin`/`.idx` file is missing or damaged.
+        ValueError: the manifest is of an unknown source.
+        IndexedDataError: the manifest is unreadable or of another format version (an older
+            preprocessing run: re-run it), or a `.bin`/`.idx` file is missing or damaged.
     """
 
     def __init__(self, path: str) -> None:
@@ -93,8 +100,17 @@ class ClipDataset:
                 f"{manifest_path} not found: {path} is not a finished preprocessed dataset; run "
                 f"`python -m preprocess.egoexo4d --out {path}` (or preprocess.walking_tours) first"
             )
-        with open(manifest_path) as f:
-            self._manifest: dict[str, Any] = json.load(f)
+        try:
+            with open(manifest_path) as f:
+                self._manifest: dict[str, Any] = json.load(f)
+            if not isinstance(self._manifest, dict):
+                raise ValueError(f"a JSON {type(self._manifest).__name__}, not an object")
+        except (OSError, ValueError) as err:
+            raise IndexedDataError(
+                f"{manifest_path} is not a readable manifest ({err}): it was cut short or "
+                f"damaged; re-run preprocessing (python -m preprocess.egoexo4d / "
+                f"preprocess.walking_tours --out {path}) to rebuild it"
+            ) from err
         version = self._manifest.get("format_version")
         if version != FORMAT_VERSION:
             raise IndexedDataError(
@@ -119,8 +135,18 @@ class ClipDataset:
         takes = self._manifest["takes"]
         self._take_names = [t["name"] for t in takes]
         self._take_first_frame = np.array([t["first_frame"] for t in takes], dtype=np.int64)
+        self._take_num_frames = np.array([t["num_frames"] for t in takes], dtype=np.int64)
+        self._bad_clips: dict[int, str] = {}
         if self._clips is not None:
             self._check_clip_table()
+        self._sums = {name: RecordChecksums.open(path, name, len(ds), self._manifest)
+                      for name, ds in (("frames", self._frames), ("poses", self._poses),
+                                       ("camera", self._camera), ("clips", self._clips))
+                      if ds is not None}
+        if all(sums is None for sums in self._sums.values()):
+            log.warning("%s has no record checksums (preprocessed before they existed): its "
+                        "records are not verified when read; re-run preprocessing to add them",
+                        path)
 
     def _check_clip_table(self) -> None:
         """Every clip row is [take, start frame, T frame ids] with ids that exist (vectorised:
@@ -156,6 +182,30 @@ class ClipDataset:
                 f"{where}: clip {bad} names take {int(table[bad, 0])} / frames "
                 f"{table[bad, 2:].tolist()}, outside the {len(self._take_names)} takes and "
                 f"{len(self._frames)} frames of this dataset: {hint}")
+        self._check_clip_frames(table, where)
+
+    def _check_clip_frames(self, table: np.ndarray, where: str) -> None:
+        """Every frame of a clip belongs to its clip's take and the ids increase (vectorised).
+        A clip that breaks this (a frame id swapped for another take's, or out of order) is
+        named here and, like a record that fails to decode, skipped and counted when drawn."""
+        first = self._take_first_frame[table[:, 0]][:, None]  # [clips, 1]
+        ids = table[:, 2:]  # [clips, T]
+        in_take = (ids >= first) & (ids < first + self._take_num_frames[table[:, 0]][:, None])
+        ordered = (np.diff(ids, axis=1) > 0).all(axis=1)  # [clips]
+        for clip in np.flatnonzero(~(in_take.all(axis=1) & ordered)).tolist():
+            take = int(table[clip, 0])
+            self._bad_clips[clip] = (
+                f"{where} record {clip}: frames {ids[clip].tolist()} are not in increasing "
+                f"order within take {take} ({self._take_names[take]}: frames "
+                f"{int(first[clip, 0])} to {int(first[clip, 0] + self._take_num_frames[take]) - 1})")
+        if self._bad_clips:
+            log.warning("%s: %d clips name frames outside their take or out of order (they "
+                        "are skipped and counted when drawn), e.g. %s", self.path,
+                        len(self._bad_clips), next(iter(self._bad_clips.values())))
+
+    def bad_clip(self, i: int) -> str | None:
+        """Why clip i's row of the clip table is unusable (found at open), or None."""
+        return self._bad_clips.get(int(i))
 
     @property
     def manifest(self) -> dict[str, Any]:
@@ -183,12 +233,26 @@ class ClipDataset:
             return len(self._clips)
         return len(self._frames)
 
+    def _read(self, name: str, dataset, index: int) -> np.ndarray:
+        """Record `index` of `name` copied out of its memory map, checked against its crc32."""
+        data = np.array(dataset[index])
+        if self._sums.get(name) is not None:
+            self._sums[name].check(index, data)
+        return data
+
     def _frame(self, index: int) -> np.ndarray:
-        data = np.array(self._frames[index])  # [bytes] uint8, copied out of the memory map
+        data = self._read("frames", self._frames, index)  # [bytes] uint8
         if self.encoding == "raw":
             height, width = self.frame_size
             return data.reshape(height, width, 3)  # [H, W, 3]
         return data
+
+    def poses(self, i: int) -> np.ndarray:
+        """Clip i's stored poses, float32 [T * P, J, 4] (a copy; no frame is read)."""
+        if self._poses is None:
+            raise ValueError(f"{self.path} holds {self.source} frames without poses")
+        num_poses = int(self._manifest["num_steps"]) * int(self._manifest["poses_per_step"])
+        return self._read("poses", self._poses, int(i)).reshape(num_poses, -1, 4)
 
     def __getitem__(self, i: int) -> RawClip:
         if not -len(self) <= i < len(self):
@@ -203,12 +267,14 @@ class ClipDataset:
                 start_frame=i - int(self._take_first_frame[take]),
                 frame_ids=(i,),
             )
-        row = self._clips[i]  # [2 + T] int64: take, start frame, f_0 .. f_{T-1}
+        if i in self._bad_clips:
+            raise ValueError(self._bad_clips[i])
+        row = self._read("clips", self._clips, i)  # [2 + T] int64: take, start, f_0 .. f_{T-1}
         num_steps = int(self._manifest["num_steps"])
         num_poses = num_steps * int(self._manifest["poses_per_step"])
-        poses = np.array(self._poses[i]).reshape(num_poses, -1, 4)  # [20, 17, 4]
+        poses = self._read("poses", self._poses, i).reshape(num_poses, -1, 4)  # [20, 17, 4]
         frame_ids = tuple(int(f) for f in row[2 : 2 + num_steps])
-        camera = np.array(self._camera[i]).reshape(num_poses, 3, 4)  # [20, 3, 4]
+        camera = self._read("camera", self._camera, i).reshape(num_poses, 3, 4)  # [20, 3, 4]
         return RawClip(
             frames=[self._frame(f) for f in frame_ids],
             poses=poses,

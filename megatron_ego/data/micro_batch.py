@@ -36,11 +36,12 @@ Images leave the workers as uint8 (a quarter of float32's shared memory, pinning
 `on_device.to_device`, where the training process moves a batch to its device, applies the crops'
 photometric ops and normalises frames and crops there.
 
-A record that fails to decode (a corrupt JPEG, raw pixels or poses of the wrong size, non-finite
-poses) is replaced by the next sample of the dataset (index + 1, + 2, ...: deterministic, so
-resume stays exact) and named in `bad_records`; the trainer logs and counts them
-(data.max_bad_record_share). A slot whose every try fails is all black (zero pixels, views
-without photometric ops), every try counted.
+A record that fails to decode or to check (a corrupt JPEG, raw pixels or poses of the wrong size,
+a record that does not match its crc32, a clip whose frames leave its take, non-finite poses or
+joints beyond pose_format.MAX_ABS_METRES) is replaced by the next sample of the dataset
+(index + 1, + 2, ...: deterministic, so resume stays exact) and named in `bad_records`; the
+trainer logs and counts them (data.max_bad_record_share). A slot whose every try fails is all
+black (zero pixels, views without photometric ops), every try counted.
 
 data.mix_mode="within_batch" (`SampleShares`): micro-step k holds e Ego-Exo4D clips and w
 WalkingTours frames on every rank (e + w = b). With both, the batch is "source" = "mixed":
@@ -82,6 +83,7 @@ from megatron_ego.data.mix import (
     SampleShares,
     SourceSchedule,
 )
+from megatron_ego.pose_format import pose_problem
 
 __all__ = ["BadRecord", "MicroBatchDataset", "SampleSource", "sample_rng"]
 
@@ -305,8 +307,9 @@ class MicroBatchDataset(Dataset):
             except DECODE_ERRORS as err:
                 raise BadRecord(f"{where} clip {index} (poses.bin / clips.bin): {err}") from err
             self._check_clip(clip, index)  # a config mismatch is not a bad record
-            if not np.isfinite(clip.poses).all():
-                raise BadRecord(f"{where}/poses.bin record {index}: non-finite poses")
+            problem = pose_problem(clip.poses)  # non-finite, or beyond the bound in metres
+            if problem is not None:
+                raise BadRecord(f"{where}/poses.bin record {index}: {problem}")
             anchor = int(rng.integers(T))
             views = self._draw(rng, frame_size)
             crop_h, crop_w = self._decode_size(views, frame_size)

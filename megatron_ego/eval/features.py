@@ -15,7 +15,9 @@ Datasets return CPU tensors and are picklable (DataLoader workers reopen the mem
 from __future__ import annotations
 
 import hashlib
+import logging
 import os
+import pickle
 from collections.abc import Callable
 from pathlib import Path
 
@@ -26,6 +28,9 @@ from torch.utils.data import DataLoader, Dataset
 from megatron_ego.data.clips import ClipDataset
 from megatron_ego.data.decode import IMAGENET_MEAN, IMAGENET_STD, load_frame
 from megatron_ego.data.indexed import open_indexed
+from megatron_ego.pose_format import pose_problem
+
+log = logging.getLogger(__name__)
 
 KNN_RESIZE_RATIO = 256 / 224  # DINO eval: Resize(256) + CenterCrop(224)
 
@@ -186,11 +191,30 @@ def fingerprint(model_dir: str | Path, items: list[str], size: int) -> str:
     return digest.hexdigest()
 
 
-def load_cached(path: Path, key: str) -> dict[str, torch.Tensor] | None:
-    """Cached tensors written by ``save_cached`` with the same key, else None."""
+def load_cached(path: Path, key: str, tensors: tuple[str, ...] = ()
+                ) -> dict[str, torch.Tensor] | None:
+    """Cached tensors written by ``save_cached`` with the same key (and a tensor under each of
+    ``tensors``), else None. A damaged cache (cut short, not a torch file, holding anything but
+    tensors and numbers, or missing a tensor) is never unpickled into code: it is reported in
+    one warning and None is returned, so the caller rebuilds it."""
     if not path.is_file():
         return None
-    cached = torch.load(path, map_location="cpu", weights_only=True)
+    try:
+        cached = torch.load(path, map_location="cpu", weights_only=True)
+        if not isinstance(cached, dict):
+            raise ValueError(f"a {type(cached).__name__}, not a dict of tensors")
+        missing = [k for k in tensors if not torch.is_tensor(cached.get(k))]
+        if missing:
+            raise ValueError(f"no tensor {missing[0]!r}")
+    except pickle.UnpicklingError:
+        log.warning("feature cache %s holds objects other than tensors and numbers (refused, "
+                    "never unpickled): rebuilding it", path)
+        return None
+    except Exception as err:  # noqa: BLE001  (any damage: the cache is rebuilt)
+        first = str(err).strip().splitlines()[0] if str(err).strip() else ""
+        log.warning("feature cache %s is damaged (%s: %s): rebuilding it", path,
+                    type(err).__name__, first)
+        return None
     return cached if cached.get("fingerprint") == key else None
 
 
@@ -237,6 +261,27 @@ def open_val_clips(path: str | Path, agent) -> ClipDataset:
     if len(dataset) == 0:
         raise ValueError(f"--data {path} holds no clips: check its stats.json for what was skipped")
     return dataset
+
+
+def usable_clips(dataset: ClipDataset, clip_ids: np.ndarray) -> tuple[np.ndarray, list[str]]:
+    """(the clips of ``clip_ids`` that can be scored, one 'why' per clip left out, naming its
+    file and record): a clip is left out when its stored poses hold a NaN or an inf, a
+    visibility outside [0, 1] or a visible joint beyond pose_format.MAX_ABS_METRES, when a
+    record fails its crc32, or when its frames leave its take (found at open). A NaN in a
+    visible joint would otherwise make every MPJPE NaN (reported as null) or stop
+    ``agent.act`` / ``agent.predict``."""
+    kept, skipped = [], []
+    for clip in np.asarray(clip_ids).tolist():
+        try:
+            why = dataset.bad_clip(clip) or pose_problem(dataset.poses(clip))
+        except ValueError as err:  # a record that does not match its crc32
+            why = str(err)
+        if why is None:
+            kept.append(clip)
+        else:
+            skipped.append(why if why.startswith(dataset.path)
+                           else f"{dataset.path}/poses.bin record {clip}: {why}")
+    return np.asarray(kept, dtype=np.int64), skipped
 
 
 def select_clips(num_clips: int, max_clips: int | None) -> np.ndarray:

@@ -3,7 +3,8 @@
 Each rank extracts the features of its block of the train and val images (``represent``: the
 state query's output [n, h], DINO's evaluation transform) and caches them under
 ``out_dir/features/knn_{split}.rank{r}-of-{w}.pt`` (reused while the weights file, the image list
-and the image size are unchanged); ``knn_accuracy`` gathers the training bank and sums the counts.
+and the image size are unchanged; a damaged cache is rebuilt with a warning); ``knn_accuracy``
+gathers the training bank and sums the counts.
 
 An image that cannot be decoded (a truncated JPEG, a text file named .jpg) does not stop the job:
 it is left out of the bank or the test set, logged with its path and counted
@@ -48,7 +49,7 @@ def _split_features(agent, split: str, paths: list[str], labels: list[int], out_
     my_labels = [labels[i] for i in mine]
     key = fingerprint(model_dir, my_paths, agent.image_size)
     cache = out_dir / "features" / f"knn_{split}.rank{ranks.rank:05d}-of-{ranks.world_size:05d}.pt"
-    cached = load_cached(cache, key)
+    cached = load_cached(cache, key, tensors=("features", "labels"))
     if cached is None:
         dataset = ImageFolderImages(my_paths, my_labels, agent.image_size)
         outputs, ids = extract(make_loader(dataset, batch_size, workers), agent.represent)

@@ -5,7 +5,10 @@ poses come out (``agent.act``, an autoregressive rollout that feeds back its own
 ``observed_and_future`` splits a clip's poses so that the model call only ever receives the
 observed part. Scored with MPJPE / MPJVE at 30 and 10 fps over the joints visible in the truth
 (eval/motion.py), beside the zero-velocity and constant-velocity baselines (eval/baselines.py),
-which see the same 5 observed poses.
+which see the same 5 observed poses. A clip whose stored poses hold a NaN or an inf, or a joint
+beyond pose_format.MAX_ABS_METRES, or whose records fail their checks (features.usable_clips), is
+left out before any model call, logged with its file and record, and counted (``num_bad_clips``,
+also in ``num_skipped``).
 
     results = run_motion(agent, "data/egoexo4d/val", "runs/eval", ranks)
     results["egoagent"]["mpjpe_30fps"], results["constant_velocity"]["mpjpe_30fps"]
@@ -13,16 +16,25 @@ which see the same 5 observed poses.
 
 from __future__ import annotations
 
+import logging
 from pathlib import Path
 
 import numpy as np
 import torch
 
 from megatron_ego.eval.baselines import constant_velocity, zero_velocity
-from megatron_ego.eval.features import ValClips, make_loader, open_val_clips, select_clips
+from megatron_ego.eval.features import (
+    ValClips,
+    make_loader,
+    open_val_clips,
+    select_clips,
+    usable_clips,
+)
 from megatron_ego.eval.motion import motion_metrics
 from megatron_ego.pose_format import VISIBLE
 from megatron_ego.runtime.processes import Processes
+
+log = logging.getLogger(__name__)
 
 
 def observed_and_future(poses: torch.Tensor, observed: int
@@ -83,7 +95,10 @@ def run_motion(agent, data_dir: str, out_dir: str | Path, ranks: Processes,
                num_figures: int = 3) -> dict[str, dict[str, float]]:
     """MPJPE (cm) / MPJVE (cm/s) at 30 and 10 fps of EgoAgent and the two baselines."""
     dataset = open_val_clips(data_dir, agent)
-    clip_ids = select_clips(len(dataset), max_clips)
+    clip_ids, skipped = usable_clips(dataset, select_clips(len(dataset), max_clips))
+    if ranks.is_main:
+        for why in skipped:
+            log.warning("motion: skipped a val clip, %s", why)
     mine = rollout(agent, data_dir, ranks.shard(clip_ids), batch_size, workers)
     outputs = {k: ranks.gather(v).cpu() for k, v in mine.items()}
     horizon = outputs["true"].shape[1]
@@ -94,6 +109,9 @@ def run_motion(agent, data_dir: str, out_dir: str | Path, ranks: Processes,
     }
     results = {name: motion_metrics(pred, outputs["true"], outputs["visible"])
                for name, pred in predictions.items()}
+    for metrics in results.values():  # clips left out as bad count as skipped
+        metrics["num_skipped"] += len(skipped)
+        metrics["num_bad_clips"] = len(skipped)
     if ranks.is_main:
         _figures(outputs, Path(out_dir), num_figures)
     return results

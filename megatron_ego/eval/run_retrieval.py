@@ -26,6 +26,7 @@ figure `figures/top1_by_rotation.png` shows Top-1 per rotation bin for both meth
 
 from __future__ import annotations
 
+import logging
 from pathlib import Path
 
 import numpy as np
@@ -41,6 +42,7 @@ from megatron_ego.eval.features import (
     make_loader,
     open_val_clips,
     select_clips,
+    usable_clips,
 )
 from megatron_ego.eval.retrieval import (
     ROTATION_BINS,
@@ -54,6 +56,8 @@ from megatron_ego.eval.retrieval import (
     step_motion,
 )
 from megatron_ego.runtime.processes import Processes
+
+log = logging.getLogger(__name__)
 
 
 def _gallery(agent, data_dir: str, frame_ids: np.ndarray, ranks: Processes, frames_info,
@@ -139,7 +143,10 @@ def run_retrieval(agent, data_dir: str, out_dir: str | Path, ranks: Processes,
     dataset = open_val_clips(data_dir, agent)
     T = agent.num_steps
     table = clip_table(data_dir)  # [N, 2 + T]
-    clip_ids = select_clips(len(table), max_clips)
+    clip_ids, skipped = usable_clips(dataset, select_clips(len(table), max_clips))
+    if ranks.is_main:
+        for why in skipped:
+            log.warning("retrieval: skipped a val clip, %s", why)
     frame_ids = np.unique(table[clip_ids, 2: 2 + T])  # gallery: every frame the clips use
     frames_info = (dataset.encoding, dataset.frame_size)
     gallery = _gallery(agent, data_dir, frame_ids, ranks, frames_info, batch_size, workers)
@@ -171,6 +178,7 @@ def run_retrieval(agent, data_dir: str, out_dir: str | Path, ranks: Processes,
         results[method] = {"top1": 100.0 * top1.double().mean().item(),
                            "map": 100.0 * ap.mean().item(),
                            "num_queries": int(top1.numel()), "gallery_size": int(len(frame_ids)),
+                           "num_bad_clips": len(skipped),
                            **motion_breakdown(top1, ap, motion["rot"], ROTATION_BINS, "rot",
                                               transitions),
                            **motion_breakdown(top1, ap, motion["trans"], TRANSLATION_BINS,

@@ -4,9 +4,10 @@
 
 The center c is a buffer (state_dict-able) updated after each call from the teacher's batch mean,
 all-reduced over data-parallel ranks: c <- m c + (1 - m) mean(t). By default c starts at 0, as
-the official DINO; `center_init="first_batch"` (ours) sets c to the first batch mean before the
-first loss instead, which removes the zero-start transient of a short run (the loss climbs
-towards ln K while c catches up).
+the official DINO; `center_init="first_batch"` (ours) sets c to the mean of the first
+micro-batch of the global batch's slot 0 (rank 0's first) before the first loss instead, which
+removes the zero-start transient of a short run (the loss climbs towards ln K while c catches
+up) and is the same on any number of ranks.
 
 With `defer_center_updates()` (the trainer's choice) the teacher sums of every micro-batch of an
 optimizer step are kept and `commit_center()` applies one update with the mean over the whole
@@ -127,10 +128,14 @@ class DINOLoss(nn.Module):
 
     @torch.no_grad()
     def _set_first_center(self, batch_sum: torch.Tensor, count: torch.Tensor) -> None:
-        """center_init="first_batch": c <- the first batch mean (all ranks), before its loss."""
+        """center_init="first_batch": c <- the mean of the first micro-batch of slot 0 of the
+        global batch (rank 0's first), before its loss, on every rank. Slot 0's samples are the
+        same on any number of ranks and accumulation steps, so the run is too: averaging over
+        the ranks instead would take W micro-batches on W ranks but one on 1 rank x W
+        accumulation steps, whose first loss comes before its second micro-batch exists."""
         if multi_rank():
-            dist.all_reduce(batch_sum)
-            dist.all_reduce(count)
+            dist.broadcast(batch_sum, src=0)
+            dist.broadcast(count, src=0)
         self.center.copy_(batch_sum / count)
         self.center_updates += 1
         self._first_pending = False

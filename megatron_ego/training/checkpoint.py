@@ -11,9 +11,9 @@ Layout of a run folder:
             trainer_state.pt             teacher, DINO centers, step, data position, config
             rng_rank00000.pt ...         every RNG state (tensors), one file per rank
             COMPLETE                     the manifest (json): step, world size, batch sizes, run
-                                         id, and every file with its size (and crc32 up to
-                                         CHECKSUM_MAX_BYTES), written by rank 0 after every
-                                         rank fsynced its files
+                                         id, and every file with its size and crc32 (computed
+                                         while writing, gathered from every rank), written by
+                                         rank 0 after every rank fsynced its files
         latest                       the newest complete tag, replaced atomically after COMPLETE
 
 Every file goes to `<name>.tmp`, is fsynced and renamed, and the folder is fsynced; COMPLETE is
@@ -67,7 +67,6 @@ from megatron_ego.checkpoint_format.layout import (  # noqa: F401  (re-exported:
     write_run_id,
 )
 from megatron_ego.checkpoint_format.manifest import (  # noqa: F401  (re-exported: the API)
-    CHECKSUM_MAX_BYTES,
     COMPLETE,
     mark_complete,
     read_manifest,
@@ -125,14 +124,17 @@ def set_rng_state(state: dict) -> None:
 
 
 # ------------------------------------------------------------------------------------- saving
-def prune(root: Path, keep_last: int, newest: Path) -> None:
-    """Keep the `keep_last` newest complete checkpoints up to `newest` (just written); delete
-    older incomplete folders and every folder newer than `newest` (a timeline abandoned by a
-    resume from an older checkpoint, or a stale attempt)."""
+def prune(root: Path, keep_last: int, newest: Path, protect: frozenset[int] = frozenset()
+          ) -> None:
+    """Keep the `keep_last` newest complete checkpoints up to `newest` (just written) and those
+    of the steps in `protect` (the last good checkpoints: training/last_good.py); delete older
+    incomplete folders and every folder newer than `newest` (a timeline abandoned by a resume
+    from an older checkpoint, or a stale attempt)."""
     folders = step_folders(root)
     upto = [p for p in folders if step_of(p) <= step_of(newest)]
     complete = [p for p in upto if (p / COMPLETE).is_file()]
-    doomed = complete[:-keep_last] if keep_last > 0 else []
+    doomed = [p for p in (complete[:-keep_last] if keep_last > 0 else [])
+              if step_of(p) not in protect]
     doomed += [p for p in upto if p not in complete and p != newest]
     newer = [p for p in folders if step_of(p) > step_of(newest)]
     if newer:
@@ -143,8 +145,10 @@ def prune(root: Path, keep_last: int, newest: Path) -> None:
 
 
 def save_checkpoint(engine, run_dir: str, step: int, trainer_state: dict, rank: int,
-                    keep_last: int, meta: dict | None = None) -> Path:
-    """Collective: every rank calls it. Returns the tag folder.
+                    keep_last: int, meta: dict | None = None,
+                    protect: frozenset[int] = frozenset()) -> Path:
+    """Collective: every rank calls it. Returns the tag folder. Pruning keeps `keep_last`
+    checkpoints and those of the steps in `protect`.
 
     Raises:
         CheckpointError: a rank could not write its part (e.g. "No space left on device while
@@ -161,8 +165,10 @@ def save_checkpoint(engine, run_dir: str, step: int, trainer_state: dict, rank: 
     _barrier()
     io = engine.checkpoint_engine
     errors = getattr(io, "errors", None)
+    checksums = getattr(io, "checksums", {})  # file name -> crc32, computed while writing
     if errors is not None:
         errors.clear()
+    checksums.clear()
     error = None
     try:
         engine.save_checkpoint(str(root), tag=tag_for(step), save_latest=False)
@@ -170,26 +176,30 @@ def save_checkpoint(engine, run_dir: str, step: int, trainer_state: dict, rank: 
         error = describe_write_error(err, folder)
     if error is None and errors:
         error = errors[0]
+    mine = dict(checksums)
     if error is None:
         target = folder / f"rng_rank{rank:05d}.pt"
         try:
-            durable_torch_save(rng_state(), target)
+            mine[target.name] = durable_torch_save(rng_state(), target)
             if rank == 0:
                 target = folder / "trainer_state.pt"
-                durable_torch_save(trainer_state, target)
+                mine[target.name] = durable_torch_save(trainer_state, target)
         except Exception as err:  # noqa: BLE001
             error = describe_write_error(err, target)
-    _raise_if_any(_gather(error), rank, folder, previous)
+    gathered = _gather((error, mine))
+    _raise_if_any([e for e, _ in gathered], rank, folder, previous)
     if rank == 0:
+        written = {name: crc for _, crcs in gathered for name, crc in crcs.items()}
         try:
-            mark_complete(folder, {"step": step, "world_size": _world(), **(meta or {})})
+            mark_complete(folder, {"step": step, "world_size": _world(), **(meta or {})},
+                          written)
             atomic_write_text(root / LATEST, tag_for(step))
         except Exception as err:  # noqa: BLE001
             error = describe_write_error(err, folder / COMPLETE)
             (folder / COMPLETE).unlink(missing_ok=True)
     _raise_if_any(_gather(error), rank, folder, previous)
     if rank == 0:
-        prune(root, keep_last, folder)
+        prune(root, keep_last, folder, frozenset(protect))
     _barrier()
     return folder
 

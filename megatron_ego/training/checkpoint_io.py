@@ -1,6 +1,7 @@
 """DeepSpeed's checkpoint engine made safe: its loads go through `safe_load` and its saves
 through `durable_torch_save` (megatron_ego/checkpoint_format/files.py), recording a failure
-instead of raising it so that the ranks decide together (training/checkpoint.py).
+instead of raising it so that the ranks decide together, and keeping the crc32 of every file
+it writes for the COMPLETE manifest (training/checkpoint.py).
 
     install_safe_checkpoint_engine(engine)   # right after deepspeed.initialize
 """
@@ -23,15 +24,19 @@ def _safe_checkpoint_engine_class():
 
     class SafeCheckpointEngine(TorchCheckpointEngine):
         """A failed save is recorded in `errors` instead of raised, so that every rank reaches
-        the collective in `save_checkpoint` that decides, together, that the checkpoint failed."""
+        the collective in `save_checkpoint` that decides, together, that the checkpoint failed;
+        each file's crc32, computed while writing, is kept in `checksums` for the manifest."""
 
         def __init__(self, config_params=None):
             super().__init__(config_params)
             self.errors: list[str] = []
+            self.checksums: dict[str, int] = {}
 
         def save(self, state_dict, path: str):
             try:
-                durable_torch_save(state_dict, Path(path), zipfile=self.zipfile_serialization)
+                crc = durable_torch_save(state_dict, Path(path),
+                                         zipfile=self.zipfile_serialization)
+                self.checksums[Path(path).name] = crc
             except Exception as err:  # noqa: BLE001  (raised collectively by the caller)
                 self.errors.append(describe_write_error(err, path))
 

@@ -43,22 +43,30 @@ class SkippedSteps:
         self.limit, self.is_main = limit, is_main
         self.in_a_row = 0
         self.total = 0
+        self.streak: list[str] = []  # "step N: records" of the skipped steps in a row
 
-    def record(self, step: int, skipped: bool, why: str = "") -> None:
-        """Note whether optimizer step `step` (1-based) was skipped; raise after `limit` in a row."""
+    def record(self, step: int, skipped: bool, why: str = "", records: str = "") -> None:
+        """Note whether optimizer step `step` (1-based) was skipped, and the data `records` it
+        drew; raise after `limit` in a row (naming the records of the streak's steps)."""
         if not skipped:
             self.in_a_row = 0
+            self.streak = []
             return
         self.in_a_row += 1
         self.total += 1
+        if records:
+            self.streak.append(f"step {step}: {records}")
         if self.is_main:
-            log.warning("step %d skipped (%s): %d in a row, %d in this run", step, why,
-                        self.in_a_row, self.total)
+            log.warning("step %d skipped (%s): %d in a row, %d in this run%s", step, why,
+                        self.in_a_row, self.total, f"; its records: {records}" if records else "")
         if self.in_a_row >= self.limit:
+            named = "; ".join(self.streak)
+            named = named if len(named) <= 600 else named[:600] + " ..."
             raise TrainingStopped(
                 f"diverged: {self.in_a_row} optimizer steps in a row skipped ({why}) up to step "
-                f"{step} (optim.max_skipped_steps={self.limit}); no checkpoint written: resume "
-                "from the last checkpoint with a lower optim.lr, or check the data")
+                f"{step} (optim.max_skipped_steps={self.limit}); no checkpoint written: lower "
+                "optim.lr, or check the data"
+                + (f" (the skipped steps' records: {named})" if named else ""))
 
 
 def nonfinite_weights(module: nn.Module) -> list[str]:
@@ -83,7 +91,7 @@ def check_finite_weights(modules: dict[str, nn.Module], step: int) -> None:
         where = f" (e.g. {first})" if first else " (on another rank)"
         raise TrainingStopped(
             f"diverged: non-finite weights at step {step}{where}; checkpoint not written: "
-            "resume from the last checkpoint with a lower optim.lr")
+            "lower optim.lr")
 
 
 class BadRecords:

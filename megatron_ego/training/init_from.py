@@ -15,6 +15,7 @@ resumes from it and ignores `run.init_from`.
 
 from __future__ import annotations
 
+import logging
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -32,6 +33,8 @@ from megatron_ego.export.format import (
     read_student,
     to_module_names,
 )
+
+log = logging.getLogger(__name__)
 
 SHARED_PREFIXES = ("backbone.", "image_projector.", "queries.state", "represent_head.")
 """Module names of the tensors both stages have: trunk, image projector, state query, head."""
@@ -88,9 +91,17 @@ def shared_names(module: nn.Module) -> list[str]:
             and not k.endswith("_extra_state")]
 
 
-def check_model_config(current: ModelConfig, source: InitSource) -> None:
-    """Stop when a model field that changes the shared tensors' meaning differs (one line)."""
+def check_model_config(current: ModelConfig, source: InitSource, partial: bool = False) -> None:
+    """Stop when a model field that changes the shared tensors' meaning differs, or the trunk's
+    layer count differs without `partial` (run.init_from_partial): one line."""
     here, there = to_dict(current), to_dict(source.model)
+    if here["num_layers"] != there["num_layers"] and not partial:
+        raise ConfigError(
+            f"run.init_from={source.path!r}: the source's trunk has {there['num_layers']} layers, "
+            f"this config {here['num_layers']}; only part of it would be loaded: set "
+            f"--model.num_layers={there['num_layers']}, or --run.init_from_partial=true to load "
+            "the layers both have and start the others afresh"
+        )
     for key in _SAME_BEHAVIOUR:
         if here[key] != there[key]:
             raise ConfigError(
@@ -101,21 +112,38 @@ def check_model_config(current: ModelConfig, source: InitSource) -> None:
 
 
 def load_shared(module: nn.Module, weights: dict[str, torch.Tensor], source: InitSource,
-                network: str) -> list[str]:
+                network: str, partial: bool = False) -> list[str]:
     """Copy the shared tensors of `weights` into `module` (in its dtype); returns their names.
+    With `partial` (run.init_from_partial), tensors that only one side has (the layers of a
+    deeper trunk) are left out and logged instead of refused.
 
     Raises:
-        ConfigError: a shared tensor is missing in the source or has another shape (one line
-            naming the tensor).
+        ConfigError: a shared tensor is missing in the source, is in the source but not in the
+            module, or has another shape (one line naming the tensor).
     """
     state = module.state_dict()
     names = shared_names(module)
     weights = to_module_names(module_weights(weights), state.keys())
+    extra = sorted(k for k in weights if k.startswith(SHARED_PREFIXES) and k not in state
+                   and not k.endswith("_extra_state"))
+    missing = [name for name in names if name not in weights]
+    if partial and (extra or missing):
+        log.warning("run.init_from_partial: %s: %d source tensors not loaded (e.g. %s), %d "
+                    "tensors start afresh (e.g. %s)", network, len(extra),
+                    extra[0] if extra else "-", len(missing), missing[0] if missing else "-")
+        names = [name for name in names if name in weights]
+    elif extra:
+        raise ConfigError(
+            f"run.init_from={source.path!r}: the source's {network} tensor {extra[0]} (and "
+            f"{len(extra) - 1} more) has no place in this model; set the source run's model "
+            "section, or --run.init_from_partial=true to load what both have"
+        )
     for name in names:
         if name not in weights:
             raise ConfigError(
                 f"run.init_from={source.path!r}: {network} tensor {name} is missing from the "
-                f"source ({source.description}); it was trained with another architecture"
+                f"source ({source.description}); it was trained with another architecture "
+                "(--run.init_from_partial=true loads what both have)"
             )
         if tuple(weights[name].shape) != tuple(state[name].shape):
             raise ConfigError(

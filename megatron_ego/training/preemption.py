@@ -26,10 +26,17 @@ class PreemptionHandler:
 
     def requested(self, device: torch.device) -> bool:
         """True on every rank when any rank received a signal (a collective: call on all ranks)."""
-        flag = torch.tensor([1.0 if self.received is not None else 0.0], device=device)
+        return self.poll(device)[0]
+
+    def poll(self, device: torch.device, lease_lost: bool = False) -> tuple[bool, bool]:
+        """(any rank received a signal, any rank lost the run folder's lease), on every rank:
+        one all-reduce per step carries both (a collective: call on all ranks)."""
+        flags = torch.tensor([1.0 if self.received is not None else 0.0,
+                              1.0 if lease_lost else 0.0], device=device)
         if multi_rank():
-            dist.all_reduce(flag, op=dist.ReduceOp.MAX)
-        return bool(flag.item() > 0)
+            dist.all_reduce(flags, op=dist.ReduceOp.MAX)
+        signal_seen, lost = flags.tolist()
+        return signal_seen > 0, lost > 0
 
     def restore(self) -> None:
         """Put the previous handlers back; after a signal, ignore further copies instead (a

@@ -64,7 +64,7 @@ def flush_interval(engine, state: TrainState, stats: IntervalStats, logger: Metr
             f"diverged: non-finite loss in {state.nonfinite_streak} optimizer steps in a "
             f"row (up to step {rows[-1]['step']}; each was skipped; "
             f"run.max_nonfinite_retries={max_nonfinite_retries}); no checkpoint "
-            "written: lower optim.lr, check the data, or resume from an earlier checkpoint")
+            "written: lower optim.lr, or check the data")
 
 
 def step_speed(per_clip: dict[str, dict], peak_tflops: float | None, world: int,
@@ -79,3 +79,30 @@ def step_speed(per_clip: dict[str, dict], peak_tflops: float | None, world: int,
     if peak_tflops:
         out["mfu"] = out["tflops_per_device"] / peak_tflops
     return {k: v for k, v in out.items() if math.isfinite(v)}
+
+
+def describe_records(drawn: list[tuple[dict[str, int], torch.Tensor | None]],
+                     paths: dict[str, str]) -> str:
+    """The dataset records one rank drew in a step, by source: `drawn` holds, per micro-batch,
+    its samples per source and its host `index` tensor (a mixed batch lists Ego-Exo4D's first)."""
+    ids: dict[str, list[int]] = {}
+    for counts, index in drawn:
+        if index is None:
+            continue
+        values, start = index.tolist(), 0
+        for source in ("egoexo4d", "walking_tours"):
+            n = counts.get(source, 0)
+            ids.setdefault(source, []).extend(values[start:start + n])
+            start += n
+    kind = {"egoexo4d": "clips", "walking_tours": "frames"}
+    return ", ".join(f"{paths.get(src) or src} {kind[src]} {values}"
+                     for src, values in ids.items() if values)
+
+
+def gather_objects(obj) -> list:
+    """`obj` of every rank, on every rank (a collective)."""
+    if not multi_rank():
+        return [obj]
+    out = [None] * dist.get_world_size()
+    dist.all_gather_object(out, obj)
+    return out

@@ -148,3 +148,24 @@ def data_position(micro_step: int, saved_world: int, world: int, global_batch_si
     new_accum = global_batch_size // (micro_batch_size * world)
     steps_begun = -(-micro_step // old_accum)  # ceil
     return steps_begun * new_accum
+
+
+def model_mismatch(folder: Path, model, err: BaseException) -> str:
+    """One line for a checkpoint whose tensors do not fit this config's model (`err`: torch's
+    `size mismatch` / `Missing key(s)` from loading them): the model fields that differ, read
+    from the config saved in the checkpoint."""
+    from megatron_ego.config_io import to_dict
+
+    first = " ".join(str(err).strip().splitlines()[:2])[:300] or type(err).__name__
+    try:
+        saved = ckpt.safe_load(folder / "trainer_state.pt")["config"]["model"]
+    except (ckpt.CheckpointError, OSError, KeyError, TypeError, RuntimeError):
+        saved = {}
+    here = to_dict(model)
+    keys = [k for k in sorted(here) if k in saved and saved[k] != here[k]]
+    what = "; ".join(f"model.{k}={here[k]!r} here, {saved[k]!r} in the checkpoint"
+                     for k in keys) or first
+    fix = f" (--model.{keys[0]}={saved[keys[0]]})" if keys else ""
+    return (f"checkpoint {folder} holds another model than this config ({what}): resume with "
+            f"the model section it was written with{fix}, or start a new run under another "
+            "run.name")

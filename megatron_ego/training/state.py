@@ -3,7 +3,7 @@ optimizer step leaves behind (`StepResult`)."""
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 from megatron_ego.training.interval import StepTerms
 
@@ -26,6 +26,9 @@ class TrainState:
     """Records that failed to decode, over all ranks (replaced by the next sample)."""
     drawn_records: int = 0
     """Records read, over all ranks (the denominator of data.max_bad_record_share)."""
+    protected: list[int] = field(default_factory=list)
+    """Steps of the checkpoints pruning keeps: each the newest saved before the first flagged
+    step of a streak (training/last_good.py)."""
 
 
 @dataclass

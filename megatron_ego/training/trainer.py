@@ -28,7 +28,12 @@ from megatron_ego.training import checkpoint as ckpt
 from megatron_ego.training.ds_config import load_ds_config
 from megatron_ego.training.ema import EMA, make_teacher
 from megatron_ego.training.flops import clip_flops, device_peak_tflops
-from megatron_ego.training.guards import BadRecords, SkippedSteps, check_finite_weights
+from megatron_ego.training.guards import (
+    BadRecords,
+    SkippedSteps,
+    TrainingStopped,
+    check_finite_weights,
+)
 from megatron_ego.training.init_from import (
     InitSource,
     check_model_config,
@@ -38,11 +43,19 @@ from megatron_ego.training.init_from import (
     summary_line,
 )
 from megatron_ego.training.interval import IntervalStats, StepTerms
+from megatron_ego.training.last_good import LastGood
+from megatron_ego.training.lease import LeaseLost, take_lease
 from megatron_ego.training.metrics import MetricsLogger, truncate_metrics
 from megatron_ego.training.optimizer import apply_schedules, build_optimizer
 from megatron_ego.training.preemption import PreemptionHandler
-from megatron_ego.training.report import count_records, flush_interval, step_speed
-from megatron_ego.training.resume import data_position, decide_resume
+from megatron_ego.training.report import (
+    count_records,
+    describe_records,
+    flush_interval,
+    gather_objects,
+    step_speed,
+)
+from megatron_ego.training.resume import data_position, decide_resume, model_mismatch
 from megatron_ego.training.run_folder import (  # noqa: F401  (re-exported: older imports)
     PREEMPTED,
     check_data_paths,
@@ -73,6 +86,17 @@ class Trainer:
         self.ds_config = load_ds_config(ds_config_path, cfg, dist_info.world_size)
         self.grad_accum = self.ds_config["gradient_accumulation_steps"]
         self.dtype = _DTYPES[cfg.run.precision]
+        # One job per run folder: taken before anything in it is read or written (rank 0).
+        self.lease = take_lease(self.run_dir, cfg.run.lease_renew_s, cfg.run.lease_expiry_s,
+                                dist_info.is_main)
+        try:
+            self._build(resume, overwrite)
+        except BaseException:
+            self.close()
+            raise
+
+    def _build(self, resume: str, overwrite: bool) -> None:
+        cfg, dist_info = self.cfg, self.dist
         # Which checkpoint, before any model is built: a refused resume costs nothing.
         folder, self.run_id = decide_resume(self.run_dir, resume, overwrite,
                                             cfg.run.global_batch_size, cfg.run.micro_batch_size,
@@ -81,14 +105,16 @@ class Trainer:
         student = EgoAgent(cfg.model, precision=cfg.run.precision)
         init_source = self._init_source(folder)
         if init_source is not None:  # before DeepSpeed copies the weights into its partitions
-            loaded = load_shared(student, init_source.student, init_source, "student")
+            loaded = load_shared(student, init_source.student, init_source, "student",
+                                 cfg.run.init_from_partial)
         optimizer = build_optimizer(student, cfg.optim)
         self.engine, self.optimizer, _, _ = deepspeed.initialize(
             model=student, optimizer=optimizer, config=self.ds_config)
         ckpt.install_safe_checkpoint_engine(self.engine)
         self.teacher = make_teacher(self.engine.module, cfg.model, dist_info.device)
         if init_source is not None:
-            load_shared(self.teacher, init_source.teacher, init_source, "teacher")
+            load_shared(self.teacher, init_source.teacher, init_source, "teacher",
+                        cfg.run.init_from_partial)
             if dist_info.is_main:
                 log.info(summary_line(cfg, init_source, loaded, fresh_names(student)))
         self.ema = EMA(self.teacher, self.engine.module)
@@ -104,6 +130,8 @@ class Trainer:
         self.state = TrainState()
         self.skips = SkippedSteps(cfg.optim.max_skipped_steps, dist_info.is_main)
         self.bad_records: BadRecords | None = None  # set by fit() once the data is open
+        self.preempted = False  # fit() stopped on a signal after writing a checkpoint
+        self.resumed_step = 0  # the step of the checkpoint resumed from (0: a new run)
         if folder is not None:
             self._resume(folder)
         if dist_info.is_main:
@@ -116,6 +144,12 @@ class Trainer:
                          for src in ("egoexo4d", "walking_tours")}
         self.device_name, self.peak_tflops = device_peak_tflops(cfg.run.precision)
 
+    def close(self) -> None:
+        """Give the run folder back (delete its lease); the trainer is not used afterwards."""
+        if self.lease is not None:
+            self.lease.release()
+            self.lease = None
+
     # ------------------------------------------------------------------------------ checkpoints
     def _init_source(self, resume_from: Path | None) -> InitSource | None:
         """run.init_from's weights, unless this run resumes from a checkpoint of its own."""
@@ -127,7 +161,7 @@ class Trainer:
                 log.info("run.init_from=%s ignored: the run resumes from its own checkpoint", path)
             return None
         source = read_init_source(path)
-        check_model_config(self.cfg.model, source)
+        check_model_config(self.cfg.model, source, self.cfg.run.init_from_partial)
         return source
 
     def _resume(self, folder: Path) -> None:
@@ -135,12 +169,15 @@ class Trainer:
         saved_world = int(manifest.get("world_size", self.dist.world_size))
         try:
             state = ckpt.load_checkpoint(self.engine, folder, self.dist.rank)
+            self.teacher.load_state_dict(state["teacher"])
+            self.objective.load_state_dict(state["objective"])
         except ckpt.CheckpointError as err:
             raise ConfigError(str(err)) from err
-        self.teacher.load_state_dict(state["teacher"])
+        except (RuntimeError, KeyError, ValueError) as err:  # another model's tensors
+            raise ConfigError(model_mismatch(folder, self.cfg.model, err)) from err
         self.ema.refresh_low()
-        self.objective.load_state_dict(state["objective"])
         self.state = TrainState(**state["train_state"])
+        self.resumed_step = self.state.step
         if saved_world != self.dist.world_size and self.cfg.data.mix_mode == "within_batch":
             raise ConfigError(
                 f"{folder} was written by {saved_world} ranks, this run has "
@@ -168,7 +205,8 @@ class Trainer:
         meta = {"run_id": self.run_id, "global_batch_size": self.cfg.run.global_batch_size,
                 "micro_batch_size": self.cfg.run.micro_batch_size}
         return ckpt.save_checkpoint(self.engine, self.run_dir, self.state.step, trainer_state,
-                                    self.dist.rank, self.cfg.run.keep_last, meta)
+                                    self.dist.rank, self.cfg.run.keep_last, meta,
+                                    frozenset(self.state.protected))
 
     # --------------------------------------------------------------------------------- one step
     def _teacher_context(self):
@@ -208,6 +246,7 @@ class Trainer:
         bad = drawn = 0
         wait = 0.0
         skipped_before = self.engine.skipped_steps
+        drawn_ids = []  # (samples per source, host index tensor): named if the step is skipped
         for _ in range(self.grad_accum):
             t0 = time.perf_counter()
             batch = next(loader)
@@ -218,6 +257,7 @@ class Trainer:
             counts = batch.get("counts") or {batch["source"]: self.cfg.run.micro_batch_size}
             for source, n in counts.items():  # samples of this rank
                 sources[source] += n
+            drawn_ids.append((counts, batch.get("index")))
             terms.add(batch["source"], self._micro_step(batch, values["teacher_temp"]))
         self.objective.commit_centers()
         skipped = self.engine.skipped_steps > skipped_before  # a host int, the same on every rank
@@ -225,8 +265,18 @@ class Trainer:
             self.ema.update(values["ema_momentum"])  # a skipped step changed no student weight
         self.state.step += 1
         self.state.skipped_steps += int(skipped)
-        self.skips.record(self.state.step, skipped, "inf/nan gradients: no weight or EMA update")
+        self.skips.record(self.state.step, skipped, "inf/nan gradients: no weight or EMA update",
+                          self._records_of(drawn_ids) if skipped else "")
         return StepResult(terms, values, sources, wait, (bad, drawn))
+
+    def _records_of(self, drawn_ids: list) -> str:
+        """The records a skipped step drew on every rank, as one string (a collective: every
+        rank sees the same skipped steps)."""
+        d = self.cfg.data
+        mine = describe_records(drawn_ids, {"egoexo4d": d.egoexo4d_path,
+                                            "walking_tours": d.walking_tours_path})
+        everyone = gather_objects(mine)
+        return "; ".join(f"rank {r}: {text}" for r, text in enumerate(everyone) if text)
 
     def _note_bad_records(self, bad: list[str]) -> int:
         """Log this rank's records that failed to decode (each names its file and index)."""
@@ -259,50 +309,75 @@ class Trainer:
         if self.dist.is_main and marker.exists():
             marker.unlink()
         stats = IntervalStats(self.dist.world_size)
-        records = [0, 0]  # bad, drawn on this rank since the last log interval
-        on_gpu = self.dist.device.type == "cuda"
-        due = False  # an interval checkpoint postponed by skipped steps
+        keeper = LastGood(self.state, cfg.run.keep_last, Path(self.run_dir) / "checkpoints",
+                          self.resumed_step)
         try:
-            while self.state.step < end:
-                t0 = time.perf_counter()
-                result = self.train_step(loader)
-                elapsed = time.perf_counter() - t0
-                records = [records[0] + result.records[0], records[1] + result.records[1]]
-                sources = result.sources
-                host = {"time": time.time(),  # the step's end (metrics.jsonl), not the flush's
-                        **result.values, "sources": sources, "step_s": elapsed,
-                        "data_wait_s": result.data_wait_s,
-                        **step_speed(self.per_clip, self.peak_tflops, self.dist.world_size,
-                                     sources, elapsed),
-                        "walking_tours_share": sources["walking_tours"] / sum(sources.values()),
-                        "skipped_steps": self.state.skipped_steps}
-                if cfg.run.precision == "fp16":
-                    host["loss_scale"] = float(getattr(self.optimizer, "loss_scale", "nan"))
-                if on_gpu:
-                    host["peak_memory_gib"] = torch.cuda.max_memory_allocated() / 2**30
-                stats.add(self.state.step, result.terms, host)
-                stop = preemption.requested(self.dist.device)
-                due = due or self.state.step % cfg.run.save_interval == 0
-                postpone = due and self.skips.in_a_row and not (stop or self.state.step == end)
-                save = not postpone and (stop or due or self.state.step == end)
-                if save or self.state.step % cfg.run.log_interval == 0:
-                    count_records(self.state, self.bad_records, records, self.dist.device)
-                    records = [0, 0]
-                    flush_interval(self.engine, self.state, stats, logger,
-                                   cfg.run.max_nonfinite_retries)
-                if postpone and self.dist.is_main:  # the weights are those of a skipped step
-                    log.warning("step %d: checkpoint postponed until a step is not skipped",
-                                self.state.step)
-                if save:
-                    self.save()
-                    due = False
-                if stop:
-                    if self.dist.is_main:
-                        marker.write_text(f"stopped by signal at step {self.state.step}\n")
-                        log.warning("signal received: checkpoint written at step %d, exiting",
-                                    self.state.step)
-                    break
+            self._loop(loader, end, logger, preemption, marker, stats, keeper)
+        except TrainingStopped as err:
+            if isinstance(err, LeaseLost):
+                raise
+            raise TrainingStopped(f"{err}; {keeper.advice()}") from None
         finally:
             preemption.restore()
             logger.close()
         return self.state
+
+    def _loop(self, loader, end: int, logger: MetricsLogger, preemption: PreemptionHandler,
+              marker: Path, stats: IntervalStats, keeper: LastGood) -> None:
+        cfg = self.cfg
+        records = [0, 0]  # bad, drawn on this rank since the last log interval
+        on_gpu = self.dist.device.type == "cuda"
+        due = False  # an interval checkpoint postponed by flagged steps
+        while self.state.step < end:
+            t0 = time.perf_counter()
+            result = self.train_step(loader)
+            elapsed = time.perf_counter() - t0
+            records = [records[0] + result.records[0], records[1] + result.records[1]]
+            stats.add(self.state.step, result.terms, self._host_facts(result, elapsed, on_gpu))
+            stop, lost = preemption.poll(self.dist.device, self._lease_lost())
+            if lost:  # another job holds the folder now: write nothing more
+                raise LeaseLost(self.lease.lost_message() if self.lease else
+                                "rank 0 lost the run folder's lease to another job")
+            step = self.state.step
+            due = due or step % cfg.run.save_interval == 0
+            wanted = stop or due or step == end
+            if wanted or step % cfg.run.log_interval == 0:  # flags known before a save
+                count_records(self.state, self.bad_records, records, self.dist.device)
+                records = [0, 0]
+                flush_interval(self.engine, self.state, stats, logger,
+                               cfg.run.max_nonfinite_retries)
+            flagged = keeper.observe(step, self.skips.in_a_row, self.state.nonfinite_streak)
+            if wanted and flagged is not None and self.dist.is_main:
+                log.warning("step %d: checkpoint postponed until a step is not skipped "
+                            "(steps skipped or non-finite since step %d; %s)", step,
+                            flagged, keeper.advice())
+            if wanted and flagged is None:
+                self.save()
+                keeper.saved(step)
+                due = False
+            if stop:
+                self.preempted = True
+                if self.dist.is_main:
+                    done = "checkpoint written" if flagged is None else "no checkpoint"
+                    marker.write_text(f"stopped by signal at step {step} ({done})\n")
+                    log.warning("signal received: %s at step %d, exiting", done, step)
+                break
+
+    def _host_facts(self, result: StepResult, elapsed: float, on_gpu: bool) -> dict:
+        """A step's metrics known on the host: schedule values, sources, times, throughput."""
+        sources = result.sources
+        host = {"time": time.time(),  # the step's end (metrics.jsonl), not the flush's
+                **result.values, "sources": sources, "step_s": elapsed,
+                "data_wait_s": result.data_wait_s,
+                **step_speed(self.per_clip, self.peak_tflops, self.dist.world_size, sources,
+                             elapsed),
+                "walking_tours_share": sources["walking_tours"] / sum(sources.values()),
+                "skipped_steps": self.state.skipped_steps}
+        if self.cfg.run.precision == "fp16":
+            host["loss_scale"] = float(getattr(self.optimizer, "loss_scale", "nan"))
+        if on_gpu:
+            host["peak_memory_gib"] = torch.cuda.max_memory_allocated() / 2**30
+        return host
+
+    def _lease_lost(self) -> bool:
+        return self.lease is not None and self.lease.lost is not None
