@@ -12,8 +12,10 @@ the loss of a prediction that knows nothing (K = model.head_out_dim prototypes);
 must go down. Evaluation: results.json of launch/evaluate.py, with the
 comparisons the project claims (EgoAgent vs zero-velocity MPJPE, vs representation-only
 retrieval Top-1, overall and by camera rotation between I_t and I_t+1, with the direction
-accuracy). A failed check is printed as such; with --strict it also makes the exit
-status 1 (the demo itself reports and goes on).
+accuracy), and one line per input control (eval/controls.py: shuffled, zero and next-step actions
+for predict, shuffled and no images for act) saying whether the input matters. A failed check
+is printed as such; with --strict it also makes the exit status 1 (the demo itself reports and
+goes on).
 """
 
 from __future__ import annotations
@@ -26,6 +28,7 @@ from pathlib import Path
 import yaml
 
 from megatron_ego.cli_help import make_parser
+from megatron_ego.eval.controls import matters
 
 TERMS = ("loss_represent", "loss_predict", "loss_act", "loss_predict_contrastive",
          "loss_predict_direction")
@@ -91,6 +94,36 @@ def _print_motion(retrieval: dict) -> None:
         print(f"{label:<32}{'':>22}{cell(ego, key):>10}{cell(rep, key):>12}")
 
 
+CONTROL_LINES = (  # (task, method, delta metric, label, what, unit)
+    ("retrieval", "egoagent_shuffled_actions", "top1_rot_ge10", "predict, shuffled actions",
+     "actions", "points of Top-1 >= 10 deg, true - control"),
+    ("retrieval", "egoagent_zero_actions", "top1_rot_ge10", "predict, zero actions",
+     "actions", "points of Top-1 >= 10 deg, true - control"),
+    ("retrieval", "egoagent_next_actions", "top1_rot_ge10", "predict, next-step actions",
+     "actions", "points of Top-1 >= 10 deg, true - control"),
+    ("motion", "egoagent_shuffled_images", "mpjpe_30fps", "act, shuffled images", "images",
+     "cm of MPJPE, control - true"),
+    ("motion", "egoagent_no_images", "mpjpe_30fps", "act, no images", "images",
+     "cm of MPJPE, control - true"),
+)
+
+
+def control_lines(results: dict) -> list[str]:
+    """One line per input control of eval/controls.py found in ``results``: whether the input
+    matters (its 95% interval above zero), the delta and the interval."""
+    lines = []
+    for task, method, metric, label, what, unit in CONTROL_LINES:
+        values = results.get(task, {}).get(method, {})
+        delta = values.get(f"delta_{metric}")
+        if delta is None:
+            continue
+        low, high = values.get(f"delta_{metric}_ci_low"), values.get(f"delta_{metric}_ci_high")
+        answer = "yes" if matters(low) else "no"
+        lines.append(f"{label + ':':<29}{what} matter: {answer} ({delta:+.2f} {unit}, 95% CI "
+                     f"{low:.2f} to {high:.2f})")
+    return lines
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = make_parser(__doc__)
     parser.add_argument("--run", default="runs/demo", help="the demo's run folder")
@@ -136,6 +169,10 @@ def main(argv: list[str] | None = None) -> int:
         if ego is not None and rep is not None:
             print(f"predict: EgoAgent {'beats' if ego > rep else 'does NOT beat'} "
                   "representation-only retrieval")
+        controls = control_lines(res)
+        if controls:
+            print("\ninput controls (paired bootstrap over the val queries / clips)")
+            print("\n".join(controls))
     if ok and warm:
         print("check passed: every loss term went down over the run, or (begun trained) stayed "
               "below ln K")
