@@ -220,6 +220,11 @@ class DataConfig:
                 raise ConfigError(f"data.{name}=({lo}, {hi}) must satisfy 0 < lo <= hi <= 1")
 
 
+LOSS_TERMS = ("loss_represent", "loss_predict", "loss_act", "loss_predict_contrastive",
+              "loss_predict_direction")
+"""The loss terms a run logs to metrics.jsonl (losses/objective.py)."""
+
+
 @dataclass
 class LossConfig:
     """Weights and temperatures of L = l_rep L_rep + l_pred L_pred + l_act L_act."""
@@ -268,9 +273,22 @@ class LossConfig:
     centering: Literal["ema", "sinkhorn_knopp"] = "ema"
     """Teacher centering: DINO's EMA center (the paper's setting) or Sinkhorn-Knopp
     normalisation over the batch (DINOv2's option; steadier for small batches and short runs)."""
+    may_rise: list[str] = field(default_factory=list)
+    """Loss terms (metrics.jsonl names, e.g. loss_predict) whose rise over a run the run's own
+    check (`python -m megatron_ego.eval.demo_summary`) reports as allowed instead of failing;
+    needs may_rise_reason. Empty: every term must go down."""
+    may_rise_reason: str = ""
+    """Why the terms of may_rise may rise (printed by the check beside them)."""
 
     def __post_init__(self) -> None:
         _at_least(self, "loss", 0, "warmup_teacher_temp_iters")
+        unknown = sorted(set(self.may_rise) - set(LOSS_TERMS))
+        if unknown:
+            raise ConfigError(f"loss.may_rise names {unknown}, which no run logs: use terms of "
+                              f"{list(LOSS_TERMS)}")
+        if self.may_rise and not self.may_rise_reason.strip():
+            raise ConfigError("loss.may_rise is set without loss.may_rise_reason: say why those "
+                              "terms may rise")
         for name in ("represent_weight", "predict_weight", "act_weight", "visibility_weight",
                      "koleo_weight", "predict_contrastive_weight", "predict_direction_weight"):
             if getattr(self, name) < 0:
