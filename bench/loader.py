@@ -25,6 +25,13 @@ Ours is the worker's micro-batch (`MicroBatchDataset`: uint8 images) and the tra
 `to_device` on the CPU (photometric ops and normalisation: on_device.py), so that both sides end
 with the same normalised float32 tensors.
 
+--init-crop 300 times ours with the first crop (data.init_crop_size: DoRA's and the release's
+300 px crop that every view is cut from) against ours without it, alternating, and reports the
+per-repetition ratios (with / without: below 1 means the first crop costs time);
+--frame-width W stores W x --frame-size frames (e.g. 796 x 448, WalkingTours' 16:9 at 448 px);
+--other-size H [--other-width W] compares the first crop on those frames against it on H-high
+ones instead (the cost of a larger stored size).
+
 --profile prints where our clip pipeline spends its time (cProfile, 3 micro-batches).
 --workers 1,4,8 also measures what one rank's DataLoader delivers (`make_loader`, persistent
 workers, Ego-Exo4D micro-batches), in clips/s over all its worker processes, after a warm-up;
@@ -34,6 +41,7 @@ where there is one, else on the CPU). bench/loader_compare.py runs --workers aga
 
 from __future__ import annotations
 
+import dataclasses
 import io
 import json
 import platform
@@ -58,16 +66,17 @@ NUM_STEPS, POSES, JOINTS = 4, 20, 17
 CPU = torch.device("cpu")
 
 
-def stored_frames(size: int) -> list[np.ndarray]:
-    """Natural images as 1-D JPEG buffers of size x size pixels (quality 90)."""
+def stored_frames(size: int, width: int = 0) -> list[np.ndarray]:
+    """Natural images as 1-D JPEG buffers of size x size pixels (or `width` x size; quality 90)."""
     import skimage.data
 
+    width = width or size
     frames = []
     for name in ("astronaut", "coffee", "chelsea", "rocket"):
         image = Image.fromarray(getattr(skimage.data, name)())
         side = min(image.size)
         left, top = (image.width - side) // 2, (image.height - side) // 2
-        image = image.crop((left, top, left + side, top + side)).resize((size, size), Image.BICUBIC)
+        image = image.crop((left, top, left + side, top + side)).resize((width, size), Image.BICUBIC)
         buffer = io.BytesIO()
         image.save(buffer, format="JPEG", quality=90)
         frames.append(np.frombuffer(buffer.getvalue(), dtype=np.uint8))
@@ -79,8 +88,10 @@ class MemoryClips:
 
     encoding = "jpeg"
 
-    def __init__(self, frames: list[np.ndarray], size: int, count: int, clips: bool) -> None:
-        self.frames, self.frame_size, self.count, self.clips = frames, (size, size), count, clips
+    def __init__(self, frames: list[np.ndarray], size: int, count: int, clips: bool,
+                 width: int = 0) -> None:
+        self.frames, self.count, self.clips = frames, count, clips
+        self.frame_size = (size, width or size)
         self.poses = np.random.default_rng(0).standard_normal((POSES, JOINTS, 4)).astype(np.float32)
 
     def __len__(self) -> int:
@@ -168,10 +179,10 @@ def ours_batches(dataset: MicroBatchDataset, start: int, steps: int) -> None:
         to_device(dataset[k], CPU)
 
 
-def timed(fn, *args) -> float:
-    start = time.perf_counter()
+def timed(fn, *args, clock=time.perf_counter) -> float:
+    start = clock()
     fn(*args)
-    return time.perf_counter() - start
+    return clock() - start
 
 
 def cpu_model() -> str:
@@ -187,7 +198,7 @@ def cpu_model() -> str:
 
 def run(kind: str, args, frames: list[np.ndarray], spec: MultiCropSpec) -> dict:
     clips = kind == "clip"
-    source = MemoryClips(frames, args.frame_size, 10_000, clips=clips)
+    source = MemoryClips(frames, args.frame_size, 10_000, clips=clips, width=args.frame_width)
     name = EGOEXO4D if clips else WALKING_TOURS
     dataset = MicroBatchDataset(
         {name: source}, spec, seed=0, rank=0, world_size=1, micro_batch_size=args.micro_batch,
@@ -210,6 +221,36 @@ def run(kind: str, args, frames: list[np.ndarray], spec: MultiCropSpec) -> dict:
         "ratio_median": statistics.median(ratios),
         "ratios": [round(r, 2) for r in ratios],
     }
+
+
+def first_crop_cost(kind: str, args, spec: MultiCropSpec) -> dict:
+    """Ours with the first crop (spec.init_size = --init-crop) on --frame-size frames against
+    ours without it on the same frames (or, with --other-size, with it on frames of that size),
+    alternating: samples per CPU-second of this process (time.process_time: one thread, so other
+    jobs on a shared machine slow both alike but are not counted) of each (median), and the
+    per-repetition ratios first / second."""
+    clips = kind == "clip"
+    name = EGOEXO4D if clips else WALKING_TOURS
+    other = (args.other_size, args.other_width, args.init_crop) if args.other_size else \
+        (args.frame_size, args.frame_width, 0)
+    datasets = []
+    for size, width, init in ((args.frame_size, args.frame_width, args.init_crop), other):
+        source = MemoryClips(stored_frames(size, width), size, 10_000, clips=clips, width=width)
+        datasets.append(MicroBatchDataset(
+            {name: source}, dataclasses.replace(spec, init_size=init), seed=0, rank=0,
+            world_size=1, micro_batch_size=args.micro_batch,
+            walking_tours_ratio=0.0 if clips else 1.0))
+    for dataset in datasets:
+        ours_batches(dataset, 0, 1)  # warm-up
+    samples = args.steps * args.micro_batch
+    rates: list[list[float]] = [[], []]
+    for rep in range(args.reps):
+        for rate, dataset in zip(rates, datasets):
+            rate.append(samples / timed(ours_batches, dataset, 1 + rep * args.steps, args.steps,
+                                        clock=time.process_time))
+    ratios = [a / b for a, b in zip(*rates)]
+    return {"first_per_s": statistics.median(rates[0]), "second_per_s": statistics.median(rates[1]),
+            "ratio_median": statistics.median(ratios), "ratios": [round(r, 3) for r in ratios]}
 
 
 def loader_rate(args, frames: list[np.ndarray], spec: MultiCropSpec, workers: int) -> float:
@@ -264,14 +305,34 @@ def main() -> None:
     parser.add_argument("--workers", default="", help="e.g. 1,4,8: DataLoader clips/s with them")
     parser.add_argument("--device-stage", action="store_true",
                         help="with --workers: run to_device on every delivered micro-batch")
+    parser.add_argument("--init-crop", type=int, default=0,
+                        help="only time ours with this first crop against ours without it")
+    parser.add_argument("--frame-width", type=int, default=0,
+                        help="stored frame width (px); 0 = --frame-size (square)")
+    parser.add_argument("--other-size", type=int, default=0,
+                        help="with --init-crop: compare against the first crop on frames of "
+                             "this height instead of no first crop")
+    parser.add_argument("--other-width", type=int, default=0,
+                        help="width of the --other-size frames; 0 = square")
     parser.add_argument("--json", default="", help="also write the results to this file")
     args = parser.parse_args()
     torch.set_num_threads(1)
     heap = keep_heap_memory()  # as in our DataLoader workers; applies to both pipelines
     spec = MultiCropSpec(global_size=224, local_size=112, num_global=2, num_local=6)
-    frames = stored_frames(args.frame_size)
+    frames = stored_frames(args.frame_size, args.frame_width)
     if args.profile:
         return profile(args, frames, spec)
+    if args.init_crop:
+        first = f"{args.frame_width or args.frame_size} x {args.frame_size} px"
+        second = (f"{args.other_width or args.other_size} x {args.other_size} px, with it"
+                  if args.other_size else f"{first}, without it")
+        for kind in ("clip", "frame"):
+            r = first_crop_cost(kind, args, spec)
+            print(f"{kind:5s} per core: {first} with the {args.init_crop} px first crop "
+                  f"{r['first_per_s']:6.1f}/CPU-s; {second} {r['second_per_s']:6.1f}/CPU-s; "
+                  f"ratio (median of reps) {r['ratio_median']:.3f}, reps {r['ratios']}",
+                  flush=True)
+        return None
     result = {
         "cpu": cpu_model(),
         "torch_threads": torch.get_num_threads(),

@@ -195,6 +195,13 @@ class DataConfig:
     photometric: bool = True
     """DINO's photometric augmentations (colour jitter, grayscale, blur, solarize) on every
     crop; False keeps crops and flips only (the tiny CPU demo, docs/results.md)."""
+    init_crop_size: int = 300
+    """Side of the first crop (paper Sec. 4.2, DoRA's practice against noisy positive pairs; the
+    release's init_crop_size=300): a random resized crop of init_crop_scale of the frame, resized
+    to this square, from which every global and local crop is cut. 0 = crops from the whole
+    frame (DINO's; the demo, docs/recipe.md)."""
+    init_crop_scale: tuple[float, float] = (0.2, 1.0)
+    """Area range of the first crop, as a fraction of the frame (DoRA main.py)."""
     num_workers: int | None = None
     """DataLoader worker processes per rank; 0 = build micro-batches in the training process;
     None (null) = from the CPUs this process may use, shared by the ranks on its machine, less one
@@ -209,7 +216,7 @@ class DataConfig:
 
     def __post_init__(self) -> None:
         _at_least(self, "data", 1, "num_global_crops", "prefetch_factor")
-        _at_least(self, "data", 0, "num_local_crops")
+        _at_least(self, "data", 0, "num_local_crops", "init_crop_size")
         if self.num_workers is not None:
             _at_least(self, "data", 0, "num_workers")
         _check(0.0 <= self.max_bad_record_share <= 1.0,
@@ -218,7 +225,7 @@ class DataConfig:
             raise ConfigError(
                 f"data.walking_tours_ratio={self.walking_tours_ratio} must lie in [0, 1]"
             )
-        for name in ("global_crop_scale", "local_crop_scale"):
+        for name in ("global_crop_scale", "local_crop_scale", "init_crop_scale"):
             lo, hi = getattr(self, name)
             if not 0.0 < lo <= hi <= 1.0:
                 raise ConfigError(f"data.{name}=({lo}, {hi}) must satisfy 0 < lo <= hi <= 1")

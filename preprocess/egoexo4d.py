@@ -9,7 +9,7 @@ that camera's extrinsics (either camera_pose layout; a null or malformed matrix 
 only), cut 20-frame windows of continuous poses (starts every --stride frames), decode the
 frames those windows use (1 in 5, 6 fps) with PyAV, undistort the fisheye frames when the take
 has its calibration (needs projectaria_tools), resize to --size (448: Ego-Exo4D's downscaled
-size, so crops are cut from the full frame), store as JPEG (or raw), express each pose in the
+size, which the authors' release undistorts too), store as JPEG (or raw), express each pose in the
 camera frame of its own frame with a visibility channel, and store each frame's camera pose
 relative to its clip's first frame. A take with a truncated video or a broken JSON is skipped
 and counted by reason in stats.json; the run goes on. --exclude-bouldering leaves out the takes
@@ -221,8 +221,9 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--out", required=True, help="output dataset directory")
     p.add_argument("--split", default="train", choices=["train", "val"], help="official split")
     p.add_argument("--size", type=int, default=448,
-                   help="stored frame side in pixels (448: Ego-Exo4D's downscaled videos, so "
-                        "local crops are cut from the full resolution; the demo stores 128)")
+                   help="stored frame side in pixels (448: Ego-Exo4D's downscaled videos, as the "
+                        "authors' release; the paper's 1408 px originals are not read; the demo "
+                        "stores 128)")
     p.add_argument("--encoding", default="jpeg", choices=["jpeg", "raw"])
     p.add_argument("--jpeg-quality", type=int, default=90)
     p.add_argument("--stride", type=int, default=5, help="frames between window starts (x5)")

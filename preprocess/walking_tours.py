@@ -87,8 +87,10 @@ def main(argv: list[str] | None = None) -> dict[str, Any] | None:
     p.add_argument("--videos", nargs="+", required=True, help="video files or directories")
     p.add_argument("--out", required=True, help="output dataset directory")
     p.add_argument("--fps", type=float, default=6.0, help="frames kept per second of video")
-    p.add_argument("--size", type=int, default=448,
-                   help="stored shorter side in pixels (448 as Ego-Exo4D; the demo stores 128)")
+    p.add_argument("--size", type=int, default=600,
+                   help="stored shorter side in pixels (600: the smallest at which no 300 px first "
+                        "crop of a 16:9 frame is resized up, bench/first_crop.py; the release "
+                        "reads the 4K originals; the demo stores 128)")
     p.add_argument("--encoding", default="jpeg", choices=["jpeg", "raw"])
     p.add_argument("--jpeg-quality", type=int, default=90)
     p.add_argument("--videos-per-shard", type=int, default=1, help="unit of work and resuming")

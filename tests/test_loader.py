@@ -16,7 +16,9 @@ from megatron_ego.data.augment import (
     VIEW_FIELDS,
     MultiCropSpec,
     crop_views,
+    draw_init_crop,
     draw_multicrop,
+    init_crop,
     pack_views,
 )
 from megatron_ego.data.clips import RawClip
@@ -136,6 +138,31 @@ def test_egoexo4d_micro_batch_follows_the_contract():
         # the float path the workers ran before this hand-off, bit for bit
         assert torch.equal(batch["global_crops"][j], photometric(crops_g, views_g))
         assert torch.equal(batch["local_crops"][j], photometric(crops_l, views_l))
+
+
+def test_crops_are_cut_from_the_first_crop_drawn_before_the_views():
+    """data.init_crop_size (DoRA's first crop): each sample's stream draws the anchor, then the
+    first crop's box, then the views in its square; the crops are those views of that box
+    resized, bit for bit, for clips and WalkingTours frames alike."""
+    spec = MultiCropSpec(global_size=32, local_size=16, num_global=2, num_local=3, init_size=36)
+    for ratio, source in ((0.0, None), (1.0, FakeClips(50, frame_size=(36, 64), clips=False,
+                                                       seed=1))):
+        dataset = _dataset(seed=4, ratio=ratio, spec=spec)
+        raw = dataset[2]
+        data = source or dataset.sources[EGOEXO4D]
+        for j, index in enumerate(raw["index"].tolist()):
+            rng = sample_rng(4, 2, 0, j)
+            sample = data[index]
+            anchor = int(rng.integers(T)) if source is None else 0
+            init = draw_init_crop(rng, data.frame_size, spec)
+            views_g, views_l = draw_multicrop(rng, (36, 36), spec)
+            image = init_crop(decode_rgb(sample.frames[anchor], "jpeg"), init, 36,
+                              data.frame_size)  # [3, 36, 36]
+            assert torch.equal(raw["global_crops"][j], crop_views(image, views_g, 32, (36, 36)))
+            assert torch.equal(raw["local_crops"][j], crop_views(image, views_l, 16, (36, 36)))
+            np.testing.assert_array_equal(raw["global_views"][j].numpy(), pack_views(views_g))
+    plain = _dataset(seed=4)[2]  # the first crop changes what the views show
+    assert not torch.equal(plain["global_crops"], _dataset(seed=4, spec=spec)[2]["global_crops"])
 
 
 @pytest.mark.parametrize("photometric_ops", [False, True])

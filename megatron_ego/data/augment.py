@@ -1,6 +1,14 @@
 """DINO multi-crop views (Caron et al. 2021, main_dino.py DataAugmentationDINO): random draws
 and geometry. The photometric ops that follow live in photometric.py.
 
+First crop (paper Sec. 4.2: "we follow the practice in [47] (DoRA) to avoid cropping noisy
+positive pairs"). DoRA (main.py DataAugmentationDINO, "an aggressive cropping before DINO crops")
+and the authors' release (`init_crop_size=300`) first cut one random resized crop of 20-100% of
+the frame's area, resized to 300 x 300, and cut every global and local view from it: all views
+of a frame then show one region, not two corners of a wide frame that share no object.
+`MultiCropSpec.init_size` (cfg.data.init_crop_size) sets its side; 0 cuts the views from the
+whole frame (DINO's).
+
 Every view gets, in DINO's order: random resized crop (bicubic, antialiased; aspect 3/4-4/3),
 horizontal flip (p=0.5), colour jitter (brightness 0.4, contrast 0.4, saturation 0.2, hue 0.1, in
 a random order; p=0.8), grayscale (p=0.2), Gaussian blur (sigma 0.1-2.0; p=1.0 for global view 1,
@@ -12,10 +20,12 @@ All random draws of a view are made first, from the caller's numpy Generator, in
 scale where every crop allows it, `min_decode_size`) and each view is cropped before it is
 resized, on uint8.
 
-    views_g, views_l = draw_multicrop(rng, (H, W), spec)
-    need = min_decode_size([(v, spec.global_size) for v in views_g], (H, W))
+    init = draw_init_crop(rng, (H, W), spec)              # frame box, None without a first crop
+    views_g, views_l = draw_multicrop(rng, view_frame_size(spec, (H, W)), spec)
+    need = min_decode_size([(init, spec.init_size)], (H, W))   # or the views', without one
     image = decode_rgb(frame, "jpeg", need)                              # uint8 [3, h, w]
-    crops = crop_views(image, views_g, spec.global_size, (H, W))         # uint8 [G, 3, S, S]
+    source = init_crop(image, init, spec.init_size, (H, W))             # uint8 [3, S0, S0]
+    crops = crop_views(source, views_g, spec.global_size, view_frame_size(spec, (H, W)))
     rows = pack_views(views_g)                                           # float64 [G, VIEW_FIELDS]
     g = photometric(crops, rows)                                         # float32 [G, 3, S, S]
 
@@ -40,11 +50,14 @@ __all__ = [
     "MultiCropSpec",
     "ViewParams",
     "crop_views",
+    "draw_init_crop",
     "draw_multicrop",
     "draw_view",
     "geometry_only",
+    "init_crop",
     "min_decode_size",
     "pack_views",
+    "view_frame_size",
 ]
 
 _RATIO = (3 / 4, 4 / 3)  # RandomResizedCrop aspect-ratio range
@@ -69,6 +82,12 @@ class MultiCropSpec:
     photometric: bool = True
     """DINO's colour jitter, grayscale, blur and solarize (cfg.data.photometric); False keeps
     only the geometry (crop, flip) and the normalisation."""
+    init_size: int = 0
+    """Side of the first crop every view is cut from (cfg.data.init_crop_size; the release's
+    300); 0 = no first crop, views from the whole frame."""
+    init_scale: tuple[float, float] = (0.2, 1.0)
+    """Area range of the first crop, as a fraction of the frame (cfg.data.init_crop_scale;
+    DoRA's 0.2-1)."""
 
     @classmethod
     def from_config(cls, cfg) -> MultiCropSpec:
@@ -81,6 +100,8 @@ class MultiCropSpec:
             global_scale=tuple(cfg.data.global_crop_scale),
             local_scale=tuple(cfg.data.local_crop_scale),
             photometric=cfg.data.photometric,
+            init_size=cfg.data.init_crop_size,
+            init_scale=tuple(cfg.data.init_crop_scale),
         )
 
 
@@ -182,12 +203,53 @@ def draw_view(
     )
 
 
+def draw_init_crop(
+    rng: np.random.Generator, frame_size: tuple[int, int], spec: MultiCropSpec
+) -> tuple[int, int, int, int] | None:
+    """The first crop's (top, left, h, w) box in frame pixels (RandomResizedCrop, aspect
+    3/4-4/3, area `spec.init_scale`), drawn before the views; None (and no draw) without one."""
+    if not spec.init_size:
+        return None
+    return _random_resized_box(rng, frame_size[0], frame_size[1], spec.init_scale)
+
+
+def view_frame_size(spec: MultiCropSpec, frame_size: tuple[int, int]) -> tuple[int, int]:
+    """(H, W) of the image the views are cut from: the first crop's square, else the frame."""
+    return (spec.init_size, spec.init_size) if spec.init_size else frame_size
+
+
+def init_crop(
+    image: torch.Tensor,
+    box: tuple[int, int, int, int] | None,
+    size: int,
+    frame_size: tuple[int, int],
+) -> torch.Tensor:
+    """The first crop: `box` of the frame resized to size x size (bicubic, antialiased, on
+    uint8), or `image` itself when `box` is None.
+
+    Args:
+        image: uint8 [3, h, w], the frame decoded at full size or at a reduced JPEG scale.
+        box: (top, left, h, w) in full-size frame pixels (`draw_init_crop`), or None.
+        size: the first crop's side (`spec.init_size`).
+        frame_size: (H, W) of the full-size stored frame.
+
+    Returns:
+        uint8 [3, size, size]; `image` unchanged when `box` is None.
+    """
+    if box is None:
+        return image
+    plain = ViewParams(box=box, flip=False, jitter_order=None, jitter_factors=(1.0, 1.0, 1.0, 0.0),
+                       gray=False, blur_sigma=0.0, solarize=False)
+    return crop_views(image, [plain], size, frame_size)[0]  # [3, size, size]
+
+
 def draw_multicrop(
     rng: np.random.Generator, frame_size: tuple[int, int], spec: MultiCropSpec
 ) -> tuple[list[ViewParams], list[ViewParams]]:
     """The global and local views of one frame (DINO: global 1 always blurred; the other globals
     blurred with p=0.1 and solarized with p=0.2; locals blurred with p=0.5), without the
-    photometric ops when `spec.photometric` is False."""
+    photometric ops when `spec.photometric` is False. `frame_size` is the image the views are
+    cut from: `view_frame_size` (the first crop's square when there is one)."""
     views_g = [
         draw_view(rng, frame_size, spec.global_scale, 1.0 if i == 0 else 0.1, 0.0 if i == 0 else 0.2)
         for i in range(spec.num_global)
@@ -205,13 +267,15 @@ def geometry_only(view: ViewParams) -> ViewParams:
 
 
 def min_decode_size(
-    views: list[tuple[ViewParams, int]], frame_size: tuple[int, int]
+    views: list[tuple[ViewParams | tuple[int, int, int, int], int]], frame_size: tuple[int, int]
 ) -> tuple[int, int]:
-    """Smallest decoded (h, w) at which every (view, output side) pair is still cropped from at
-    least as many pixels as it outputs (so a reduced-scale decode loses nothing it would keep)."""
+    """Smallest decoded (h, w) at which every (view or (top, left, h, w) box, output side) pair
+    is still cropped from at least as many pixels as it outputs (so a reduced-scale decode loses
+    nothing it would keep)."""
     height, width = frame_size
-    need_h = max((size / v.box[2] for v, size in views), default=0.0)
-    need_w = max((size / v.box[3] for v, size in views), default=0.0)
+    boxes = [(v.box if isinstance(v, ViewParams) else v, size) for v, size in views]
+    need_h = max((size / box[2] for box, size in boxes), default=0.0)
+    need_w = max((size / box[3] for box, size in boxes), default=0.0)
     return min(height, math.ceil(height * need_h)), min(width, math.ceil(width * need_w))
 
 

@@ -20,7 +20,8 @@ V = augment.VIEW_FIELDS):
     frames        uint8 [b, T, 3, S, S]     whole frames resized (no crop, no flip)
     poses         float32 [b, T, 4, P, J]   (x, y, z metres in the camera frame, visibility)
     global_crops  uint8 [b, G, 3, S, S]     DINO global views of the anchor frame t_a (cropped,
-                                            resized and flipped; no photometric op yet)
+                                            resized and flipped; no photometric op yet), cut
+                                            from its first crop (data.init_crop_size) if any
     global_views  float64 [b, G, V]         their photometric draws (augment.pack_views)
     local_crops   uint8 [b, L, 3, s, s]     DINO local views of the anchor frame (L may be 0)
     local_views   float64 [b, L, V]
@@ -65,9 +66,12 @@ from megatron_ego.data.augment import (
     MultiCropSpec,
     ViewParams,
     crop_views,
+    draw_init_crop,
     draw_multicrop,
+    init_crop,
     min_decode_size,
     pack_views,
+    view_frame_size,
 )
 from megatron_ego.data.clips import RawClip
 from megatron_ego.data.decode import decode_rgb, resize_frames
@@ -88,6 +92,10 @@ decoder (RuntimeError), numpy reshapes of raw frames or poses of the wrong size 
 MAX_FALLBACKS = 8
 """Samples tried in place of one bad record; a slot whose tries all fail is blank (and
 every try counted, so a broken dataset stops the run at the next step)."""
+
+
+_FrameViews = tuple[tuple[int, int, int, int] | None, tuple[list[ViewParams], list[ViewParams]]]
+"""One frame's first-crop box (None without one) and its (global, local) views."""
 
 
 class BadRecord(Exception):
@@ -243,28 +251,40 @@ class MicroBatchDataset(Dataset):
         for key, out in crops.items():
             out[j] = torch.tensor(IDENTITY_VIEW) if key.endswith("_views") else 0
 
-    def _decode_size(
-        self, views: tuple[list[ViewParams], list[ViewParams]], frame_size: tuple[int, int]
-    ) -> tuple[int, int]:
-        """Smallest decoded (h, w) that loses nothing the views keep."""
+    def _draw(self, rng: np.random.Generator, frame_size: tuple[int, int]) -> _FrameViews:
+        """One frame's first crop (data.init_crop_size; None without) and its views, drawn in
+        that order (DoRA's)."""
+        init = draw_init_crop(rng, frame_size, self.spec)
+        return init, draw_multicrop(rng, view_frame_size(self.spec, frame_size), self.spec)
+
+    def _decode_size(self, drawn: _FrameViews, frame_size: tuple[int, int]) -> tuple[int, int]:
+        """Smallest decoded (h, w) that loses nothing the first crop (or, without one, the
+        views) keeps."""
         spec = self.spec
+        init, views = drawn
+        if init is not None:
+            return min_decode_size([(init, spec.init_size)], frame_size)
         need = [(v, spec.global_size) for v in views[0]] + [(v, spec.local_size) for v in views[1]]
         return min_decode_size(need, frame_size)
 
     def _views(
         self,
         image: torch.Tensor,
-        views: tuple[list[ViewParams], list[ViewParams]],
+        drawn: _FrameViews,
         frame_size: tuple[int, int],
         crops: dict[str, torch.Tensor],
         j: int,
     ) -> None:
-        """Cut one frame's views into sample j of `crops` (uint8), with their packed draws."""
-        for kind, drawn, size in (("global", views[0], self.spec.global_size),
-                                  ("local", views[1], self.spec.local_size)):
-            if drawn:
-                crop_views(image, drawn, size, frame_size, out=crops[f"{kind}_crops"][j])
-                crops[f"{kind}_views"][j] = torch.from_numpy(pack_views(drawn))
+        """Cut one frame's views (from its first crop, if any) into sample j of `crops` (uint8),
+        with their packed draws."""
+        init, views = drawn
+        source = init_crop(image, init, self.spec.init_size, frame_size)  # uint8 [3, h, w]
+        source_size = view_frame_size(self.spec, frame_size)
+        for kind, chosen, size in (("global", views[0], self.spec.global_size),
+                                   ("local", views[1], self.spec.local_size)):
+            if chosen:
+                crop_views(source, chosen, size, source_size, out=crops[f"{kind}_crops"][j])
+                crops[f"{kind}_views"][j] = torch.from_numpy(pack_views(chosen))
 
     def _egoexo4d(
         self, indices: np.ndarray, rngs: list[np.random.Generator], bad: list[str]
@@ -288,7 +308,7 @@ class MicroBatchDataset(Dataset):
             if not np.isfinite(clip.poses).all():
                 raise BadRecord(f"{where}/poses.bin record {index}: non-finite poses")
             anchor = int(rng.integers(T))
-            views = draw_multicrop(rng, frame_size, spec)
+            views = self._draw(rng, frame_size)
             crop_h, crop_w = self._decode_size(views, frame_size)
             for t, frame in enumerate(clip.frames):
                 need = (max(S, crop_h), max(S, crop_w)) if t == anchor else (S, S)
@@ -323,13 +343,13 @@ class MicroBatchDataset(Dataset):
     def _walking_tours(
         self, indices: np.ndarray, rngs: list[np.random.Generator], bad: list[str]
     ) -> dict[str, Any]:
-        dataset, spec = self.sources[WALKING_TOURS], self.spec
+        dataset = self.sources[WALKING_TOURS]
         frame_size = dataset.frame_size
         crops = self._crop_outputs(len(indices))
         where = getattr(dataset, "path", WALKING_TOURS)
 
         def fill(j: int, rng: np.random.Generator, index: int) -> None:
-            views = draw_multicrop(rng, frame_size, spec)
+            views = self._draw(rng, frame_size)
             need = self._decode_size(views, frame_size)
             try:
                 frame = dataset[index].frames[0]
