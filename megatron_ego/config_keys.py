@@ -1,5 +1,6 @@
 """Every config key with its type, value and the documentation written under its field in
-`megatron_ego/config.py` (read from the source, so the listing and the code cannot drift).
+`megatron_ego/config.py` and `megatron_ego/config_training.py` (read from the source, so the
+listing and the code cannot drift).
 
     for key in config_keys(load_config("configs/tiny_cpu.yaml")):
         print(key.name, key.type, key.value, key.doc)
@@ -15,6 +16,7 @@ from functools import cache
 from typing import Any
 
 from megatron_ego import config as config_module
+from megatron_ego import config_training
 
 
 @dataclass(frozen=True)
@@ -28,9 +30,10 @@ class ConfigKey:
 @cache
 def _field_docs() -> dict[tuple[str, str], str]:
     """{(class name, field name): the string literal written right under the field}."""
-    tree = ast.parse(inspect.getsource(config_module))
     docs = {}
-    for cls in (n for n in tree.body if isinstance(n, ast.ClassDef)):
+    classes = [n for module in (config_module, config_training)
+               for n in ast.parse(inspect.getsource(module)).body if isinstance(n, ast.ClassDef)]
+    for cls in classes:
         body = cls.body
         for field_node, after in zip(body, body[1:]):
             if (isinstance(field_node, ast.AnnAssign) and isinstance(field_node.target, ast.Name)

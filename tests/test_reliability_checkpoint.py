@@ -276,7 +276,7 @@ def test_truncate_metrics_drops_later_steps_and_torn_lines(tmp_path):
 # -------------------------------------------------------------------------------- disk full
 _DISK_FULL = textwrap.dedent("""
     import errno, io, runpy, sys
-    from megatron_ego.training import checkpoint_io
+    from megatron_ego.checkpoint_format import files
 
     class Full(io.BufferedWriter):  # the disk fills up 1000 bytes into any step-4 file
         written = 0
@@ -292,7 +292,7 @@ _DISK_FULL = textwrap.dedent("""
             return Full(io.FileIO(path, "w"))
         return open(path, mode, *args, **kwargs)
 
-    checkpoint_io.open = fake_open  # shadows the builtin inside checkpoint_io.py only
+    files.open = fake_open  # shadows the builtin inside checkpoint_format/files.py only
     sys.argv = sys.argv[1:]
     runpy.run_path(sys.argv[0], run_name="__main__")
 """)

@@ -1,6 +1,6 @@
 """Read the weights of a training checkpoint (the only DeepSpeed-aware part of evaluation).
 
-A checkpoint folder ``<run_dir>/checkpoints/step_NNNNNNN/`` (training/checkpoint.py) holds the
+A checkpoint folder ``<run_dir>/checkpoints/step_NNNNNNN/`` (checkpoint_format/) holds the
 student as DeepSpeed files and ``trainer_state.pt`` (teacher state dict, resolved config, ...):
 
 - teacher: ``trainer_state.pt["teacher"]``, the full fp32 EMA teacher (what DINO-style methods
@@ -24,16 +24,12 @@ from pathlib import Path
 
 import torch
 
+from megatron_ego.checkpoint_format.files import CheckpointError, safe_load
+from megatron_ego.checkpoint_format.layout import find_resume_checkpoint
+from megatron_ego.checkpoint_format.manifest import COMPLETE, verify
 from megatron_ego.config import Config, ConfigError
 from megatron_ego.config_io import from_dict
 from megatron_ego.export.format import ExportError, module_weights
-from megatron_ego.training.checkpoint import (
-    COMPLETE,
-    CheckpointError,
-    find_resume_checkpoint,
-    safe_load,
-    verify,
-)
 
 log = logging.getLogger(__name__)
 

@@ -17,7 +17,10 @@ Layout of a run folder:
         latest                       the newest complete tag, replaced atomically after COMPLETE
 
 Every file goes to `<name>.tmp`, is fsynced and renamed, and the folder is fsynced; COMPLETE is
-written last, so a COMPLETE on disk means its files are on disk.
+written last, so a COMPLETE on disk means its files are on disk. The format itself (durable
+writes, safe loads, the manifest, the folder layout and which checkpoint to take) lives in
+megatron_ego/checkpoint_format/, which export and evaluation read too; this module writes and
+loads checkpoints of a DeepSpeed engine.
 
 Resume (`select_checkpoint`): `auto` takes the checkpoint `latest` names if it verifies against
 its COMPLETE, else the newest older one that does, with a warning naming what failed; folders
@@ -34,51 +37,47 @@ re-partitions the fp32 master weights and Adam moments itself (training/reshard.
 
 from __future__ import annotations
 
-import json
 import logging
 import random
-import re
 import shutil
-import time
-import uuid
-import zlib
 from pathlib import Path
 
 import numpy as np
 import torch
 import torch.distributed as dist
 
-from megatron_ego.runtime.processes import multi_rank
-from megatron_ego.training.checkpoint_io import (  # noqa: F401  (re-exported: the checkpoint API)
+from megatron_ego.checkpoint_format.files import (  # noqa: F401  (re-exported: the API)
     CheckpointError,
     atomic_write_text,
     describe_write_error,
     durable_torch_save,
     fsync_dir,
-    install_safe_checkpoint_engine,
     safe_load,
 )
+from megatron_ego.checkpoint_format.layout import (  # noqa: F401  (re-exported: the API)
+    LATEST,
+    RUN_FILE,
+    complete_checkpoints,
+    find_resume_checkpoint,
+    latest_folder,
+    read_run_id,
+    step_folders,
+    step_of,
+    tag_for,
+    write_run_id,
+)
+from megatron_ego.checkpoint_format.manifest import (  # noqa: F401  (re-exported: the API)
+    CHECKSUM_MAX_BYTES,
+    COMPLETE,
+    mark_complete,
+    read_manifest,
+    verify,
+)
+from megatron_ego.runtime.processes import multi_rank
+from megatron_ego.training.checkpoint_io import install_safe_checkpoint_engine  # noqa: F401
 from megatron_ego.training.reshard import load_resharded
 
 log = logging.getLogger(__name__)
-
-COMPLETE = "COMPLETE"
-LATEST = "latest"
-RUN_FILE = "RUN"
-MANIFEST_FORMAT = 2
-CHECKSUM_MAX_BYTES = 256 << 20
-"""Files up to this size get a crc32 in COMPLETE (reading them back costs < 1 s); bigger ones
-(the optimizer partitions and module states of a large model) are checked by size only."""
-_TAG = re.compile(r"^step_(\d+)$")
-
-
-def tag_for(step: int) -> str:
-    return f"step_{step:07d}"
-
-
-def step_of(folder: Path) -> int:
-    match = _TAG.match(folder.name)
-    return int(match.group(1)) if match else -1
 
 
 def _world() -> int:
@@ -125,146 +124,6 @@ def set_rng_state(state: dict) -> None:
         torch.cuda.set_rng_state(state["cuda"])
 
 
-# ----------------------------------------------------------------------------------- manifest
-def _crc32(path: Path) -> int:
-    crc = 0
-    with open(path, "rb") as f:
-        while chunk := f.read(1 << 22):
-            crc = zlib.crc32(chunk, crc)
-    return crc
-
-
-def _manifest_files(folder: Path) -> dict[str, dict]:
-    files = {}
-    for path in sorted(folder.iterdir()):
-        if not path.is_file() or path.name == COMPLETE or path.name.endswith(".tmp"):
-            continue
-        size = path.stat().st_size
-        entry: dict = {"size": size}
-        if size <= CHECKSUM_MAX_BYTES:
-            entry["crc32"] = _crc32(path)
-        files[path.name] = entry
-    return files
-
-
-def mark_complete(folder: Path, meta: dict) -> dict:
-    """Write COMPLETE: `meta` plus every file of `folder` with its size (and crc32), after an
-    fsync of the folder (the files were fsynced by their writers). Returns the manifest."""
-    fsync_dir(folder)
-    manifest = {"format": MANIFEST_FORMAT, "time": time.time(), **meta,
-                "files": _manifest_files(folder)}
-    atomic_write_text(folder / COMPLETE, json.dumps(manifest, indent=1) + "\n")
-    return manifest
-
-
-def read_manifest(folder: Path) -> dict | None:
-    try:
-        manifest = json.loads((folder / COMPLETE).read_text())
-    except (OSError, ValueError):
-        return None
-    return manifest if isinstance(manifest, dict) else None
-
-
-def verify(folder: Path) -> str | None:
-    """None when `folder` is a complete checkpoint whose files match its COMPLETE manifest;
-    otherwise what is wrong (one phrase)."""
-    if not (folder / COMPLETE).is_file():
-        return f"no {COMPLETE} marker (cut off mid-write)"
-    manifest = read_manifest(folder)
-    if manifest is None:
-        return f"{COMPLETE} is not readable json"
-    files = manifest.get("files")
-    if not isinstance(files, dict) or not files:
-        return f"{COMPLETE} lists no files (written by an older megatron-ego): cannot verify it"
-    for name, entry in files.items():
-        path = folder / name
-        if not path.is_file():
-            return f"{name} is missing"
-        size = path.stat().st_size
-        if size != entry.get("size"):
-            return f"{name} has {size} bytes, {COMPLETE} says {entry.get('size')}"
-        if "crc32" in entry and _crc32(path) != entry["crc32"]:
-            return f"{name} does not match its crc32 in {COMPLETE} (corrupted)"
-    return None
-
-
-# ------------------------------------------------------------------------------ run identity
-def read_run_id(run_dir: str | Path) -> str | None:
-    try:
-        return json.loads((Path(run_dir) / RUN_FILE).read_text())["run_id"]
-    except (OSError, ValueError, KeyError, TypeError):
-        return None
-
-
-def write_run_id(run_dir: str | Path, run_id: str | None = None) -> str:
-    run_id = run_id or uuid.uuid4().hex
-    Path(run_dir).mkdir(parents=True, exist_ok=True)
-    atomic_write_text(Path(run_dir) / RUN_FILE,
-                      json.dumps({"run_id": run_id, "created": time.time()}) + "\n")
-    return run_id
-
-
-def step_folders(root: Path) -> list[Path]:
-    """step_* folders under `root`, oldest first."""
-    if not root.is_dir():
-        return []
-    return sorted((p for p in root.iterdir() if p.is_dir() and _TAG.match(p.name)), key=step_of)
-
-
-def _latest(root: Path) -> Path | None:
-    try:
-        name = (root / LATEST).read_text().strip()
-    except OSError:
-        return None
-    return root / name if _TAG.match(name) and (root / name).is_dir() else None
-
-
-def complete_checkpoints(root: Path) -> list[Path]:
-    """Folders with a COMPLETE marker, oldest first (no verification: see `verify`)."""
-    return [p for p in step_folders(root) if (p / COMPLETE).is_file()]
-
-
-def find_resume_checkpoint(run_dir: str | Path, run_id: str | None = None,
-                           warn=log.warning) -> tuple[Path | None, list[str]]:
-    """(the checkpoint `--resume auto` takes or None, what was skipped and why).
-
-    `latest` is honoured: its checkpoint if it verifies, else the newest older one that does;
-    folders newer than `latest` are never taken. With `run_id`, only that run's checkpoints.
-    """
-    root = Path(run_dir) / "checkpoints"
-    folders = step_folders(root)
-    latest = _latest(root)
-    failed: list[str] = []
-    if latest is not None:
-        for path in folders:
-            if step_of(path) > step_of(latest):
-                if (path / COMPLETE).is_file():
-                    warn("ignoring checkpoint %s: newer than %s=%s (cut off before %s was "
-                         "updated, or left by a resume from an older checkpoint)",
-                         path, LATEST, latest.name, LATEST)
-                else:
-                    warn("ignoring incomplete checkpoint %s (no %s marker: it was cut off "
-                         "mid-write)", path, COMPLETE)
-        folders = [p for p in folders if step_of(p) <= step_of(latest)]
-    for path in reversed(folders):
-        reason = verify(path)
-        if reason is None and run_id is not None:
-            other = (read_manifest(path) or {}).get("run_id")
-            if other != run_id:
-                reason = f"it belongs to run {other}, this folder to run {run_id}"
-        if reason is None:
-            if failed:
-                warn("falling back to checkpoint %s", path)
-            return path, failed
-        if "cut off mid-write" in reason:
-            warn("ignoring incomplete checkpoint %s (no %s marker: it was cut off mid-write)",
-                 path, COMPLETE)
-        else:
-            warn("checkpoint %s does not verify (%s): trying an older one", path, reason)
-        failed.append(f"{path.name}: {reason}")
-    return None, failed
-
-
 # ------------------------------------------------------------------------------------- saving
 def prune(root: Path, keep_last: int, newest: Path) -> None:
     """Keep the `keep_last` newest complete checkpoints up to `newest` (just written); delete
@@ -294,7 +153,7 @@ def save_checkpoint(engine, run_dir: str, step: int, trainer_state: dict, rank: 
     """
     root = Path(run_dir) / "checkpoints"
     folder = root / tag_for(step)
-    previous = _latest(root)
+    previous = latest_folder(root)
     if rank == 0:
         root.mkdir(parents=True, exist_ok=True)
         if folder.exists():  # a stale, incomplete attempt at this step from a crashed run

@@ -14,7 +14,7 @@ from pathlib import Path
 import torch
 import torch.distributed as dist
 
-from megatron_ego.training.checkpoint_io import CheckpointError, safe_load
+from megatron_ego.checkpoint_format.files import CheckpointError, safe_load
 
 log = logging.getLogger(__name__)
 

@@ -18,7 +18,10 @@ import shutil
 import uuid
 from pathlib import Path
 
+import torch.distributed as dist
+
 from megatron_ego.config import ConfigError
+from megatron_ego.runtime.processes import multi_rank
 from megatron_ego.training import checkpoint as ckpt
 
 log = logging.getLogger(__name__)
@@ -107,3 +110,41 @@ def check_compatible(folder: Path, global_batch_size: int, micro_batch_size: int
             raise ConfigError(
                 f"checkpoint {folder} was written with run.{key}={saved}, this run has {now}: "
                 f"resume with --run.{key}={saved} (a different world size is fine)")
+
+
+def decide_resume(run_dir: str, resume: str, overwrite: bool, global_batch_size: int,
+                  micro_batch_size: int, is_main: bool) -> tuple[Path | None, str]:
+    """(checkpoint to resume from or None, run id): decided by rank 0, told to every rank
+    (a shared file system may show the ranks different things mid-write). A collective.
+
+    Raises:
+        ConfigError: on every rank, when rank 0 refused the choice.
+    """
+    decision: list = [None]
+    if is_main:
+        try:
+            folder, run_id = select_checkpoint(run_dir, resume, overwrite)
+            if folder is not None:
+                check_compatible(Path(folder), global_batch_size, micro_batch_size)
+            decision[0] = (folder, run_id)
+        except ConfigError as err:
+            decision[0] = str(err)
+    if multi_rank():
+        dist.broadcast_object_list(decision, src=0)
+    if isinstance(decision[0], str):
+        raise ConfigError(decision[0])
+    folder, run_id = decision[0]
+    return (Path(folder) if folder else None), run_id
+
+
+def data_position(micro_step: int, saved_world: int, world: int, global_batch_size: int,
+                  micro_batch_size: int) -> int:
+    """The loader position to resume at on `world` ranks, from `micro_step` micro-batches drawn
+    on `saved_world` ranks: the data stream is a function of (optimizer step, slot in the global
+    batch), so the position carries over to the next step's first micro-step on the new world."""
+    if saved_world == world:
+        return micro_step
+    old_accum = global_batch_size // (micro_batch_size * saved_world)
+    new_accum = global_batch_size // (micro_batch_size * world)
+    steps_begun = -(-micro_step // old_accum)  # ceil
+    return steps_begun * new_accum

@@ -9,15 +9,12 @@ from __future__ import annotations
 
 import contextlib
 import logging
-import math
 import os
 import time
-from dataclasses import dataclass
 from pathlib import Path
 
 import deepspeed
 import torch
-import torch.distributed as dist
 import yaml
 
 from megatron_ego.config import Config, ConfigError, save_config
@@ -26,17 +23,12 @@ from megatron_ego.data.on_device import to_device
 from megatron_ego.losses.objective import EgoAgentObjective
 from megatron_ego.model.egoagent import EgoAgent
 from megatron_ego.runtime.device import seed_everything
-from megatron_ego.runtime.processes import Processes, multi_rank
+from megatron_ego.runtime.processes import Processes
 from megatron_ego.training import checkpoint as ckpt
 from megatron_ego.training.ds_config import load_ds_config
 from megatron_ego.training.ema import EMA, make_teacher
 from megatron_ego.training.flops import clip_flops, device_peak_tflops
-from megatron_ego.training.guards import (
-    BadRecords,
-    SkippedSteps,
-    TrainingStopped,
-    check_finite_weights,
-)
+from megatron_ego.training.guards import BadRecords, SkippedSteps, check_finite_weights
 from megatron_ego.training.init_from import (
     InitSource,
     check_model_config,
@@ -45,84 +37,28 @@ from megatron_ego.training.init_from import (
     read_init_source,
     summary_line,
 )
-from megatron_ego.training.interval import IntervalStats, StepTerms, interval_means
+from megatron_ego.training.interval import IntervalStats, StepTerms
 from megatron_ego.training.metrics import MetricsLogger, truncate_metrics
 from megatron_ego.training.optimizer import apply_schedules, build_optimizer
 from megatron_ego.training.preemption import PreemptionHandler
-from megatron_ego.training.resume import check_compatible, select_checkpoint
+from megatron_ego.training.report import count_records, flush_interval, step_speed
+from megatron_ego.training.resume import data_position, decide_resume
+from megatron_ego.training.run_folder import (  # noqa: F401  (re-exported: older imports)
+    PREEMPTED,
+    check_data_paths,
+    run_dir_of,
+)
 from megatron_ego.training.schedules import build_schedules
+from megatron_ego.training.state import StepResult, TrainState
 
 log = logging.getLogger(__name__)
 
-PREEMPTED = "PREEMPTED"
 _DTYPES = {"bf16": torch.bfloat16, "fp16": torch.float16, "fp32": torch.float32}
 
 
-@dataclass
-class TrainState:
-    step: int = 0
-    """Optimizer steps done."""
-    micro_step: int = 0
-    """Micro-batches drawn from the loader (the data position)."""
-    skipped_nonfinite: int = 0
-    """Optimizer steps whose loss was non-finite (bf16/fp32; DeepSpeed skipped them, as their
-    gradients were too); counted at log intervals."""
-    nonfinite_streak: int = 0
-    """Consecutive such steps up to the last log interval."""
-    skipped_steps: int = 0
-    """Optimizer steps skipped (DeepSpeed's loss scaler found inf/nan gradients): no weight
-    and no EMA update."""
-    bad_records: int = 0
-    """Records that failed to decode, over all ranks (replaced by the next sample)."""
-    drawn_records: int = 0
-    """Records read, over all ranks (the denominator of data.max_bad_record_share)."""
-
-
-@dataclass
-class StepResult:
-    """What `Trainer.train_step` leaves: device-side terms and host-side facts."""
-
-    terms: StepTerms
-    values: dict[str, float]
-    """The schedules' values used (lr, weight_decay, ema_momentum, teacher_temp)."""
-    sources: dict[str, int]
-    """This rank's samples per data source (every rank draws as many)."""
-    data_wait_s: float
-    """Seconds spent waiting for the loader."""
-    records: tuple[int, int]
-    """(records that failed to decode, records read) on this rank."""
-
-
-def run_dir_of(cfg: Config) -> str:
-    out = cfg.run.output_dir
-    return out if Path(out).name == cfg.run.name else os.path.join(out, cfg.run.name)
-
-
-def check_data_paths(cfg: Config) -> None:
-    """Stop before any work when a dataset is missing (one line, with the command to run)."""
-    d = cfg.data
-    need_ego = cfg.loss.predict_weight > 0 or cfg.loss.act_weight > 0 or d.walking_tours_ratio < 1
-    if need_ego and not os.path.isfile(os.path.join(d.egoexo4d_path, "manifest.json")):
-        raise ConfigError(
-            f"data.egoexo4d_path={d.egoexo4d_path!r} holds no preprocessed dataset; run "
-            "`python -m preprocess.egoexo4d --root RAW --out DIR` first and point it there"
-        )
-    if d.walking_tours_ratio > 0 and not os.path.isfile(
-            os.path.join(d.walking_tours_path, "manifest.json")):
-        raise ConfigError(
-            f"data.walking_tours_path={d.walking_tours_path!r} holds no preprocessed dataset; run "
-            "`python -m preprocess.walking_tours --videos DIR --out DIR` or set "
-            "data.walking_tours_ratio=0"
-        )
-
-
-def _to_device(batch: dict, device: torch.device) -> dict:
-    """Tensors to the device, the loader's uint8 images normalised there (data/on_device.py);
-    student inputs are cast to the engine's dtype separately."""
-    return to_device(batch, device)
-
-
 def _cast(inputs: dict, dtype: torch.dtype) -> dict:
+    """Floating tensors to the engine's dtype (the loader's uint8 images were normalised on the
+    device by data/on_device.py `to_device`)."""
     return {k: (v.to(dtype) if torch.is_tensor(v) and v.is_floating_point() else v)
             for k, v in inputs.items()}
 
@@ -138,7 +74,9 @@ class Trainer:
         self.grad_accum = self.ds_config["gradient_accumulation_steps"]
         self.dtype = _DTYPES[cfg.run.precision]
         # Which checkpoint, before any model is built: a refused resume costs nothing.
-        folder, self.run_id = self._select_resume(resume, overwrite)
+        folder, self.run_id = decide_resume(self.run_dir, resume, overwrite,
+                                            cfg.run.global_batch_size, cfg.run.micro_batch_size,
+                                            dist_info.is_main)
         seed_everything(cfg.run.seed)  # identical initial weights on every rank
         student = EgoAgent(cfg.model, precision=cfg.run.precision)
         init_source = self._init_source(folder)
@@ -192,26 +130,6 @@ class Trainer:
         check_model_config(self.cfg.model, source)
         return source
 
-    def _select_resume(self, resume: str, overwrite: bool) -> tuple[Path | None, str]:
-        """(checkpoint to resume from or None, run id): decided by rank 0, told to every rank
-        (a shared file system may show the ranks different things mid-write)."""
-        decision: list = [None]
-        if self.dist.is_main:
-            try:
-                folder, run_id = select_checkpoint(self.run_dir, resume, overwrite)
-                if folder is not None:
-                    check_compatible(Path(folder), self.cfg.run.global_batch_size,
-                                     self.cfg.run.micro_batch_size)
-                decision[0] = (folder, run_id)
-            except ConfigError as err:
-                decision[0] = str(err)
-        if multi_rank():
-            dist.broadcast_object_list(decision, src=0)
-        if isinstance(decision[0], str):
-            raise ConfigError(decision[0])
-        folder, run_id = decision[0]
-        return (Path(folder) if folder else None), run_id
-
     def _resume(self, folder: Path) -> None:
         manifest = ckpt.read_manifest(folder) or {}
         saved_world = int(manifest.get("world_size", self.dist.world_size))
@@ -228,13 +146,9 @@ class Trainer:
                 f"{folder} was written by {saved_world} ranks, this run has "
                 f"{self.dist.world_size}: data.mix_mode=within_batch draws per rank, so its data "
                 f"position does not carry over; resume on {saved_world} ranks")
-        if saved_world != self.dist.world_size:
-            # The data stream is a function of (optimizer step, slot in the global batch), so
-            # the position carries over: the next step's first micro-step on the new world.
-            old_accum = self.cfg.run.global_batch_size // (
-                self.cfg.run.micro_batch_size * saved_world)
-            steps_begun = -(-self.state.micro_step // old_accum)  # ceil
-            self.state.micro_step = steps_begun * self.grad_accum
+        self.state.micro_step = data_position(
+            self.state.micro_step, saved_world, self.dist.world_size,
+            self.cfg.run.global_batch_size, self.cfg.run.micro_batch_size)
         if self.dist.is_main:
             changed = (f" (written by {saved_world} ranks, now {self.dist.world_size}: optimizer "
                        "state re-partitioned)" if saved_world != self.dist.world_size else "")
@@ -270,7 +184,7 @@ class Trainer:
         every precision: train_step sees engine.skipped_steps grow); the `nonfinite` term flags
         it, read at the next log interval.
         """
-        batch = _to_device(batch, self.dist.device)
+        batch = to_device(batch, self.dist.device)
         inputs = _cast(self.objective.student_inputs(batch), self.dtype)
         out = self.engine(**inputs)
         with self._teacher_context():
@@ -321,18 +235,6 @@ class Trainer:
                         self.dist.rank, message)
         return len(bad)
 
-    def _count_records(self, records: list[int]) -> None:
-        """Sum (bad, drawn) over ranks into the run's counts; stop past the allowed share (once
-        per log interval: a collective and a host read)."""
-        counts = torch.tensor(records, dtype=torch.float64, device=self.dist.device)
-        if multi_rank():
-            dist.all_reduce(counts)
-        bad, drawn = (int(v) for v in counts.tolist())
-        self.state.bad_records += bad
-        self.state.drawn_records += drawn
-        if self.bad_records is not None:
-            self.bad_records.add(bad, drawn)
-
     # ---------------------------------------------------------------------------------- the loop
     def fit(self, max_steps: int | None = None) -> TrainState:
         """Train to schedule.train_iters (or `max_steps` more steps); checkpoint on the way."""
@@ -368,7 +270,9 @@ class Trainer:
                 records = [records[0] + result.records[0], records[1] + result.records[1]]
                 sources = result.sources
                 host = {**result.values, "sources": sources, "step_s": elapsed,
-                        "data_wait_s": result.data_wait_s, **self._speed(sources, elapsed),
+                        "data_wait_s": result.data_wait_s,
+                        **step_speed(self.per_clip, self.peak_tflops, self.dist.world_size,
+                                     sources, elapsed),
                         "walking_tours_share": sources["walking_tours"] / sum(sources.values()),
                         "skipped_steps": self.state.skipped_steps}
                 if cfg.run.precision == "fp16":
@@ -381,9 +285,10 @@ class Trainer:
                 postpone = due and self.skips.in_a_row and not (stop or self.state.step == end)
                 save = not postpone and (stop or due or self.state.step == end)
                 if save or self.state.step % cfg.run.log_interval == 0:
-                    self._count_records(records)
+                    count_records(self.state, self.bad_records, records, self.dist.device)
                     records = [0, 0]
-                    self._flush(stats, logger)
+                    flush_interval(self.engine, self.state, stats, logger,
+                                   cfg.run.max_nonfinite_retries)
                 if postpone and self.dist.is_main:  # the weights are those of a skipped step
                     log.warning("step %d: checkpoint postponed until a step is not skipped",
                                 self.state.step)
@@ -400,47 +305,3 @@ class Trainer:
             preemption.restore()
             logger.close()
         return self.state
-
-    def _flush(self, stats: IntervalStats, logger: MetricsLogger) -> None:
-        """The interval's one transfer: per-step records to metrics.jsonl, interval averages and
-        per-source averages to TensorBoard; stop after too many non-finite steps in a row."""
-        grad_norm = self.engine.get_global_grad_norm()  # the last step's (DeepSpeed's value)
-        rows, means, by_source = stats.flush()
-        if not rows:
-            return
-        if torch.is_tensor(grad_norm):
-            grad_norm = grad_norm.item()
-        rows[-1]["grad_norm"] = means["grad_norm"] = float(
-            grad_norm if grad_norm is not None else float("nan"))
-        for row in rows:
-            if row.pop("nonfinite", 0.0) > 0:
-                self.state.skipped_nonfinite += 1
-                self.state.nonfinite_streak += 1
-            else:
-                self.state.nonfinite_streak = 0
-            row["nonfinite_steps"] = self.state.skipped_nonfinite
-            row["bad_records"] = self.state.bad_records
-            logger.log(row["step"], row)
-        for terms in (means, *by_source.values()):
-            terms.pop("nonfinite", None)
-        means.update(interval_means(rows))
-        logger.log_averages(rows[-1]["step"], means, by_source)
-        if self.state.nonfinite_streak > self.cfg.run.max_nonfinite_retries:
-            raise TrainingStopped(
-                f"diverged: non-finite loss in {self.state.nonfinite_streak} optimizer steps in a "
-                f"row (up to step {rows[-1]['step']}; each was skipped; "
-                f"run.max_nonfinite_retries={self.cfg.run.max_nonfinite_retries}); no checkpoint "
-                "written: lower optim.lr, check the data, or resume from an earlier checkpoint")
-
-    def _speed(self, sources: dict[str, int], seconds: float) -> dict[str, float]:
-        """Throughput of the step just done, over all ranks (`sources`: this rank's samples of
-        each source; every rank draws as many)."""
-        world = self.dist.world_size
-        clips = sum(sources.values()) * world
-        flops = sum(n * world * self.per_clip[src]["train"] for src, n in sources.items())
-        tokens = sum(n * world * self.per_clip[src]["tokens"] for src, n in sources.items())
-        out = {"clips_per_s": clips / seconds, "tokens_per_s": tokens / seconds,
-               "tflops_per_device": flops / seconds / world / 1e12}
-        if self.peak_tflops:
-            out["mfu"] = out["tflops_per_device"] / self.peak_tflops
-        return {k: v for k, v in out.items() if math.isfinite(v)}

@@ -43,32 +43,13 @@ from __future__ import annotations
 import contextlib
 from pathlib import Path
 
-import numpy as np
 import torch
 
 from megatron_ego.config import Config
-from megatron_ego.data.decode import normalize, resize_frames
-from megatron_ego.export.format import (
-    STUDENT_FILE,
-    WEIGHTS_FILE,
-    ExportError,
-    module_weights,
-    read_export,
-    read_student,
-    to_module_names,
-)
+from megatron_ego.export.format import STUDENT_FILE, WEIGHTS_FILE, read_export, read_student
+from megatron_ego.inference.inputs import prepare_images, prepare_poses, to_tensor
+from megatron_ego.inference.weights import load_module
 from megatron_ego.model.egoagent import EgoAgent as EgoAgentModule
-from megatron_ego.pose_format import VISIBLE
-
-MAX_ABS_METRES = 50.0  # egocentric joints lie within a few metres; larger values are cm or mm
-
-
-def _tensor(x, name: str) -> torch.Tensor:
-    if isinstance(x, np.ndarray):
-        x = torch.from_numpy(np.ascontiguousarray(x))
-    if not torch.is_tensor(x):
-        raise TypeError(f"{name} must be a torch tensor or numpy array; got {type(x).__name__}")
-    return x
 
 
 class EgoAgent:
@@ -117,11 +98,11 @@ class EgoAgent:
             m.transformer_impl = "local"  # same weights (export.format maps the norm names)
         ensure_model_parallel()
         seed_everything(cfg.run.seed)  # megatron's CUDA RNG tracker must exist to build on GPU
-        module = _load_module(m, weights, device, Path(path) / WEIGHTS_FILE)
+        module = load_module(m, weights, device, Path(path) / WEIGHTS_FILE)
         student = read_student(path, cfg, device="cpu")
         main = None
         if student is not None:
-            main = _load_module(m, student[0], device, Path(path) / STUDENT_FILE)
+            main = load_module(m, student[0], device, Path(path) / STUDENT_FILE)
         metadata["predict_act_weights"] = "student" if main is not None else metadata.get(
             "weights", "")
         return cls(module, cfg, device, precision, metadata, main)
@@ -133,74 +114,14 @@ class EgoAgent:
 
     # ---------------------------------------------------------------------------------- inputs
     def prepare_images(self, images, lead: int = 1) -> torch.Tensor:
-        """uint8 [*lead, H, W, 3] or normalised float [*lead, 3, S, S] -> float [*lead, 3, S, S].
-
-        ``lead`` is the number of leading batch dimensions (1: [n, ...], 2: [n, t, ...]).
-        """
-        images = _tensor(images, "images")
-        S = self.image_size
-        shape = tuple(images.shape)
-        if images.dim() != lead + 3:
-            where = "[n, " if lead == 1 else "[n, t, "
-            raise ValueError(
-                f"images must be uint8 {where}H, W, 3] or normalised float {where}3, {S}, {S}]; "
-                f"got shape {shape}"
-            )
-        flat = images.flatten(0, lead - 1) if lead > 1 else images  # [m, ...]
-        if images.dtype == torch.uint8:
-            if shape[-1] != 3:
-                raise ValueError(f"uint8 images must be RGB [..., H, W, 3]; got shape {shape}")
-            chw = flat.cpu().permute(0, 3, 1, 2).contiguous()  # [m, 3, H, W]
-            out = normalize(resize_frames(chw, S))  # [m, 3, S, S]
-        elif images.is_floating_point():
-            if shape[-3:] != (3, S, S):
-                raise ValueError(
-                    f"float images must be normalised [..., 3, {S}, {S}] (model.image_size={S}); "
-                    f"got shape {shape}: pass uint8 [..., H, W, 3] pixels to have them resized"
-                )
-            if flat.numel() and flat.abs().amax() > 20:
-                raise ValueError(
-                    "float images look unnormalised (|value| > 20): pass uint8 pixels, or "
-                    "ImageNet-normalise them ((x / 255 - mean) / std)"
-                )
-            out = flat.float()
-        else:
-            raise ValueError(f"images must be uint8 or float; got {images.dtype}")
-        out = out.to(self.device)
-        return out.unflatten(0, shape[:lead]) if lead > 1 else out
+        """uint8 [*lead, H, W, 3] or normalised float [*lead, 3, S, S] -> float [*lead, 3, S, S]
+        on the agent's device (inference/inputs.py)."""
+        return prepare_images(images, self.image_size, self.device, lead)
 
     def prepare_poses(self, poses, visibility=None) -> torch.Tensor:
-        """[n, F, J, 4] or [n, F, J, 3] + visibility [n, F, J] -> float [n, F, J, 4] on the device.
-
-        Invisible joints become (0, 0, 0, 0); visibility becomes exactly 0 or 1.
-        """
-        poses = _tensor(poses, "poses").float()
-        J = self.num_joints
-        if poses.dim() != 4 or poses.shape[2] != J or poses.shape[3] not in (3, 4):
-            raise ValueError(
-                f"poses must be [n, F, {J}, 4] (x, y, z metres, visibility) or [n, F, {J}, 3] "
-                f"with visibility [n, F, {J}]; got shape {tuple(poses.shape)}"
-            )
-        if poses.shape[3] == 3:
-            if visibility is None:
-                raise ValueError("poses [n, F, J, 3] need visibility [n, F, J] (1 = annotated)")
-            visibility = _tensor(visibility, "visibility")
-            if tuple(visibility.shape) != tuple(poses.shape[:3]):
-                raise ValueError(f"visibility must be {list(poses.shape[:3])}; "
-                                 f"got {tuple(visibility.shape)}")
-            poses = torch.cat([poses, visibility.float().unsqueeze(-1)], dim=-1)  # [n, F, J, 4]
-        elif visibility is not None:
-            raise ValueError("pass visibility only with [n, F, J, 3] poses (it is channel 3 here)")
-        visible = poses[..., 3] > VISIBLE  # [n, F, J]
-        xyz = torch.where(visible.unsqueeze(-1), poses[..., :3], torch.zeros(()))  # [n, F, J, 3]
-        if not torch.isfinite(xyz).all():
-            raise ValueError("poses hold NaN or inf at visible joints")
-        if xyz.numel() and xyz.abs().amax() > MAX_ABS_METRES:
-            raise ValueError(
-                f"poses reach {float(xyz.abs().amax()):.1f} from the camera: they must be in "
-                f"metres (egocentric joints lie within a few metres); convert cm or mm first"
-            )
-        return torch.cat([xyz, visible.float().unsqueeze(-1)], dim=-1).to(self.device)
+        """[n, F, J, 4] or [n, F, J, 3] + visibility [n, F, J] -> float [n, F, J, 4] on the
+        agent's device; invisible joints (0, 0, 0, 0) (inference/inputs.py)."""
+        return prepare_poses(poses, visibility, self.num_joints, self.device)
 
     def _tokens(self, poses: torch.Tensor) -> torch.Tensor:
         """[n, t*P, J, 4] -> action tokens [n, t, 4, P, J]."""
@@ -222,7 +143,7 @@ class EgoAgent:
         return actions.float(), future.float()  # [n, T, 4, P, J], [n, T, h]
 
     def _steps(self, images, what: str) -> int:
-        shape = tuple(_tensor(images, "images").shape)
+        shape = tuple(to_tensor(images, "images").shape)
         low = 2 if what == "act" else 1
         if len(shape) != 5 or not low <= shape[1] <= self.num_steps:
             raise ValueError(
@@ -287,7 +208,7 @@ class EgoAgent:
         frames = self.prepare_images(images, lead=2)  # [n, t, 3, S, S]
         P = self.poses_per_step
         n = frames.shape[0]
-        poses = _tensor(poses, "poses")
+        poses = to_tensor(poses, "poses")
         if poses.dim() != 4 or poses.shape[0] != n or poses.shape[1] not in (P, t * P):
             raise ValueError(
                 f"act: poses must be [n={n}, {P}, {self.num_joints}, 4 or 3] (the observed "
@@ -295,7 +216,7 @@ class EgoAgent:
                 f"got {tuple(poses.shape)}"
             )
         if visibility is not None:
-            visibility = _tensor(visibility, "visibility")[:, :P]
+            visibility = to_tensor(visibility, "visibility")[:, :P]
         observed = self.prepare_poses(poses[:, :P], visibility)  # [n, P, J, 4]
         tokens = frames.new_zeros(n, t, 4, P, self.num_joints)  # [n, t, 4, P, J]
         tokens[:, 0] = self._tokens(observed)[:, 0]
@@ -314,33 +235,3 @@ class EgoAgent:
             probabilities.append(probability)
         future = torch.cat(positions, dim=1)  # [n, (t-1)*P, J, 3]
         return (future, torch.cat(probabilities, dim=1)) if return_visibility else future
-
-
-def _load_module(m, weights: dict[str, torch.Tensor], device: torch.device,
-                 path: Path) -> EgoAgentModule:
-    """A fresh module of model config ``m`` holding ``weights`` (checked), in eval mode."""
-    module = EgoAgentModule(m, precision="fp32").to(device)
-    expected = module_weights(module.state_dict())
-    weights = to_module_names(weights, expected)
-    _check_weights(weights, expected, path)
-    module.load_state_dict(weights, strict=False)  # only `_extra_state` entries are absent
-    return module.requires_grad_(False).eval()
-
-
-def _check_weights(weights: dict[str, torch.Tensor], expected: dict[str, torch.Tensor],
-                   path: Path) -> None:
-    """Every tensor of the module is in the file with its shape, and nothing else is."""
-    missing = sorted(set(expected) - set(weights))
-    extra = sorted(set(weights) - set(expected))
-    hint = f"{path.name} in {path.parent} does not fit the model its config.yaml describes"
-    if missing:
-        raise ExportError(f"{hint}: {missing[0]} (and {len(missing) - 1} more) missing; "
-                          "re-export the checkpoint with launch/export.py")
-    if extra:
-        raise ExportError(f"{hint}: unexpected tensor {extra[0]} (and {len(extra) - 1} more)")
-    for name, tensor in expected.items():
-        if tuple(weights[name].shape) != tuple(tensor.shape):
-            raise ExportError(
-                f"{hint}: {name} has shape {tuple(weights[name].shape)} in the file but "
-                f"{tuple(tensor.shape)} in the model; use the config.yaml exported with it"
-            )
