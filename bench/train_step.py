@@ -16,8 +16,8 @@ and the optimizer, not the data loader (bench/loader.py measures that). Untimed 
 first; the reported figures are medians over the timed steps (wall time, and the process's CPU
 time: with OMP_NUM_THREADS=1 the latter hardly moves when other jobs share the machine). FLOPs
 per clip are the documented count of megatron_ego/training/flops.py; MFU is against the device's
-dense peak for the precision. Prints one JSON line (and writes it to --json when given); exits 3 on CUDA out-of-memory so a
-caller can retry with a smaller batch.
+dense peak for the precision. Prints one JSON line (and writes it to --json when given); exits 3
+on CUDA out-of-memory so a caller can retry with a smaller batch.
 """
 
 from __future__ import annotations
