@@ -3,7 +3,7 @@ PY      := .venv/bin/python
 STAMP   := .venv/.setup-done
 PIP     := $(PY) -m pip install -q --disable-pip-version-check
 
-.PHONY: setup test test-fast lint demo clean-demo
+.PHONY: setup test test-fast lint demo demo-policy clean-demo
 
 setup: $(STAMP)
 
@@ -30,6 +30,11 @@ test-fast: setup lint
 
 demo: setup
 	bash launch/demo.sh
+
+# The TriFinger policy task on the demo's export (needs `make demo` first; 7 to 12 min measured
+# on the shared 2-core box, docs/results.md).
+demo-policy: setup
+	bash launch/demo_policy.sh
 
 clean-demo:
 	rm -rf runs/demo

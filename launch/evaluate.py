@@ -19,8 +19,16 @@ Tasks:
              controls: another clip's frames (egoagent_shuffled_images) and one constant frame
              (egoagent_no_images), delta_mpjpe_30fps = control minus EgoAgent (cm).
              --no-controls skips the controls (megatron_ego/eval/controls.py).
+  policy     TriFinger policy learning (the paper's appendix, Table 5) on the demonstration sets of
+             --policy-demos (python -m preprocess.trifinger_demos): behaviour cloning of a 3-layer
+             MLP on the frozen features and the fingertips, 3 training seeds, rolled out in the
+             simulator from the held-out test states; success rate (Wilson 95% interval) and the
+             benchmark's mean scaled success, against a randomly initialised encoder, the
+             stage-1 export (--policy-stage1), the true cube state and the expert. Results under
+             policy_reach_cube / policy_move_cube.
   The paper's names work too: represent (knn), predict (retrieval), act (motion).
-  all        every task whose inputs are given (k-NN is skipped without --knn-train/--knn-val).
+  all        every task whose inputs are given (k-NN is skipped without --knn-train/--knn-val,
+             policy without --policy-demos).
 --data defaults to the val split next to the training data of the model's config
 (data.egoexo4d_path with its last folder 'train' replaced by 'val'), when that exists.
 
@@ -41,7 +49,7 @@ from pathlib import Path
 
 from megatron_ego.cli_help import make_parser
 
-TASKS = ("knn", "retrieval", "motion")
+TASKS = ("knn", "retrieval", "motion", "policy")
 PAPER_NAMES = {"represent": "knn", "predict": "retrieval", "act": "motion"}
 """The paper's names of the three tasks, accepted by --task (results keep the names above)."""
 log = logging.getLogger("evaluate")
@@ -82,10 +90,29 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
                         "rollouts")
     p.add_argument("--knn-k", type=int, default=20, help="neighbours of the k-NN vote (DINO: 20)")
     p.add_argument("--knn-temperature", type=float, default=0.07, help="k-NN vote temperature")
+    p.add_argument("--policy-demos", nargs="+", default=None, metavar="DIR",
+                   help="policy: demonstration folders (python -m preprocess.trifinger_demos), "
+                        "e.g. one for reach_cube and one for move_cube")
+    p.add_argument("--policy-stage1", default=None, metavar="EXPORT",
+                   help="policy: the stage-1 (represent-only) export, a baseline (launch/export.py "
+                        "--checkpoint RUN/stage1 --out DIR)")
+    p.add_argument("--policy-seeds", type=int, default=3, help="policy: BC training seeds")
+    p.add_argument("--policy-epochs", type=int, default=300, help="policy: BC epochs")
+    p.add_argument("--policy-hidden", type=int, default=256,
+                   help="policy: MLP width (the benchmark: 2000; slower on a CPU)")
+    p.add_argument("--policy-lr", type=float, default=1e-3, help="policy: AdamW learning rate")
+    p.add_argument("--policy-max-test", type=int, default=None,
+                   help="policy: roll out from only the first N test states (default: all)")
+    p.add_argument("--success-threshold", type=float, default=0.8,
+                   help="policy: an episode succeeds when its scaled success is at least this")
     args = p.parse_args(argv)
     args.task = PAPER_NAMES.get(args.task, args.task)
     if args.batch_size < 1 or args.workers < 0 or (args.max_clips is not None and args.max_clips < 1):
         p.error("--batch-size and --max-clips must be >= 1 and --workers >= 0")
+    if min(args.policy_seeds, args.policy_epochs, args.policy_hidden) < 1 or args.policy_lr <= 0 \
+            or not 0 < args.success_threshold <= 1 or (args.policy_max_test or 1) < 1:
+        p.error("--policy-seeds/-epochs/-hidden/-max-test must be >= 1, --policy-lr > 0 and "
+                "0 < --success-threshold <= 1")
     return args
 
 
@@ -113,24 +140,57 @@ def plan_tasks(args: argparse.Namespace) -> list[str]:
         raise ValueError("k-NN needs both --knn-train and --knn-val (ImageFolder splits)")
     if args.task == "knn" and not knn_given:
         raise ValueError("--task knn needs --knn-train and --knn-val (ImageFolder splits)")
+    if args.task == "policy":
+        return _plan_policy(args)
     hint = "pass an ImageFolder split (root/<class>/<image>)"
     _require_dir(args.knn_train, "--knn-train", hint)
     _require_dir(args.knn_val, "--knn-val", hint)
+    policy = args.policy_demos is not None and args.task == "all"
+    if policy:
+        _plan_policy(args)
     if args.data is None and args.task != "knn":
         args.data = _default_data(args.model)
     _require_dir(args.data, "--data", "preprocess the val split first (python -m "
                  "preprocess.egoexo4d --root RAW --split val --out DIR)")
     wanted = TASKS if args.task == "all" else (args.task,)
-    tasks = [t for t in wanted if (t == "knn" and knn_given) or (t != "knn" and args.data)]
+    tasks = [t for t in wanted if (t == "knn" and knn_given) or (t == "policy" and policy)
+             or (t not in ("knn", "policy") and args.data)]
     missing = [t for t in wanted if t not in tasks]
     if args.task != "all" and missing:
         raise ValueError(f"--task {args.task} needs --data (preprocessed Ego-Exo4D val clips)")
     if not tasks:
-        raise ValueError("nothing to evaluate: pass --data (retrieval, motion) and/or "
-                         "--knn-train/--knn-val (k-NN)")
+        raise ValueError("nothing to evaluate: pass --data (retrieval, motion), "
+                         "--knn-train/--knn-val (k-NN) and/or --policy-demos (policy)")
     for task in missing:
         log.warning("skipping %s: its inputs were not given", task)
     return tasks
+
+
+def _plan_policy(args: argparse.Namespace) -> list[str]:
+    """The policy task's inputs exist (the demonstration sets are read again when it runs)."""
+    if not args.policy_demos:
+        raise ValueError("--task policy needs --policy-demos DIR [DIR ...] (make them with "
+                         "python -m preprocess.trifinger_demos --task reach_cube --out DIR)")
+    for path in args.policy_demos:
+        if not (Path(path) / "manifest.json").is_file():
+            raise FileNotFoundError(
+                f"--policy-demos {path} holds no demonstrations: make them with `python -m "
+                f"preprocess.trifinger_demos --task reach_cube --out {path}`")
+    if args.policy_stage1 is not None and not (Path(args.policy_stage1) / "config.yaml").is_file():
+        raise FileNotFoundError(f"--policy-stage1 {args.policy_stage1} is not an export: export "
+                                "the stage-1 run with launch/export.py --checkpoint RUN/stage1 "
+                                f"--out {args.policy_stage1}")
+    return ["policy"]
+
+
+def _policy_options(args: argparse.Namespace):
+    from megatron_ego.eval.policy.bc import BCConfig
+    from megatron_ego.eval.policy.run import PolicyOptions
+
+    return PolicyOptions(
+        demos=list(args.policy_demos), stage1=args.policy_stage1, seeds=args.policy_seeds,
+        bc=BCConfig(hidden=args.policy_hidden, epochs=args.policy_epochs, lr=args.policy_lr),
+        threshold=args.success_threshold, max_test=args.policy_max_test)
 
 
 def _to_tensorboard(where: str, metadata: dict[str, str], results: dict) -> None:
@@ -172,13 +232,19 @@ def run(args: argparse.Namespace, argv: list[str] | None = None) -> dict:
             results[task] = run_knn(agent, args.knn_train, args.knn_val, args.out, ranks,
                                     args.model, k=args.knn_k, temperature=args.knn_temperature,
                                     **common)
+        elif task == "policy":
+            from megatron_ego.eval.policy.run import run_policy
+
+            if ranks.is_main:
+                results.update(run_policy(agent, args.model, _policy_options(args), args.out))
         elif task == "retrieval":
             results[task] = run_retrieval(agent, args.data, args.out, ranks, **common, **clips)
         else:
             results[task] = run_motion(agent, args.data, args.out, ranks, **common, **clips)
         if ranks.is_main:
-            log.info("%s done in %.1f s:\n%s", task, time.perf_counter() - start,
-                     task_table(task, results[task]))
+            for name in [n for n in results if n == task or n.startswith(f"{task}_")]:
+                log.info("%s done in %.1f s:\n%s", name, time.perf_counter() - start,
+                         task_table(name, results[name]))
     if ranks.is_main:
         previous = Path(args.out) / "results.json"
         merged = read_results(previous) if previous.is_file() else {}
@@ -187,6 +253,10 @@ def run(args: argparse.Namespace, argv: list[str] | None = None) -> dict:
             args.model, agent.metadata, to_dict(agent.cfg), args.data,
             (args.knn_train, args.knn_val),
             ["launch/evaluate.py", *(sys.argv[1:] if argv is None else argv)])
+        if "policy" in tasks:
+            from megatron_ego.eval.policy.run import policy_provenance
+
+            record["policy"] = policy_provenance(_policy_options(args))
         provenance = (read_provenance(previous) if previous.is_file() else None) or {}
         provenance = {task: provenance[task] for task in merged if task in provenance}
         provenance.update({task: record for task in results})
@@ -204,11 +274,13 @@ def main(argv: list[str] | None = None) -> int:
     logging.getLogger("megatron").setLevel(logging.WARNING)
     from megatron_ego.config import ConfigError
     from megatron_ego.data.indexed import IndexedDataError
+    from megatron_ego.eval.policy.sim import SimulatorMissingError
     from megatron_ego.export.format import ExportError
 
     try:
         run(args, argv)
-    except (FileNotFoundError, ValueError, ConfigError, ExportError, IndexedDataError) as err:
+    except (FileNotFoundError, ValueError, ConfigError, ExportError, IndexedDataError,
+            SimulatorMissingError) as err:
         print(f"error: {err}", file=sys.stderr)
         return 2
     return 0

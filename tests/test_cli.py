@@ -38,9 +38,17 @@ def test_demo_rejects_an_unknown_argument_with_one_line():
     assert "== 1/5" not in proc.stdout
 
 
+def test_demo_policy_help_prints_usage_and_runs_nothing():
+    proc = _run("bash", "launch/demo_policy.sh", "--help")
+    assert proc.returncode == 0, proc.stderr
+    assert "Usage:" in proc.stdout and "make demo-policy" in proc.stdout
+    assert "== 1/3" not in proc.stdout + proc.stderr
+
+
 @pytest.mark.parametrize("cmd", [
     ["launch/pretrain.py"], ["launch/evaluate.py"], ["launch/export.py"],
     ["-m", "preprocess.demo_world"], ["-m", "megatron_ego.eval.demo_summary"],
+    ["-m", "preprocess.trifinger_demos"],
 ])
 def test_help_shows_the_docstring_usage_and_defaults_without_warnings(cmd):
     proc = _run(PY, *cmd, "--help")

@@ -28,13 +28,17 @@ import re
 import tempfile
 from pathlib import Path
 
-METHODS = ("egoagent", "zero_velocity", "constant_velocity", "representation_only")
+METHODS = ("egoagent", "zero_velocity", "constant_velocity", "representation_only",
+           "stage1", "random_init", "true_state", "expert")
 _MOTION = ("mpjpe_30fps", "mpjve_30fps", "mpjpe_10fps", "mpjve_10fps")
-METRICS = ("top1", "top5", "map", *_MOTION, *(f"{m}_pooled" for m in _MOTION))
+_POLICY = ("success", "success_low", "success_high", "success_seed_std", "score",
+           "score_seed_std")
+METRICS = ("top1", "top5", "map", *_MOTION, *(f"{m}_pooled" for m in _MOTION), *_POLICY)
 UNITS = {"top1": "%", "top5": "%", "map": "%",
          **{f"{m}{suffix}": "cm" if m.startswith("mpjpe") else "cm/s"
             for m in _MOTION for suffix in ("", "_pooled")},
-         "direction_accuracy": "%", "direction_accuracy_rot_ge10": "%"}
+         "direction_accuracy": "%", "direction_accuracy_rot_ge10": "%",
+         **{m: "%" for m in _POLICY}, "train_score": "%"}
 BINNED = re.compile(r"^(top1|map|num_queries|num_transitions)_(rot|trans)_(\w+)$")
 DELTA = re.compile(r"^delta_(\w+?)(_ci_low|_ci_high)?$")  # the controls (eval/controls.py)
 BIN_COLUMNS = ("num_queries", "num_transitions", "top1", "map")
@@ -144,6 +148,16 @@ def _provenance_markdown(provenance: dict) -> list[str]:
         ("k-NN folders", ", ".join(f"{k} {v}" for k, v in (provenance.get("knn") or {}).items())
          or "none"),
     ]
+    policy = provenance.get("policy")
+    if policy:
+        demos = ", ".join(f"{d.get('path')} (sha256 {str(d.get('manifest_sha256', ''))[:12]})"
+                          for d in policy.get("demos") or [])
+        rows += [("policy demonstrations", demos),
+                 ("policy baselines", f"stage 1: {policy.get('stage1_export') or 'not given'}; "
+                  f"random init seed {policy.get('random_init_seed')}"),
+                 ("policy training", f"{policy.get('training_seeds')} seeds, BC {policy.get('bc')}, "
+                  f"success at scaled success >= {policy.get('success_threshold')}; "
+                  f"{policy.get('simulator')}")]
     lines = ["| | |", "|---|---|"]
     lines += [f"| {name} | {value} |" for name, value in rows]
     return [*lines, ""]
