@@ -13,10 +13,11 @@ torch profiler on CPU, and exits; the rest of the options are ignored except the
 Runs the real trainer step (DeepSpeed ZeRO-2 engine, fp32 EMA teacher, the three losses) on one
 process, on generated Ego-Exo4D-shaped micro-batches kept on the device, so it measures the model
 and the optimizer, not the data loader (bench/loader.py measures that). Untimed warm-up steps come
-first; the reported figures are medians over the timed steps. FLOPs per clip are the documented
-count of megatron_ego/training/flops.py; MFU is against the device's dense peak for the precision.
-Prints one JSON line (and writes it to --json when given); exits 3 on CUDA out-of-memory so a
-caller can retry with a smaller batch.
+first; the reported figures are medians over the timed steps (wall time, and the process's CPU
+time: with OMP_NUM_THREADS=1 the latter hardly moves when other jobs share the machine). FLOPs
+per clip are the documented count of megatron_ego/training/flops.py; MFU is against the device's
+dense peak for the precision. Prints one JSON line (and writes it to --json when given); exits 3
+on CUDA out-of-memory so a caller can retry with a smaller batch.
 """
 
 from __future__ import annotations
@@ -170,17 +171,18 @@ def main(argv: list[str] | None = None) -> int:
             with open(args.json, "a") as f:
                 f.write(json.dumps(result) + "\n")
         return 0
-    times, losses = [], []
+    times, cpu_times, losses = [], [], []
     try:
         for i in range(total):
             if on_gpu:
                 torch.cuda.synchronize()
-            t0 = time.perf_counter()
+            t0, c0 = time.perf_counter(), time.process_time()
             result = trainer.train_step(loader)
             if on_gpu:
                 torch.cuda.synchronize()
             if i >= args.warmup:
                 times.append(time.perf_counter() - t0)
+                cpu_times.append(time.process_time() - c0)
             losses.append(float(result.terms.means()["loss"]))
     except torch.cuda.OutOfMemoryError as e:
         print(json.dumps({"config": args.config, "micro_batch": mb, "error": "oom",
@@ -204,6 +206,7 @@ def main(argv: list[str] | None = None) -> int:
         "fp8": cfg.model.fp8,
         "train_flops_per_clip": flops["train"],
         "step_s_median": step,
+        "step_cpu_s_median": statistics.median(cpu_times),
         "clips_per_s": clips,
         "tokens_per_s": clips * flops["tokens"],
         "tflops_per_device": clips * flops["train"] / dist_info.world_size / 1e12,

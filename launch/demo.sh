@@ -54,17 +54,23 @@ echo "$stamp" > "$demo/DEMO_STAMP"
 echo "== 1/5 demo world (Ego-Exo4D layout, WalkingTours-like videos, k-NN ImageFolder)"
 if [ ! -f "$demo/raw/takes.json" ]; then
   rm -rf "$demo/raw"
-  "$py" -m preprocess.demo_world --out "$demo/raw.tmp" "${world[@]}"
+  "$py" -m preprocess.demo_world --out "$demo/raw.tmp" "${world[@]}" --workers 2
   mv "$demo/raw.tmp" "$demo/raw"
 fi
 
-echo "== 2/5 preprocessing into Megatron indexed datasets"
+echo "== 2/5 preprocessing into Megatron indexed datasets (the three sets side by side)"
+pids=()
 for split in train val; do
   "$py" -m preprocess.egoexo4d --root "$demo/raw" --out "$demo/data/egoexo4d/$split" \
-    --split "$split" --size "$size"
+    --split "$split" --size "$size" &
+  pids+=("$!")
 done
 "$py" -m preprocess.walking_tours --videos "$demo/raw/walking_tours" \
-  --out "$demo/data/walking_tours" --size "$size"
+  --out "$demo/data/walking_tours" --size "$size" &
+pids+=("$!")
+for pid in "${pids[@]}"; do
+  wait "$pid"  # set -e: a failed set stops the demo here
+done
 
 free_port() {
   "$py" -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1])'

@@ -9,10 +9,16 @@ Tasks:
   knn        k-NN top-1/top-5 on an ImageFolder train/val pair (--knn-train, --knn-val); features
              are cached in OUT/features/ and reused while the model and image lists are unchanged.
   retrieval  future-state retrieval Top-1/mAP on preprocessed val clips (--data), with the
-             representation-only baseline.
+             representation-only baseline and the action controls: the same queries with
+             another clip's actions (egoagent_shuffled_actions), all-invisible poses
+             (egoagent_zero_actions) and A_t+1 in place of A_t (egoagent_next_actions), each
+             with delta_* = true minus control and its paired bootstrap 95% interval.
   motion     MPJPE/MPJVE at 30 and 10 fps of the 15 poses after the first 5 (--data), with the
              zero- and constant-velocity baselines; 10 fps scores clip frames 7, 10, .., 19;
-             averaged per sample, and pooled over all visible joints (*_pooled).
+             averaged per sample, and pooled over all visible joints (*_pooled); and the image
+             controls: another clip's frames (egoagent_shuffled_images) and one constant frame
+             (egoagent_no_images), delta_mpjpe_30fps = control minus EgoAgent (cm).
+             --no-controls skips the controls (megatron_ego/eval/controls.py).
   policy     TriFinger policy learning (the paper's appendix, Table 5) on the demonstration sets of
              --policy-demos (python -m preprocess.trifinger_demos): behaviour cloning of a 3-layer
              MLP on the frozen features and the fingertips, 3 training seeds, rolled out in the
@@ -81,6 +87,11 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
                    help="where to add the metrics as eval/<task>/<method>/<metric> scalars at the "
                         "checkpoint's step: auto (the run's tensorboard/ folder, when the export's "
                         "checkpoint run is here), none, or a folder")
+    p.add_argument("--no-controls", "--no_controls", dest="controls", action="store_false",
+                   help="skip the input controls (retrieval with shuffled, zero and next-step "
+                        "actions; motion with shuffled and no images: megatron_ego/eval/"
+                        "controls.py), which cost three more predict passes and two more act "
+                        "rollouts")
     p.add_argument("--knn-k", type=int, default=20, help="neighbours of the k-NN vote (DINO: 20)")
     p.add_argument("--knn-temperature", type=float, default=0.07, help="k-NN vote temperature")
     p.add_argument("--policy-demos", nargs="+", default=None, metavar="DIR",
@@ -232,7 +243,7 @@ def run(args: argparse.Namespace, argv: list[str] | None = None) -> dict:
     ranks = join_processes(None if args.device == "auto" else args.device)
     agent = EgoAgent.from_pretrained(args.model, device=ranks.device, precision=args.precision)
     common = dict(batch_size=args.batch_size, workers=args.workers)
-    clips = dict(max_clips=args.max_clips, num_figures=args.figures)
+    clips = dict(max_clips=args.max_clips, num_figures=args.figures, controls=args.controls)
     results = {}
     for task in tasks:
         start = time.perf_counter()

@@ -18,6 +18,7 @@ from typing import Literal
 from megatron_ego.config_checks import at_least, check, positive
 from megatron_ego.config_io import ConfigError, from_dict, parse_overrides, read_yaml, to_dict
 from megatron_ego.config_training import (
+    LOSS_TERMS,
     MAX_LR,
     EMAConfig,
     LossConfig,
@@ -27,6 +28,7 @@ from megatron_ego.config_training import (
 )
 
 __all__ = [
+    "LOSS_TERMS",
     "MAX_LR",
     "Config",
     "ConfigError",
@@ -94,6 +96,10 @@ class ModelConfig:
     """The action projector also reads each pose's velocity (3 channels, m/s; ours): 7 input
     channels instead of the paper's 4 (x, y, z, visibility; Table 8). The tiny CPU demo uses it:
     a frame's ~1 cm motion is otherwise a 1% ripple on the posture after the LayerNorm."""
+    action_in_query: bool = False
+    """The future-state query of step t carries A_t (ours): its input is the learned query plus
+    the action projector's token of A_t, instead of the learned query alone (the paper's layout,
+    where the query reaches A_t only through attention to the token just before it)."""
     action_head: Literal["linear", "anchored"] = "linear"
     """The action head. "linear": the paper's one Linear h -> 4 x P x J (Table 8), its output the
     poses themselves (metres). "anchored" (ours, the tiny CPU demo): step 0 has its own output

@@ -6,7 +6,7 @@ checkpoints (`run`). Sections of `megatron_ego.config.Config`, importable from t
 from __future__ import annotations
 
 import re
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Literal
 
 from megatron_ego.config_checks import at_least, check, positive
@@ -16,6 +16,10 @@ _RUN_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]*")
 MAX_LR = 1.0
 """Largest accepted optim.lr: AdamW moves each weight by about lr per step, so anything near 1
 destroys a network of weights of magnitude 0.02; larger values are typos (a missing `e-4`)."""
+
+LOSS_TERMS = ("loss_represent", "loss_predict", "loss_act", "loss_predict_contrastive",
+              "loss_predict_direction")
+"""The loss terms a run logs to metrics.jsonl (losses/objective.py)."""
 
 
 @dataclass
@@ -67,9 +71,20 @@ class LossConfig:
     centering: Literal["ema", "sinkhorn_knopp"] = "ema"
     """Teacher centering: DINO's EMA center (the paper's setting) or Sinkhorn-Knopp
     normalisation over the batch (DINOv2's option; steadier for small batches and short runs)."""
+    may_rise: list[str] = field(default_factory=list)
+    """Loss terms (metrics.jsonl names, e.g. loss_predict) whose rise over a run the run's own
+    check (`python -m megatron_ego.eval.demo_summary`) reports as allowed instead of failing;
+    needs may_rise_reason. Empty: every term must go down."""
+    may_rise_reason: str = ""
+    """Why the terms of may_rise may rise (printed by the check beside them)."""
 
     def __post_init__(self) -> None:
         at_least(self, "loss", 0, "warmup_teacher_temp_iters")
+        unknown = sorted(set(self.may_rise) - set(LOSS_TERMS))
+        check(not unknown, f"loss.may_rise names {unknown}, which no run logs: use terms of "
+                           f"{list(LOSS_TERMS)}")
+        check(not self.may_rise or bool(self.may_rise_reason.strip()),
+              "loss.may_rise is set without loss.may_rise_reason: say why those terms may rise")
         for name in ("represent_weight", "predict_weight", "act_weight", "visibility_weight",
                      "koleo_weight", "predict_contrastive_weight", "predict_direction_weight"):
             if getattr(self, name) < 0:

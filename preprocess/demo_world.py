@@ -30,6 +30,7 @@ import json
 import os
 import uuid
 from collections.abc import Iterable
+from dataclasses import dataclass
 
 import av
 import numpy as np
@@ -91,12 +92,31 @@ def look_at(forward: np.ndarray) -> np.ndarray:
     return np.stack([right, np.cross(f, right), f])
 
 
-def _write_take(root: str, room: Room, index: int, split: str, seconds: float, size: int,
-                rng: np.random.Generator) -> dict:
+@dataclass
+class TakePlan:
+    """Everything of one take that the world's random stream decides (drawn in take order);
+    rendering it draws nothing, so takes can be rendered in any order or process."""
+
+    name: str
+    uid: str
+    split: str
+    R: np.ndarray  # [N, 3, 3] world -> camera rotations
+    centre: np.ndarray  # [N, 3] camera centres, metres
+    K: np.ndarray  # [3, 3] intrinsics
+    joints_cam: np.ndarray  # [N, 17, 3] camera frame, metres
+    extrinsics: np.ndarray  # [N, 3, 4] world -> camera
+    labels: object  # demo_layout.TakeLabels
+    size: int
+
+
+def _plan_take(root: str, room_size: tuple[float, float], index: int, split: str, seconds: float,
+               size: int, rng: np.random.Generator) -> tuple[TakePlan, dict]:
+    """Draw one take's walk and labels, write its annotation JSONs; returns its plan and its
+    takes.json entry."""
     name = f"demoworld_walk_{index:02d}_1"
     uid = str(uuid.UUID(bytes=rng.bytes(16), version=4))
     num_frames = int(round(seconds * FPS))
-    walk = simulate_walk(num_frames, FPS, room.size, rng)
+    walk = simulate_walk(num_frames, FPS, room_size, rng)
     joints_world, R, centre = body_and_camera(walk)  # [N, 17, 3], [N, 3, 3], [N, 3]
     extrinsics = np.concatenate([R, -R @ centre[:, :, None]], axis=2)  # [N, 3, 4] world->camera
     joints_cam = np.einsum("nij,nkj->nki", R, joints_world - centre[:, None])  # [N, 17, 3]
@@ -104,32 +124,48 @@ def _write_take(root: str, room: Room, index: int, split: str, seconds: float, s
     labels = plan_labels(index, num_frames, FPS, rng)
     write_body_json(root, split, uid, name, joints_world, labels, rng)
     write_camera_json(root, split, uid, name, extrinsics, K, labels)
-
-    kept = []
-
-    def frames() -> Iterable[np.ndarray]:
-        for k in range(num_frames):
-            image = room.render(R[k], centre[k], K, size, size)[0]  # [H, W, 3]
-            if k % 5 == 0:
-                kept.append(image)
-            yield image
-
-    encode_video(take_video_path(root, name), frames(), FPS)
-    os.makedirs(os.path.join(root, "ground_truth"), exist_ok=True)
-    np.savez_compressed(
-        os.path.join(root, "ground_truth", f"{uid}.npz"),
-        joints_cam=joints_cam, visible=labels.visible, labelled=labels.labelled,
-        manual=labels.manual, has_extrinsics=labels.extrinsics, extrinsics=extrinsics,
-        frame_index=np.arange(0, num_frames, 5), frames=np.stack(kept), intrinsics=K,
-        split=split, camera_layout=labels.camera_layout,
-    )
     entry = {"take_uid": uid, "take_name": name, "root_dir": f"takes/{name}",
              "task_name": "Demo world walk", "duration_sec": seconds}
     if index % 3 != 2:  # the others leave the reader to find the only Aria camera itself
         entry["capture"] = {"cameras": [
             {"cam_id": ARIA, "is_ego": True, "device_type": "aria"},
             {"cam_id": "cam01", "is_ego": False, "device_type": "gopro"}]}
-    return entry
+    return TakePlan(name, uid, split, R, centre, K, joints_cam, extrinsics, labels, size), entry
+
+
+def _render_take(root: str, room: Room, plan: TakePlan) -> None:
+    """Render and encode a planned take's video, and write its ground truth."""
+    kept = []
+
+    def frames() -> Iterable[np.ndarray]:
+        for k in range(len(plan.R)):
+            image = room.render(plan.R[k], plan.centre[k], plan.K, plan.size, plan.size)[0]
+            if k % 5 == 0:
+                kept.append(image)  # [H, W, 3]
+            yield image
+
+    encode_video(take_video_path(root, plan.name), frames(), FPS)
+    os.makedirs(os.path.join(root, "ground_truth"), exist_ok=True)
+    labels = plan.labels
+    np.savez_compressed(
+        os.path.join(root, "ground_truth", f"{plan.uid}.npz"),
+        joints_cam=plan.joints_cam, visible=labels.visible, labelled=labels.labelled,
+        manual=labels.manual, has_extrinsics=labels.extrinsics, extrinsics=plan.extrinsics,
+        frame_index=np.arange(0, len(plan.R), 5), frames=np.stack(kept), intrinsics=plan.K,
+        split=plan.split, camera_layout=labels.camera_layout,
+    )
+
+
+_WORKER_ROOM: dict[str, Room] = {}
+
+
+def _render_in_worker(args: tuple[str, int, TakePlan]) -> str:
+    """Pool task: render one take with this worker's room (built once per worker)."""
+    root, px_per_m, plan = args
+    if px_per_m not in _WORKER_ROOM:
+        _WORKER_ROOM[px_per_m] = Room(px_per_m=px_per_m)
+    _render_take(root, _WORKER_ROOM[px_per_m], plan)
+    return plan.name
 
 
 def _write_walking_tours(root: str, room: Room, count: int, seconds: float, size: int,
@@ -168,20 +204,34 @@ def _write_imagefolder(root: str, room: Room, per_class: dict[str, int], size: i
 def write_demo_world(out: str, takes: int = 8, seconds: float = 20.0, seed: int = 0,
                      resolution: int = 160, walking_tours: int = 2,
                      walking_tours_seconds: float = 8.0, knn_train: int = 12,
-                     knn_val: int = 6) -> list[dict]:
+                     knn_val: int = 6, workers: int = 1) -> list[dict]:
     """Write the whole demo raw dataset under `out` (see the module docstring); returns takes.json.
 
-    Every 4th take (index 3, 7, ...) goes to the val split, the others to train.
+    Every 4th take (index 3, 7, ...) goes to the val split, the others to train. The random
+    stream is drawn in take order in this process; ``workers`` processes render the takes'
+    videos (the same files for any number of workers).
     """
     rng = np.random.default_rng(seed)
     room = Room(px_per_m=texture_resolution(resolution))
     os.makedirs(out, exist_ok=True)
-    entries = []
-    bar = progress(total=takes, desc="demo takes", unit="take")
+    plans, entries = [], []
     for index in range(takes):
-        split = "val" if index % 4 == 3 else "train"
-        entries.append(_write_take(out, room, index, split, seconds, resolution, rng))
-        bar.update(1)
+        plan, entry = _plan_take(out, room.size, index, "val" if index % 4 == 3 else "train",
+                                 seconds, resolution, rng)
+        plans.append(plan)
+        entries.append(entry)
+    bar = progress(total=takes, desc="demo takes", unit="take")
+    if workers > 1 and takes > 1:
+        import multiprocessing
+
+        with multiprocessing.get_context("spawn").Pool(min(workers, takes)) as pool:
+            for _ in pool.imap_unordered(_render_in_worker,
+                                         [(out, room.px_per_m, plan) for plan in plans]):
+                bar.update(1)
+    else:
+        for plan in plans:
+            _render_take(out, room, plan)
+            bar.update(1)
     bar.close()
     with open(os.path.join(out, "takes.json"), "w") as f:
         json.dump(entries, f, indent=1)
@@ -202,11 +252,14 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--walking-tours-seconds", type=float, default=8.0)
     parser.add_argument("--knn-train", type=int, default=12, help="k-NN train images per class")
     parser.add_argument("--knn-val", type=int, default=6, help="k-NN val images per class")
+    parser.add_argument("--workers", type=int, default=1,
+                        help="processes rendering the takes (the same world for any number)")
     args = parser.parse_args(argv)
-    if args.takes < 1 or args.seconds < 1 or args.resolution < 32:
-        parser.error("need --takes >= 1, --seconds >= 1 and --resolution >= 32")
+    if args.takes < 1 or args.seconds < 1 or args.resolution < 32 or args.workers < 1:
+        parser.error("need --takes >= 1, --seconds >= 1, --resolution >= 32 and --workers >= 1")
     write_demo_world(args.out, args.takes, args.seconds, args.seed, args.resolution,
-                     args.walking_tours, args.walking_tours_seconds, args.knn_train, args.knn_val)
+                     args.walking_tours, args.walking_tours_seconds, args.knn_train, args.knn_val,
+                     args.workers)
     print(f"demo world written to {args.out}")
 
 

@@ -46,9 +46,11 @@ def _step_outputs(model, frames, poses):
     return actions, future
 
 
-@pytest.mark.parametrize("bidirectional", [False, True])
-def test_changing_the_future_leaves_step_t_bit_identical(tiny_cfg, bidirectional):
+@pytest.mark.parametrize(("bidirectional", "action_in_query"),
+                         [(False, False), (True, False), (False, True)])
+def test_changing_the_future_leaves_step_t_bit_identical(tiny_cfg, bidirectional, action_in_query):
     tiny_cfg.model.frame_bidirectional = bidirectional
+    tiny_cfg.model.action_in_query = action_in_query
     torch.manual_seed(0)
     model = EgoAgent(tiny_cfg.model).eval()
     _randomize_action_head(model)
@@ -81,14 +83,30 @@ def test_changing_the_future_leaves_step_t_bit_identical(tiny_cfg, bidirectional
             assert torch.equal(a4[:, :t], actions[:, :t])
 
 
-def test_action_t_reaches_the_future_state_of_step_t(tiny_cfg, tiny_model):
+@pytest.mark.parametrize("action_in_query", [False, True])
+def test_action_t_reaches_the_future_state_of_step_t(tiny_cfg, action_in_query):
+    tiny_cfg.model.action_in_query = action_in_query
+    torch.manual_seed(0)
+    model = EgoAgent(tiny_cfg.model).eval()
     batch = random_clip_batch(tiny_cfg, b=1, seed=2)
-    _, future = _step_outputs(tiny_model, batch["frames"], batch["poses"])
+    _, future = _step_outputs(model, batch["frames"], batch["poses"])
     p2 = batch["poses"].clone()
     p2[:, 1] += 1.0
-    _, fut2 = _step_outputs(tiny_model, batch["frames"], p2)
+    _, fut2 = _step_outputs(model, batch["frames"], p2)
     assert torch.equal(fut2[:, 0], future[:, 0])
     assert not torch.allclose(fut2[:, 1], future[:, 1])
+
+
+def test_action_in_query_puts_a_t_into_the_future_query_input(tiny_cfg):
+    tiny_cfg.model.action_in_query = True
+    torch.manual_seed(0)
+    model = EgoAgent(tiny_cfg.model).eval()
+    batch = random_clip_batch(tiny_cfg, b=2, seed=4)
+    with torch.no_grad():
+        seq = model._sequence_tokens(batch["frames"], batch["poses"])  # [b, S, h]
+        acts = seq[:, [model.layout.action_token_position(t) for t in range(model.layout.num_steps)]]
+        queries = seq[:, model.layout.future_query_slice]  # [b, T, h]
+    assert torch.allclose(queries, model.queries.future_state + acts)
 
 
 def test_batch_items_do_not_mix(tiny_cfg, tiny_model):

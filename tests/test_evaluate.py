@@ -14,11 +14,16 @@ import torch
 from launch import evaluate
 from megatron_ego.export.format import read_export, write_export
 
+CONTROLS = {"retrieval": ("delta_top1", "delta_direction_accuracy"),
+            "motion": ("delta_mpjpe_30fps",)}  # each with _ci_low and _ci_high
 METRICS = {
     "knn": {"egoagent": ("top1", "top5")},
-    "retrieval": {m: ("top1", "map") for m in ("egoagent", "representation_only")},
+    "retrieval": {m: ("top1", "map") for m in (
+        "egoagent", "representation_only", "egoagent_shuffled_actions", "egoagent_zero_actions",
+        "egoagent_next_actions")},
     "motion": {m: ("mpjpe_30fps", "mpjve_30fps", "mpjpe_10fps", "mpjve_10fps")
-               for m in ("egoagent", "zero_velocity", "constant_velocity")},
+               for m in ("egoagent", "zero_velocity", "constant_velocity",
+                         "egoagent_shuffled_images", "egoagent_no_images")},
 }
 
 
@@ -61,6 +66,15 @@ def test_all_tasks_write_every_method_and_metric(evaluated):
         assert got["num_transitions_rot_ge10"] <= got["num_queries_rot_ge10"]
         assert got["num_direction_queries"] >= 8 * 2  # steps 1 and 2 always have I_{t-1}
     assert "### retrieval by camera motion" in (out / "results.md").read_text()
+    for task, keys in CONTROLS.items():  # the controls: a delta and its interval each
+        for method in METRICS[task]:
+            got = results[task][method]
+            if method.startswith("egoagent_"):
+                for key in keys:
+                    assert got[f"{key}_ci_low"] <= got[key] <= got[f"{key}_ci_high"], (method, key)
+            else:
+                assert not any(k.startswith("delta_") for k in got), method
+    assert "### retrieval: input controls" in (out / "results.md").read_text()
     assert (out / "figures" / "top1_by_rotation.png").stat().st_size > 1000
     assert results["motion"]["egoagent"]["num_samples"] == 8
     assert "| representation_only |" in (out / "results.md").read_text()

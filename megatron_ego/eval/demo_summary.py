@@ -4,66 +4,55 @@
 
 Training: each loss term's mean over the first and the last 20 optimizer steps (a term counts
 only on the steps that trained it: WalkingTours micro-batches train the representation only);
-the check is that every term went down. In a run started from another run's weights
-(`run.init_from`: stage 2 of the two-stage demo) the terms whose heads start trained, the
-representation term and, with `model.predict_head_init: represent`, the DINO prediction term,
-start near where stage 1 left them; such a term passes when it went down or stayed below ln K,
-the loss of a prediction that knows nothing (K = model.head_out_dim prototypes); every other term
-must go down. Evaluation: results.json of launch/evaluate.py, with the
+the check is that every term went down. A term that did not is reported as "rose", and the check
+fails unless the run's config declares it allowed to rise (`loss.may_rise`, with the reason in
+`loss.may_rise_reason`, printed beside it). Evaluation: results.json of launch/evaluate.py, with the
 comparisons the project claims (EgoAgent vs zero-velocity MPJPE, vs representation-only
 retrieval Top-1, overall and by camera rotation between I_t and I_t+1, with the direction
-accuracy). A failed check is printed as such; with --strict it also makes the exit
-status 1 (the demo itself reports and goes on).
+accuracy), and one line per input control (eval/controls.py: shuffled, zero and next-step actions
+for predict, shuffled and no images for act) saying whether the input matters. A failed check
+is printed as such; with --strict it also makes the exit status 1 (the demo itself reports and
+goes on).
 """
 
 from __future__ import annotations
 
 import json
-import math
 import sys
 from pathlib import Path
 
 import yaml
 
 from megatron_ego.cli_help import make_parser
+from megatron_ego.config import LOSS_TERMS
+from megatron_ego.eval.controls import matters
 
-TERMS = ("loss_represent", "loss_predict", "loss_act", "loss_predict_contrastive",
-         "loss_predict_direction")
 WINDOW = 20
 
 
-def warm_started(run: Path) -> tuple[set[str], float]:
-    """(terms whose heads the run's run.init_from started trained, ln K) from run/config.yaml;
-    (empty set, ln K) for a run trained from scratch or without a readable config."""
+def allowed_rises(run: Path) -> tuple[set[str], str]:
+    """(the terms run/config.yaml declares as allowed to rise, its reason): loss.may_rise and
+    loss.may_rise_reason; nothing for a run without a readable config."""
     try:
         cfg = yaml.safe_load((run / "config.yaml").read_text()) or {}
     except (OSError, yaml.YAMLError):
-        return set(), math.inf
-    model, start = cfg.get("model") or {}, (cfg.get("run") or {}).get("init_from")
-    log_k = math.log(model["head_out_dim"]) if model.get("head_out_dim") else math.inf
-    if not start:
-        return set(), log_k
-    terms = {"loss_represent"}
-    if model.get("predict_head_init") == "represent":
-        terms.add("loss_predict")
-    return terms, log_k
+        return set(), ""
+    loss = cfg.get("loss") or {}
+    return set(loss.get("may_rise") or ()), str(loss.get("may_rise_reason") or "")
 
 
-def verdict(term: str, first: float, last: float, warm: set[str], log_k: float) -> str | None:
-    """'down', 'below ln K' (a warm-started term that did not go down but carries information),
-    or None (failed)."""
+def verdict(term: str, first: float, last: float, allowed: set[str]) -> tuple[str, bool]:
+    """('down', passed), ('rose', passed: declared as allowed to rise) or ('ROSE', failed)."""
     if last < first:
-        return "down"
-    if term in warm and last < log_k:
-        return "below ln K"
-    return None
+        return "down", True
+    return ("rose", True) if term in allowed else ("ROSE", False)
 
 
 def loss_trend(metrics_path: Path, window: int = WINDOW) -> dict[str, tuple[float, float]]:
     """{term: (mean of its first `window` values, mean of its last `window`)}."""
     rows = [json.loads(line) for line in metrics_path.read_text().splitlines() if line.strip()]
     trend = {}
-    for term in TERMS:
+    for term in LOSS_TERMS:
         values = [r[term] for r in sorted(rows, key=lambda r: r["step"]) if term in r]
         if len(values) >= 2 * window:
             trend[term] = (sum(values[:window]) / window, sum(values[-window:]) / window)
@@ -91,6 +80,36 @@ def _print_motion(retrieval: dict) -> None:
         print(f"{label:<32}{'':>22}{cell(ego, key):>10}{cell(rep, key):>12}")
 
 
+CONTROL_LINES = (  # (task, method, delta metric, label, what, unit)
+    ("retrieval", "egoagent_shuffled_actions", "top1_rot_ge10", "predict, shuffled actions",
+     "actions", "points of Top-1 >= 10 deg, true - control"),
+    ("retrieval", "egoagent_zero_actions", "top1_rot_ge10", "predict, zero actions",
+     "actions", "points of Top-1 >= 10 deg, true - control"),
+    ("retrieval", "egoagent_next_actions", "top1_rot_ge10", "predict, next-step actions",
+     "actions", "points of Top-1 >= 10 deg, true - control"),
+    ("motion", "egoagent_shuffled_images", "mpjpe_30fps", "act, shuffled images", "images",
+     "cm of MPJPE, control - true"),
+    ("motion", "egoagent_no_images", "mpjpe_30fps", "act, no images", "images",
+     "cm of MPJPE, control - true"),
+)
+
+
+def control_lines(results: dict) -> list[str]:
+    """One line per input control of eval/controls.py found in ``results``: whether the input
+    matters (its 95% interval above zero), the delta and the interval."""
+    lines = []
+    for task, method, metric, label, what, unit in CONTROL_LINES:
+        values = results.get(task, {}).get(method, {})
+        delta = values.get(f"delta_{metric}")
+        if delta is None:
+            continue
+        low, high = values.get(f"delta_{metric}_ci_low"), values.get(f"delta_{metric}_ci_high")
+        answer = "yes" if matters(low) else "no"
+        lines.append(f"{label + ':':<29}{what} matter: {answer} ({delta:+.2f} {unit}, 95% CI "
+                     f"{low:.2f} to {high:.2f})")
+    return lines
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = make_parser(__doc__)
     parser.add_argument("--run", default="runs/demo", help="the demo's run folder")
@@ -99,16 +118,19 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     run = Path(args.run)
     trend = loss_trend(run / "metrics.jsonl")
-    warm, log_k = warm_started(run)
-    verdicts = {t: verdict(t, first, last, warm, log_k) for t, (first, last) in trend.items()}
-    ok = bool(trend) and all(verdicts.values())
+    allowed, reason = allowed_rises(run)
+    verdicts = {t: verdict(t, first, last, allowed) for t, (first, last) in trend.items()}
+    ok = bool(trend) and all(passed for _, passed in verdicts.values())
     print(f"\n== demo summary ({run})")
     print(f"{'training loss':<28}{'first 20 steps':>16}{'last 20 steps':>16}")
     for term, (first, last) in trend.items():
-        print(f"{term:<28}{first:>16.4f}{last:>16.4f}   {verdicts[term] or 'NOT DOWN'}")
-    if warm:
-        print(f"(started from run.init_from: {', '.join(sorted(warm))} began trained; they pass "
-              f"when down or below ln K = {log_k:.3f})")
+        word, passed = verdicts[term]
+        note = "" if word == "down" else "   (allowed: loss.may_rise)" if passed else \
+            "   (not in loss.may_rise: the check fails)"
+        print(f"{term:<28}{first:>16.4f}{last:>16.4f}   {word}{note}")
+    risen = sorted(t for t, (word, passed) in verdicts.items() if word == "rose")
+    if risen:
+        print(f"{', '.join(risen)} may rise in this config: {reason}")
     results_path = run / "eval" / "results.json"
     if results_path.is_file():
         res = json.loads(results_path.read_text())
@@ -136,13 +158,18 @@ def main(argv: list[str] | None = None) -> int:
         if ego is not None and rep is not None:
             print(f"predict: EgoAgent {'beats' if ego > rep else 'does NOT beat'} "
                   "representation-only retrieval")
-    if ok and warm:
-        print("check passed: every loss term went down over the run, or (begun trained) stayed "
-              "below ln K")
+        controls = control_lines(res)
+        if controls:
+            print("\ninput controls (paired bootstrap over the val queries / clips)")
+            print("\n".join(controls))
+    if ok and risen:
+        print(f"check passed: every loss term went down over the run, except {', '.join(risen)}, "
+              "which rose as the config allows (see above)")
     elif ok:
         print("check passed: every loss term went down over the run")
     else:
-        print("CHECK FAILED: a loss term did not go down over the run (see above)")
+        print("CHECK FAILED: a loss term rose over the run and the config does not allow it "
+              "(see above)")
     return 0 if ok or not args.strict else 1
 
 

@@ -4,7 +4,8 @@
   S x 256/224, bicubic, then centre-crop S x S; ImageNet normalisation).
 - ``StoredFrames``: the stored 6 fps frames of a preprocessed dataset, whole frame resized to S
   (the training pipeline's ``load_frame``).
-- ``ValClips``: preprocessed clips as (T frames, 20 poses), for retrieval and motion.
+- ``ValClips``: preprocessed clips as (T frames, 20 poses), for retrieval and motion;
+  ``PairedClips`` adds another clip's frames and poses (the controls' partner).
 
 Datasets return CPU tensors and are picklable (DataLoader workers reopen the memory maps).
 
@@ -136,6 +137,28 @@ class ValClips(Dataset):
         frames = torch.stack([load_frame(f, self.dataset.encoding, self.size)
                               for f in clip.frames])  # [T, 3, S, S]
         return frames, torch.from_numpy(np.array(clip.poses, dtype=np.float32)), clip_id
+
+
+class PairedClips(ValClips):
+    """ValClips with a partner per clip, for the controls (eval/controls.py): (frames, poses,
+    partner frames [T, 3, S, S] (or an empty [0] tensor), partner poses [T*P, J, 4], clip index)."""
+
+    def __init__(self, path: str, clip_ids: np.ndarray, size: int, partner_ids: np.ndarray,
+                 partner_frames: bool):
+        super().__init__(path, clip_ids, size)
+        self.partners, self.partner_frames = np.asarray(partner_ids), partner_frames
+        if self.partners.shape != self.ids.shape:
+            raise ValueError(f"partner_ids {self.partners.shape} must match clip_ids {self.ids.shape}")
+
+    def __getitem__(self, i: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor,
+                                           int]:
+        frames, poses, clip_id = super().__getitem__(i)
+        partner = self.dataset[int(self.partners[i])]
+        partner_frames = torch.stack([load_frame(f, self.dataset.encoding, self.size)
+                                      for f in partner.frames]) if self.partner_frames \
+            else torch.zeros(0)  # [T, 3, S, S] or [0]
+        partner_poses = torch.from_numpy(np.array(partner.poses, dtype=np.float32))  # [T*P, J, 4]
+        return frames, poses, partner_frames, partner_poses, clip_id
 
 
 def clip_table(path: str) -> np.ndarray:

@@ -134,3 +134,19 @@ def motion_metrics(
     metrics["num_samples"] = int(scored.sum())
     metrics["num_skipped"] = int((~scored).sum())
     return metrics
+
+
+@torch.no_grad()
+def per_sample_mpjpe(pred_poses: torch.Tensor, true_poses: torch.Tensor, visible: torch.Tensor
+                     ) -> torch.Tensor:
+    """MPJPE (cm) at 30 fps of each sample over its visible joints, NaN for a sample with none:
+    [n, F, J, 3], [n, F, J, 3], [n, F, J] -> [n] float64 (their mean over the finite ones is
+    ``motion_metrics``' mpjpe_30fps)."""
+    pred = torch.as_tensor(pred_poses, dtype=torch.float64)
+    true = torch.as_tensor(true_poses, dtype=torch.float64, device=pred.device)
+    vis = torch.as_tensor(visible, device=pred.device).bool()
+    _check(pred, true, vis)
+    pred = torch.where(vis.unsqueeze(-1), pred, torch.zeros_like(pred))
+    true = torch.where(vis.unsqueeze(-1), true, torch.zeros_like(true))
+    (pos_sum, pos_count), _ = _error_sums(pred, true, vis, POSE_FPS)
+    return torch.where(pos_count > 0, pos_sum / pos_count.clamp(min=1), torch.nan)  # [n]

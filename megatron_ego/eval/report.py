@@ -10,7 +10,8 @@ Both files are written atomically (a temporary file in the same folder, fsync, t
 reader never sees half a report. Non-finite values (e.g. a metric with no valid sample) are stored
 as JSON null and shown as "n/a". Metrics split by camera motion (``top1_rot_ge10``,
 ``num_transitions_trans_lt5cm``, ...) get a table of their own in results.md, one row per method
-and bin.
+and bin, and so do the controls' differences (``delta_<metric>`` with ``_ci_low``/``_ci_high``,
+eval/controls.py), one row per control and metric.
 
 Usage::
 
@@ -39,6 +40,7 @@ UNITS = {"top1": "%", "top5": "%", "map": "%",
          "direction_accuracy": "%", "direction_accuracy_rot_ge10": "%",
          **{m: "%" for m in _POLICY}, "train_score": "%"}
 BINNED = re.compile(r"^(top1|map|num_queries|num_transitions)_(rot|trans)_(\w+)$")
+DELTA = re.compile(r"^delta_(\w+?)(_ci_low|_ci_high)?$")  # the controls (eval/controls.py)
 BIN_COLUMNS = ("num_queries", "num_transitions", "top1", "map")
 MOTION_NAMES = {"rot": "rotation", "trans": "translation"}
 Results = dict[str, dict[str, dict[str, float | int | None]]]
@@ -103,11 +105,28 @@ def _binned_table(task: str, methods: dict) -> list[str]:
     return lines + [""]
 
 
+def _controls_table(task: str, methods: dict) -> list[str]:
+    """Rows (control, metric) of the controls' deltas with their 95% intervals; [] when none."""
+    rows = [(method, match.group(1)) for method in _ordered(methods, METHODS)
+            for metric in methods[method] if (match := DELTA.match(metric)) and not match.group(2)]
+    if not rows:
+        return []
+    lines = [f"### {task}: input controls (delta = real inputs minus control for Top-1 and "
+             "direction, control minus real for MPJPE; paired bootstrap 95% interval)", "",
+             "| control | metric | delta | 95% interval |", "|---|---|---|---|"]
+    for method, name in rows:
+        values = methods[method]
+        low, high = values.get(f"delta_{name}_ci_low"), values.get(f"delta_{name}_ci_high")
+        lines.append(f"| {method} | {name} | {_format(values.get(f'delta_{name}'))} | "
+                     f"{_format(low)} to {_format(high)} |")
+    return lines + [""]
+
+
 def task_table(task: str, methods: dict) -> str:
     """One task's markdown table: methods as rows, metrics (with units) as columns, 2 decimals."""
     methods = _clean({task: methods})[task]
     metrics = _ordered([m for values in methods.values() for m in values
-                        if not BINNED.match(m)], METRICS)
+                        if not BINNED.match(m) and not DELTA.match(m)], METRICS)
     header = [f"{m} ({UNITS[m]})" if m in UNITS else m for m in metrics]
     lines = ["| method | " + " | ".join(header) + " |", "|---|" + "---|" * len(metrics)]
     for method in _ordered(methods, METHODS):
@@ -151,6 +170,7 @@ def results_markdown(results: Results, provenance: dict | None = None) -> str:
     for task, methods in results.items():
         lines += [f"## {task}", "", task_table(task, methods), ""]
         lines += _binned_table(task, methods)
+        lines += _controls_table(task, methods)
     if provenance:
         lines += ["## Provenance", ""]
         records: list[tuple[list[str], dict]] = []  # tasks that share one record

@@ -33,9 +33,16 @@ import numpy as np
 import torch
 
 from megatron_ego.data.clips import decode_frame
+from megatron_ego.eval.controls import (
+    ACTION_CONTROLS,
+    control_partners,
+    control_poses,
+    delta_metrics,
+    paired_bootstrap,
+)
 from megatron_ego.eval.features import (
+    PairedClips,
     StoredFrames,
-    ValClips,
     camera_table,
     clip_table,
     extract,
@@ -47,6 +54,7 @@ from megatron_ego.eval.features import (
 from megatron_ego.eval.retrieval import (
     ROTATION_BINS,
     TRANSLATION_BINS,
+    TURNING_DEG,
     average_precision,
     bin_label,
     direction_hits,
@@ -74,19 +82,27 @@ def _gallery(agent, data_dir: str, frame_ids: np.ndarray, ranks: Processes, fram
     return gallery  # [g, K]
 
 
-def _queries(agent, data_dir: str, clip_ids: np.ndarray, batch_size: int, workers: int
-             ) -> tuple[torch.Tensor, torch.Tensor]:
-    """Predicted logits [c, T-1, K] of steps 0..T-2 of this rank's clips, and the clip ids [c]."""
-    dataset = ValClips(data_dir, clip_ids, agent.image_size)
-    logits, clips = [], []
-    for frames, poses, clip in make_loader(dataset, batch_size, workers):
-        predicted = agent.predict(frames, poses)  # [b, T, K]
-        logits.append(predicted[:, :-1])  # [b, T-1, K]: steps whose next frame is in the clip
+def _queries(agent, data_dir: str, clip_ids: np.ndarray, partner_ids: np.ndarray | None,
+             batch_size: int, workers: int) -> tuple[dict[str, torch.Tensor], torch.Tensor]:
+    """Predicted logits [c, T-1, K] of steps 0..T-2 of this rank's clips, with their true actions
+    ("egoagent") and, when ``partner_ids`` is given, with each action control of
+    eval/controls.py ("egoagent_<control>_actions"); and the clip ids [c]."""
+    names = ["egoagent"] + ([f"egoagent_{c}_actions" for c in ACTION_CONTROLS]
+                            if partner_ids is not None else [])
+    logits: dict[str, list[torch.Tensor]] = {name: [] for name in names}
+    clips = []
+    partners = clip_ids if partner_ids is None else partner_ids
+    dataset = PairedClips(data_dir, clip_ids, agent.image_size, partners, partner_frames=False)
+    for frames, poses, _, partner_poses, clip in make_loader(dataset, batch_size, workers):
+        logits["egoagent"].append(agent.predict(frames, poses)[:, :-1])  # [b, T-1, K]
+        for control in ACTION_CONTROLS if partner_ids is not None else ():
+            fed = control_poses(poses, control, agent.poses_per_step, partner_poses)
+            logits[f"egoagent_{control}_actions"].append(agent.predict(frames, fed)[:, :-1])
         clips.append(clip)
-    if not logits:
-        return torch.zeros(0, agent.num_steps - 1, agent.cfg.model.head_out_dim), \
-            torch.zeros(0, dtype=torch.int64)
-    return torch.cat(logits), torch.cat(clips).long()
+    if not clips:
+        empty = torch.zeros(0, agent.num_steps - 1, agent.cfg.model.head_out_dim)
+        return {name: empty for name in names}, torch.zeros(0, dtype=torch.int64)
+    return {name: torch.cat(v) for name, v in logits.items()}, torch.cat(clips).long()
 
 
 def _figures(agent, query, gallery, target, exclude, query_frames, gallery_ids, frames,
@@ -135,13 +151,47 @@ def _previous_rows(table: np.ndarray, clip_ids: np.ndarray, clips: np.ndarray,
     return previous
 
 
+def _scored(q: torch.Tensor, gallery: torch.Tensor, target: torch.Tensor, exclude: torch.Tensor,
+            previous: torch.Tensor, ranks: Processes) -> dict[str, torch.Tensor]:
+    """Per-query Top-1 hit, AP, direction hit and whether it counts, gathered over ranks [Q]."""
+    if len(q):
+        top1, ap = average_precision(q, gallery, target, exclude)
+        hit, counted = direction_hits(q, gallery, target, previous)
+    else:
+        top1, ap = torch.zeros(0, dtype=torch.bool), torch.zeros(0, dtype=torch.float64)
+        hit = counted = torch.zeros(0, dtype=torch.bool)
+    return {k: ranks.gather(v.to(ranks.device))
+            for k, v in (("top1", top1), ("ap", ap), ("hit", hit), ("counted", counted))}
+
+
+def _control_deltas(real: dict[str, torch.Tensor], control: dict[str, torch.Tensor],
+                    rotation: torch.Tensor) -> dict[str, float]:
+    """Real minus control (percentage points, paired bootstrap 95% interval) of Top-1, overall
+    and per rotation bin, and of the direction accuracy, overall and on turning queries."""
+    out: dict[str, float] = {}
+    out.update(delta_metrics("top1", paired_bootstrap(real["top1"], control["top1"])))
+    for name, low, high in ROTATION_BINS:
+        inside = (rotation >= low) & (rotation < high)
+        out.update(delta_metrics(f"top1_rot_{name}",
+                                 paired_bootstrap(real["top1"], control["top1"], inside)))
+    counted = real["counted"]
+    out.update(delta_metrics("direction_accuracy",
+                             paired_bootstrap(real["hit"], control["hit"], counted)))
+    out.update(delta_metrics("direction_accuracy_rot_ge10", paired_bootstrap(
+        real["hit"], control["hit"], counted & (rotation >= TURNING_DEG))))
+    return out
+
+
 def run_retrieval(agent, data_dir: str, out_dir: str | Path, ranks: Processes,
                   batch_size: int = 64, workers: int = 4, max_clips: int | None = None,
-                  num_figures: int = 3) -> dict[str, dict[str, float]]:
+                  num_figures: int = 3, controls: bool = True) -> dict[str, dict[str, float]]:
     """Top-1 and mAP (percent) of EgoAgent's predicted next frame and of the representation-only
-    baseline; figures of a few queries under ``out_dir/figures/`` (main rank)."""
+    baseline; with ``controls``, the same with each action control of eval/controls.py and its
+    difference from the true actions; figures of a few queries under ``out_dir/figures/``
+    (main rank)."""
     dataset = open_val_clips(data_dir, agent)
     T = agent.num_steps
+    image_step = int(dataset.manifest["poses_per_step"])
     table = clip_table(data_dir)  # [N, 2 + T]
     clip_ids, skipped = usable_clips(dataset, select_clips(len(table), max_clips))
     if ranks.is_main:
@@ -150,13 +200,16 @@ def run_retrieval(agent, data_dir: str, out_dir: str | Path, ranks: Processes,
     frame_ids = np.unique(table[clip_ids, 2: 2 + T])  # gallery: every frame the clips use
     frames_info = (dataset.encoding, dataset.frame_size)
     gallery = _gallery(agent, data_dir, frame_ids, ranks, frames_info, batch_size, workers)
-    predicted, clips = _queries(agent, data_dir, ranks.shard(clip_ids), batch_size, workers)
+    controls = controls and len(clip_ids) >= 2
+    partner_ids = control_partners(data_dir, clip_ids, T * image_step) if controls else None
+    mine = ranks.shard(np.arange(len(clip_ids)))
+    predicted, clips = _queries(agent, data_dir, clip_ids[mine],
+                                None if partner_ids is None else partner_ids[mine],
+                                batch_size, workers)
     steps = table[clips.numpy()][:, 2: 2 + T] if len(clips) else np.zeros((0, T), np.int64)
     rows = torch.from_numpy(np.searchsorted(frame_ids, steps)).to(ranks.device)  # [c, T]
-    query = predicted.flatten(0, 1).to(ranks.device)  # [c*(T-1), K]
     exclude = rows[:, :-1].flatten()  # [q]: the input frame I_t
     target = rows[:, 1:].flatten()  # [q]: the real next frame I_{t+1}
-    image_step = int(dataset.manifest["poses_per_step"])
     local = clips.numpy()
     rotation, translation = step_motion(camera_table(data_dir, T * image_step)[local], image_step) \
         if len(local) else (np.zeros((0, T - 1)), np.zeros((0, T - 1)))
@@ -165,31 +218,31 @@ def run_retrieval(agent, data_dir: str, out_dir: str | Path, ranks: Processes,
     motion = {name: ranks.gather(torch.from_numpy(values).flatten().to(ranks.device))
               for name, values in (("rot", rotation), ("trans", translation))}  # [Q] each
     transitions = ranks.gather(torch.stack([exclude, target], dim=1))  # [Q, 2]
-    results = {}
-    for method, q in (("egoagent", query), ("representation_only", gallery[exclude])):
-        if len(q):
-            top1, ap = average_precision(q, gallery, target, exclude)
-            hit, counted = direction_hits(q, gallery, target, previous)
-        else:
-            top1, ap = torch.zeros(0, dtype=torch.bool), torch.zeros(0, dtype=torch.float64)
-            hit = counted = torch.zeros(0, dtype=torch.bool)
-        top1, ap = ranks.gather(top1.to(ranks.device)), ranks.gather(ap.to(ranks.device))
-        hit, counted = ranks.gather(hit.to(ranks.device)), ranks.gather(counted.to(ranks.device))
-        results[method] = {"top1": 100.0 * top1.double().mean().item(),
-                           "map": 100.0 * ap.mean().item(),
-                           "num_queries": int(top1.numel()), "gallery_size": int(len(frame_ids)),
+    queries = {name: logits.flatten(0, 1).to(ranks.device) for name, logits in predicted.items()}
+    queries["representation_only"] = gallery[exclude]  # [q, K]
+    results, scored = {}, {}
+    for method, q in queries.items():
+        scored[method] = s = _scored(q, gallery, target, exclude, previous, ranks)
+        results[method] = {"top1": 100.0 * s["top1"].double().mean().item(),
+                           "map": 100.0 * s["ap"].mean().item(),
+                           "num_queries": int(s["top1"].numel()), "gallery_size": int(len(frame_ids)),
                            "num_bad_clips": len(skipped),
-                           **motion_breakdown(top1, ap, motion["rot"], ROTATION_BINS, "rot",
-                                              transitions),
-                           **motion_breakdown(top1, ap, motion["trans"], TRANSLATION_BINS,
-                                              "trans", transitions),
-                           **direction_metrics(hit, counted, motion["rot"])}
+                           **motion_breakdown(s["top1"], s["ap"], motion["rot"], ROTATION_BINS,
+                                              "rot", transitions),
+                           **motion_breakdown(s["top1"], s["ap"], motion["trans"],
+                                              TRANSLATION_BINS, "trans", transitions),
+                           **direction_metrics(s["hit"], s["counted"], motion["rot"])}
+    for control in ACTION_CONTROLS if controls else ():
+        method = f"egoagent_{control}_actions"
+        results[method].update(_control_deltas(scored["egoagent"], scored[method],
+                                               motion["rot"].to(scored[method]["top1"].device)))
     if ranks.is_main:
         from megatron_ego.eval.figures import plot_top1_by_bin
 
         labels = [(name, bin_label(low, high, "deg")) for name, low, high in ROTATION_BINS]
         plot_top1_by_bin(results, "rot", labels,
                          Path(out_dir) / "figures" / "top1_by_rotation.png")
+    query = queries["egoagent"]
     if ranks.is_main and num_figures and len(query):
         stored = StoredFrames(data_dir, frame_ids, agent.image_size, *frames_info)
         _figures(agent, query, gallery, target, exclude, frame_ids[exclude.cpu().numpy()],

@@ -128,7 +128,10 @@ class EgoAgent(nn.Module):
         images = self.image_projector(frames.flatten(0, 1))  # [b*T, N, h]
         images = images.unflatten(0, (b, t))  # [b, T, N, h]
         acts = self.action_projector(poses.flatten(0, 1)).unflatten(0, (b, t))  # [b, T, h]
-        return self.layout.assemble(images, acts, self.queries.action, self.queries.future_state)
+        future = self.queries.future_state  # [h]
+        if self.cfg.action_in_query:  # ours: the query of step t carries A_t
+            future = future + acts  # [b, T, h]
+        return self.layout.assemble(images, acts, self.queries.action, future)
 
     def _sequence_mask(self, device: torch.device) -> torch.Tensor | None:
         return self.layout.attention_mask(device) if self.cfg.frame_bidirectional else None

@@ -95,7 +95,8 @@ class StudentLayout:
         action_query: torch.Tensor,
         future_query: torch.Tensor,
     ) -> torch.Tensor:
-        """image_tokens [b, T, N, h], action_tokens [b, T, h], queries [h] -> [b, S, h]."""
+        """image_tokens [b, T, N, h], action_tokens [b, T, h], action_query [h], future_query [h]
+        (or [b, T, h]: one per step) -> [b, S, h]."""
         b, t, n, h = image_tokens.shape
         if (t, n) != (self.num_steps, self.patches):
             raise ValueError(
@@ -103,6 +104,8 @@ class StudentLayout:
                 f"(T={self.num_steps}, N={self.patches})"
             )
         aq = action_query.expand(b, t, 1, h)  # [b, T, 1, h]
+        if future_query.dim() == 3:
+            future_query = future_query.unsqueeze(2)  # [b, T, 1, h]
         fq = future_query.expand(b, t, 1, h)  # [b, T, 1, h]
         steps = torch.cat([image_tokens, aq, action_tokens.unsqueeze(2), fq], dim=2)  # [b, T, N+3, h]
         return steps.reshape(b, self.seq_len, h)  # [b, S, h]
