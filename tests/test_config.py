@@ -131,8 +131,8 @@ def test_walking_tours_without_the_represent_loss_is_refused():
     ("--run.name=a/b", "run.name='a/b'"),
     ("--run.name=..", "run.name='..'"),
     ("--run.name=", "run.name=''"),
-    ("--loss.warmup_teacher_temp_iters=1000", "loss.warmup_teacher_temp_iters=1000 must be <= "
-                                              "schedule.train_iters=900"),
+    ("--loss.warmup_teacher_temp_iters=1300", "loss.warmup_teacher_temp_iters=1300 must be <= "
+                                              "schedule.train_iters=1200"),
     ("--optim.freeze_last_layer_iters=901", "optim.freeze_last_layer_iters=901 must be <="),
     ("--data.global_crop_scale=[0.4,", "the value is not valid YAML"),
 ])
