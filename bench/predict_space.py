@@ -183,7 +183,8 @@ def main(argv: list[str] | None = None) -> int:
     for name, view in views(agent).items():
         results[name] = run_retrieval(view, args.data, out / name, ranks,
                                       batch_size=args.batch_size, workers=args.workers,
-                                      max_clips=args.max_clips, num_figures=0)
+                                      max_clips=args.max_clips, num_figures=0,
+                                      controls=False)  # the space, not the inputs
     cos = cosines(agent, args.data, args.max_clips, args.batch_size, args.workers)
     table = markdown(results, cos)
     out.mkdir(parents=True, exist_ok=True)

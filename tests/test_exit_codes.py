@@ -75,12 +75,12 @@ class _FakeTrainer:
     ("bad_input", exit_codes.INPUT_ERROR)])
 def test_each_way_a_run_ends_has_its_code(monkeypatch, outcome, code):
     from launch import pretrain
-    from megatron_ego.training import distributed, ds_config, trainer
+    from megatron_ego.training import distributed, ds_config, run_folder, trainer
     from megatron_ego.versions import check_versions  # noqa: F401  (imported by run)
 
     monkeypatch.setattr(trainer, "Trainer", _FakeTrainer)
     monkeypatch.setattr(_FakeTrainer, "outcome", outcome)
-    monkeypatch.setattr(trainer, "check_data_paths", lambda cfg: None)
+    monkeypatch.setattr(run_folder, "check_data_paths", lambda cfg: None)
     monkeypatch.setattr(distributed, "init_distributed", lambda: None)
     monkeypatch.setattr(ds_config, "load_ds_config", lambda *a: {})
     args = argparse.Namespace(ds_config="configs/zero2.json", resume="auto", overwrite=False,

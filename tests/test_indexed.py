@@ -28,22 +28,22 @@ def _write(prefix: str, dtype, items: list[np.ndarray], docs: list[int]) -> None
 
 @pytest.fixture()
 def raw_dataset(tmp_path):
-    """A hand-built Ego-Exo4D-style directory: 2 takes, 6 raw frames, 2 clips."""
+    """A hand-built Ego-Exo4D-style directory: 2 takes of 4 raw frames, one clip each."""
     rng = np.random.default_rng(0)
-    frames = [rng.integers(0, 256, (H, W, 3), dtype=np.uint8) for _ in range(6)]
+    frames = [rng.integers(0, 256, (H, W, 3), dtype=np.uint8) for _ in range(8)]
     poses = [rng.standard_normal((20, 17, 4)).astype(np.float32) for _ in range(2)]
     camera = [rng.standard_normal((20, 3, 4)).astype(np.float32) for _ in range(2)]
-    clips = [np.array([0, 5, 0, 1, 2, 3]), np.array([1, 0, 4, 5, 4, 5])]
-    _write(str(tmp_path / "frames"), np.uint8, frames, [4, 6])
+    clips = [np.array([0, 5, 0, 1, 2, 3]), np.array([1, 0, 4, 5, 6, 7])]
+    _write(str(tmp_path / "frames"), np.uint8, frames, [4, 8])
     _write(str(tmp_path / "poses"), np.float32, poses, [2])
     _write(str(tmp_path / "camera"), np.float32, camera, [2])
     _write(str(tmp_path / "clips"), np.int64, clips, [2])
     manifest = dict(
         format_version=2, source="egoexo4d", split="train", encoding="raw", frame_height=H,
-        frame_width=W, frame_fps=6, pose_fps=30, num_steps=T, poses_per_step=5, num_frames=6,
+        frame_width=W, frame_fps=6, pose_fps=30, num_steps=T, poses_per_step=5, num_frames=8,
         num_clips=2, preprocess={},
         takes=[dict(name="a", uid="ua", first_frame=0, num_frames=4, num_clips=1),
-               dict(name="b", uid="ub", first_frame=4, num_frames=2, num_clips=1)],
+               dict(name="b", uid="ub", first_frame=4, num_frames=4, num_clips=1)],
     )
     (tmp_path / "manifest.json").write_text(json.dumps(manifest))
     return tmp_path, frames, poses, camera
@@ -57,7 +57,7 @@ def test_clip_dataset_reads_what_was_written(raw_dataset):
     assert clip.take == "b" and clip.start_frame == 0
     np.testing.assert_array_equal(clip.poses, poses[1])
     np.testing.assert_array_equal(clip.camera, camera[1])  # [20, 3, 4]
-    for got, want in zip(clip.frames, [frames[i] for i in (4, 5, 4, 5)]):
+    for got, want in zip(clip.frames, [frames[i] for i in (4, 5, 6, 7)]):
         np.testing.assert_array_equal(decode_frame(got), want)
     again = pickle.loads(pickle.dumps(ds))  # DataLoader workers receive a pickled copy
     np.testing.assert_array_equal(again[0].frames[3], frames[3])

@@ -57,6 +57,7 @@ class FakeClips:
         self.pool = [_jpeg(rng.integers(0, 256, (*frame_size, 3), dtype=np.uint8))
                      for _ in range(7)]
         self.poses = rng.standard_normal((count, T * P, J, 4)).astype(np.float32)
+        self.poses[..., 3] = rng.random((count, T * P, J))  # visibility in [0, 1], as stored
 
     def __len__(self) -> int:
         return self.count

@@ -34,7 +34,7 @@ def test_space_table_rows_agree_where_their_spaces_coincide(tiny_run, agent, tmp
     # the shipped row is what the predict benchmark scores on the export
     ranks = join_processes("cpu")
     direct = run_retrieval(agent, str(tiny_run["val"]), tmp_path / "direct", ranks,
-                           max_clips=6, num_figures=0, workers=0)
+                           max_clips=6, num_figures=0, workers=0, controls=False)
     for method in ("egoagent", "representation_only"):
         assert results["shipped"][method]["top1"] == pytest.approx(direct[method]["top1"])
         assert results["shipped"][method]["map"] == pytest.approx(direct[method]["map"])
@@ -46,7 +46,7 @@ def test_space_table_rows_agree_where_their_spaces_coincide(tiny_run, agent, tmp
     views = space.views(agent)
     student = views["student"]
     same = run_retrieval(space.RepQuery(student, student), str(tiny_run["val"]),
-                         tmp_path / "same", ranks, max_clips=6, num_figures=0, workers=0)
+                         tmp_path / "same", ranks, max_clips=6, num_figures=0, workers=0, controls=False)
     assert same["egoagent"]["map"] == pytest.approx(
         results["student"]["representation_only"]["map"])
     assert results["student_rep"]["egoagent"]["map"] != pytest.approx(same["egoagent"]["map"])
