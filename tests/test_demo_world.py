@@ -139,18 +139,25 @@ def test_rendering_workers_make_the_same_world(tmp_path):
             for key in a.files:
                 np.testing.assert_array_equal(a[key], b[key])
         elif path.endswith(".mp4"):  # the encoder stamps its own bytes: compare the pictures
-            # within two levels on a few pixels: a pool worker's video once differed from the
-            # main process's by one level on 5% of one frame (in a full `make test` run, not
-            # reproduced alone); a take rendered from another stream differs everywhere
+            # the same pictures up to the encoder's rounding: in full `make test` runs a pool
+            # worker's video differed from the main process's on 5% of a frame's pixels, by up
+            # to 4 levels (not reproduced alone); another take's pictures differ by tens of
+            # levels on average (checked below)
             with av.open(path) as x, av.open(other) as y:
                 for fx, fy in zip(x.decode(video=0), y.decode(video=0), strict=True):
                     a = fx.to_ndarray(format="rgb24").astype(np.int16)
                     b = fy.to_ndarray(format="rgb24").astype(np.int16)
-                    assert np.abs(a - b).max() <= 2 and (a != b).mean() < 0.1, path
+                    assert np.abs(a - b).mean() < 0.5 and (a != b).mean() < 0.1, path
         else:
             assert filecmp.cmp(path, other, shallow=False), path
         compared += 1
     assert compared >= 3 * 4  # per take: video, ground truth, two annotation files
+    videos = sorted(glob.glob(os.path.join(one, "takes", "*", "**", "*.mp4"), recursive=True))
+    with av.open(videos[0]) as x, av.open(videos[1]) as y:  # two takes: the bound above is tight
+        fx, fy = next(x.decode(video=0)), next(y.decode(video=0))
+        gap = np.abs(fx.to_ndarray(format="rgb24").astype(np.int16)
+                     - fy.to_ndarray(format="rgb24").astype(np.int16)).mean()
+    assert gap > 10 * 0.5
 
 
 def test_torso_turn_tells_where_the_view_goes_next():
