@@ -20,7 +20,7 @@ $(STAMP): requirements.txt pyproject.toml
 lint: setup
 	$(PY) -m ruff check .
 
-# Everything (what CI runs). About 7 min on a 2-core machine.
+# Everything (what CI runs). About 14 min on a 2-core machine (README).
 test: setup lint
 	$(PY) -m pytest
 

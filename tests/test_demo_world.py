@@ -7,6 +7,9 @@ import glob
 import json
 import os
 import re
+import subprocess
+import sys
+from pathlib import Path
 
 import av
 import numpy as np
@@ -22,6 +25,8 @@ from preprocess.ego_pose import (
     to_camera_frame,
 )
 from preprocess.windows import plan_windows, relative_camera
+
+REPO = Path(__file__).resolve().parents[1]
 
 TAKES, SECONDS, SIZE = 3, 3, 64
 
@@ -123,11 +128,18 @@ def test_same_seed_same_world(tmp_path):
 
 
 def test_rendering_workers_make_the_same_world(tmp_path):
-    kwargs = dict(takes=3, seconds=1, resolution=32, walking_tours=0, knn_train=1, knn_val=0,
-                  seed=5)
+    """`python -m preprocess.demo_world` (as launch/demo.sh runs it) with 1 and 2 rendering
+    processes writes the same world. Each run is a fresh process: rendered inside the pytest
+    process, after the suite's other tests had run there, the videos once differed by a few
+    levels on a few pixels (cause not found), never in a fresh process (6 of 6 runs)."""
+    args = ["--takes", "3", "--seconds", "1", "--resolution", "32", "--walking-tours", "0",
+            "--knn-train", "1", "--knn-val", "0", "--seed", "5"]
     one, two = str(tmp_path / "one"), str(tmp_path / "two")
-    write_demo_world(one, workers=1, **kwargs)
-    write_demo_world(two, workers=2, **kwargs)
+    for out, workers in ((one, "1"), (two, "2")):
+        done = subprocess.run([sys.executable, "-m", "preprocess.demo_world", "--out", out,
+                               "--workers", workers, *args], cwd=REPO, capture_output=True,
+                              text=True, timeout=300)
+        assert done.returncode == 0, done.stderr[-2000:]
     compared = 0
     for path in glob.glob(os.path.join(one, "**", "*"), recursive=True):
         other = path.replace(one, two, 1)
@@ -139,25 +151,14 @@ def test_rendering_workers_make_the_same_world(tmp_path):
             for key in a.files:
                 np.testing.assert_array_equal(a[key], b[key])
         elif path.endswith(".mp4"):  # the encoder stamps its own bytes: compare the pictures
-            # the same pictures up to the encoder's rounding: in full `make test` runs a pool
-            # worker's video differed from the main process's on 5% of a frame's pixels, by up
-            # to 4 levels (not reproduced alone); another take's pictures differ by tens of
-            # levels on average (checked below)
             with av.open(path) as x, av.open(other) as y:
                 for fx, fy in zip(x.decode(video=0), y.decode(video=0), strict=True):
-                    a = fx.to_ndarray(format="rgb24").astype(np.int16)
-                    b = fy.to_ndarray(format="rgb24").astype(np.int16)
-                    assert np.abs(a - b).mean() < 0.5 and (a != b).mean() < 0.1, path
+                    np.testing.assert_array_equal(fx.to_ndarray(format="rgb24"),
+                                                  fy.to_ndarray(format="rgb24"))
         else:
             assert filecmp.cmp(path, other, shallow=False), path
         compared += 1
     assert compared >= 3 * 4  # per take: video, ground truth, two annotation files
-    videos = sorted(glob.glob(os.path.join(one, "takes", "*", "**", "*.mp4"), recursive=True))
-    with av.open(videos[0]) as x, av.open(videos[1]) as y:  # two takes: the bound above is tight
-        fx, fy = next(x.decode(video=0)), next(y.decode(video=0))
-        gap = np.abs(fx.to_ndarray(format="rgb24").astype(np.int16)
-                     - fy.to_ndarray(format="rgb24").astype(np.int16)).mean()
-    assert gap > 10 * 0.5
 
 
 def test_torso_turn_tells_where_the_view_goes_next():

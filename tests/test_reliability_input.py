@@ -251,6 +251,7 @@ def test_malformed_yaml_exits_2_naming_the_line(tmp_path):
     assert f"config file '{bad}' is not valid YAML" in line and "at line 3" in line
 
 
+@pytest.mark.multiprocess  # launch/pretrain.py in a subprocess (about 7 s)
 @pytest.mark.parametrize("content, needle", [
     ("[1, 2]", "holds a JSON list, not an object of DeepSpeed settings"),
     ('{"zero_optimization": {"stage": 3}}', "zero_optimization.stage=3: this trainer supports "

@@ -22,6 +22,10 @@ from .slurm_fakes import (
     _split_at,
 )
 
+# each case runs the sbatch script (bash, then launch/pretrain.py --check): about 2 s, so
+# make test-fast leaves them to make test
+pytestmark = pytest.mark.multiprocess
+
 
 def _launch(cmds: list[list[str]]) -> tuple[list[str], list[str], list[str]]:
     """The srun line's (srun options, torchrun_node.sh options, trainer argv)."""

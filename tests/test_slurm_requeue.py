@@ -17,6 +17,10 @@ from launch.torchrun_exit import worker_exit_code
 
 from .slurm_fakes import JOB_ID, REPO, SLURM_DIR, _datasets, _env, _write_exe
 
+# each case runs the sbatch script (bash, then launch/pretrain.py --check): about 2 s, so
+# make test-fast leaves them to make test
+pytestmark = pytest.mark.multiprocess
+
 FAKE_SRUN = """#!/bin/bash
 # Stands in for srun + trainer: logs its arguments and environment; on SIGUSR1 (or SIGTERM)
 # "checkpoints" (PREEMPTED, in mode checkpoint) and exits 0 (checkpoint_slowly: only at SIGTERM);
