@@ -332,7 +332,8 @@ def test_standin_script_names_a_missing_tool_in_one_line(tmp_path):
 
 
 def test_base_pins_takes_the_first_of_two_installs_of_one_name(tmp_path, monkeypatch):
-    """setuptools puts its vendored dists on sys.path late; the version that imports wins."""
+    """Two installs of one name on sys.path (CI once had two of `packaging`): the first wins,
+    as it does for import."""
     for folder, ver in (("first", "2.0"), ("late", "1.0")):
         info = tmp_path / folder / f"twice_dist-{ver}.dist-info"
         info.mkdir(parents=True)
