@@ -10,6 +10,7 @@ from __future__ import annotations
 import json
 import subprocess
 import sys
+import time
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
@@ -74,12 +75,28 @@ def _steps(run_dir: Path) -> list[int]:
     return [json.loads(line)["step"] for line in path.read_text().splitlines()] if path.exists() else []
 
 
+def _wait_for_a_step(cluster: Cluster, job: Job, run_dir: Path, timeout: float = 300.0) -> None:
+    """Until `job` has logged a step: metrics.jsonl read every 0.1 s (the job's state, by
+    scontrol, every 2 s), so that the signal that follows lands with most of the run still to
+    go: on a quiet machine the tiny run's 8 steps take a few seconds, less than polling
+    scontrol once a second then signalling took for the last 6 of them."""
+    deadline = last_check = time.monotonic()
+    deadline += timeout
+    while not _steps(run_dir):
+        now = time.monotonic()
+        if now - last_check > 2.0:
+            last_check = now
+            info = job.info(cluster)
+            assert info["JobState"] in ("PENDING", "CONFIGURING", "RUNNING"), info
+        assert now < deadline, f"job {job.id}: no step logged in {timeout:.0f} s"
+        time.sleep(0.1)
+
+
 def _preempt(cluster: Cluster, job: Job, run_dir: Path) -> dict:
     """While `job` runs: after its first step, SIGUSR1 to its batch shell (what
     --signal=B:USR1@120 sends before the time limit); once requeued, release it from its begin
     time and wait for its end. Returns the step it stopped at and the final job info."""
-    cluster.wait(job, lambda i: i["JobState"] == "RUNNING" and len(_steps(run_dir)) >= 1,
-                 "a step")
+    _wait_for_a_step(cluster, job, run_dir)
     cluster.run("scancel", "--signal=USR1", "--batch", job.id)
     cluster.wait(job, lambda i: i["JobState"] == "PENDING" and i["Restarts"] == "1",
                  "the requeue", timeout=200)
@@ -90,9 +107,8 @@ def _preempt(cluster: Cluster, job: Job, run_dir: Path) -> dict:
 
 
 def _cancel_and_resubmit(cluster: Cluster, job: Job, run_dir: Path, resubmit) -> dict:
-    """While `job` runs: after two steps, scancel it; then submit the same run again."""
-    cluster.wait(job, lambda i: i["JobState"] == "RUNNING" and len(_steps(run_dir)) >= 2,
-                 "two steps")
+    """While `job` runs: after its first step, scancel it; then submit the same run again."""
+    _wait_for_a_step(cluster, job, run_dir)
     cluster.run("scancel", job.id)
     cancelled = cluster.wait_done(job)
     newest, _ = find_resume_checkpoint(str(run_dir))
