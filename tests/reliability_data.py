@@ -64,3 +64,15 @@ def make_dataset(path: Path, takes: int = 2, frames_per_take: int = 8) -> Path:
                     preprocess={}, takes=meta)
     (path / "manifest.json").write_text(json.dumps(manifest))
     return path
+
+
+def make_two_class_imagefolder(root: Path) -> None:
+    """root/{train,val}/class{0,1}/{0,1,2}.jpg: 20 px red and blue squares (a k-NN set)."""
+    from PIL import Image
+
+    for split in ("train", "val"):
+        for c, colour in enumerate([(250, 10, 10), (10, 10, 250)]):
+            folder = root / split / f"class{c}"
+            folder.mkdir(parents=True)
+            for i in range(3):
+                Image.new("RGB", (20, 20), colour).save(folder / f"{i}.jpg", quality=95)

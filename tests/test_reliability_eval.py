@@ -16,6 +16,7 @@ from megatron_ego.data.clips import ClipDataset
 from megatron_ego.eval.features import load_cached, save_cached, usable_clips
 from megatron_ego.runtime.processes import Processes
 
+from .reliability_data import make_two_class_imagefolder
 from .test_reliability_input import _MeanColourAgent, make_dataset
 
 CPU = Processes(rank=0, world_size=1, local_rank=0, device=torch.device("cpu"))
@@ -99,16 +100,10 @@ def test_a_damaged_feature_cache_is_refused_with_a_warning(tmp_path, caplog):
 
 
 def test_knn_rebuilds_a_damaged_cache_and_reports_the_same(tmp_path, caplog):
-    from PIL import Image
 
     from megatron_ego.eval.run_knn import run_knn
 
-    for split in ("train", "val"):
-        for c, colour in enumerate([(250, 10, 10), (10, 10, 250)]):
-            folder = tmp_path / split / f"class{c}"
-            folder.mkdir(parents=True)
-            for i in range(3):
-                Image.new("RGB", (20, 20), colour).save(folder / f"{i}.jpg", quality=95)
+    make_two_class_imagefolder(tmp_path)
     model_dir = tmp_path / "model"
     model_dir.mkdir()
     (model_dir / "model.safetensors").write_bytes(b"weights")

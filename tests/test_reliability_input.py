@@ -29,7 +29,7 @@ from megatron_ego.training.guards import (
     nonfinite_weights,
 )
 
-from .reliability_data import TINY, J, P, T, make_dataset
+from .reliability_data import TINY, J, P, T, make_dataset, make_two_class_imagefolder
 
 ROOT = Path(__file__).resolve().parents[1]
 PY = sys.executable
@@ -323,17 +323,11 @@ class _MeanColourAgent:
 
 
 def test_knn_skips_and_names_a_truncated_jpeg_and_a_text_file(tmp_path, caplog):
-    from PIL import Image
 
     from megatron_ego.eval.run_knn import run_knn
     from megatron_ego.runtime.processes import Processes
 
-    for split in ("train", "val"):
-        for c, colour in enumerate([(250, 10, 10), (10, 10, 250)]):
-            folder = tmp_path / split / f"class{c}"
-            folder.mkdir(parents=True)
-            for i in range(3):
-                Image.new("RGB", (20, 20), colour).save(folder / f"{i}.jpg", quality=95)
+    make_two_class_imagefolder(tmp_path)
     good = (tmp_path / "train" / "class0" / "0.jpg").read_bytes()
     truncated = tmp_path / "train" / "class1" / "truncated.jpg"
     truncated.write_bytes(good[: len(good) // 2])
