@@ -88,6 +88,15 @@ class Cluster:
         line = self.run("scontrol", "show", "job", "-o", job_id).stdout.strip()
         return dict(f.split("=", 1) for f in line.split() if "=" in f)
 
+    def report(self, job: Job) -> str:
+        """What to read when a job went wrong: the tail of its output, then what slurmctld
+        logged about it (launch refusals, requeues, exit statuses appear only there)."""
+        out = job.out.read_text()[-3000:] if job.out.exists() else "(no output file)"
+        log = self.folder / "log" / "slurmctld.log"
+        ours = [line for line in log.read_text().splitlines()
+                if f"JobId={job.id} " in line + " "] if log.exists() else []
+        return f"{out}\n--- slurmctld.log, JobId={job.id}:\n" + "\n".join(ours[-40:])
+
     def wait(self, job: Job, until, what: str, timeout: float = 300.0) -> dict[str, str]:
         """Poll the job until `until(info)`; returns that info."""
         deadline = time.monotonic() + timeout
@@ -96,8 +105,8 @@ class Cluster:
             if until(info):
                 return info
             if time.monotonic() > deadline:
-                out = job.out.read_text()[-3000:] if job.out.exists() else ""
-                raise AssertionError(f"job {job.id}: timed out waiting for {what}; now {info}\n{out}")
+                raise AssertionError(f"job {job.id}: timed out waiting for {what}; now {info}\n"
+                                     + self.report(job))
             time.sleep(1.0)
 
     def wait_done(self, job: Job, timeout: float = 400.0) -> dict[str, str]:

@@ -102,8 +102,19 @@ def _preempt(cluster: Cluster, job: Job, run_dir: Path) -> dict:
                  "the requeue", timeout=200)
     stopped_at = max(_steps(run_dir))
     complete = (run_dir / "checkpoints" / f"step_{stopped_at:07d}" / "COMPLETE").exists()
-    cluster.run("scontrol", "update", f"JobId={job.id}", "StartTime=now")  # skip the requeue delay
+    _release_after_the_revocation(cluster, job)
     return {"stopped_at": stopped_at, "checkpointed": complete, "info": cluster.wait_done(job)}
+
+
+def _release_after_the_revocation(cluster: Cluster, job: Job) -> None:
+    """Start a requeued job now instead of after SLURM's requeue delay. The requeue revoked the
+    first run's job credential, to the second; a credential signed within the same second counts
+    as revoked too, and the nodes then refuse the launch ("Killing non-startable batch JobId=N:
+    Job credential revoked", the job FAILED without running: CI, 2026-12-06, released 80 ms after
+    the requeue). The delay SLURM puts on a requeued job is there for this; the test waits for
+    the next whole second but one."""
+    time.sleep(2.0 - time.time() % 1.0)
+    cluster.run("scontrol", "update", f"JobId={job.id}", "StartTime=now")
 
 
 def _cancel_and_resubmit(cluster: Cluster, job: Job, run_dir: Path, resubmit) -> dict:
@@ -155,9 +166,9 @@ def _assert_same_weights(run_dir: Path, reference: Path) -> None:
 
 # ----------------------------------------------------------------------------- preprocess.sbatch
 
-def test_preprocess_on_two_tasks_equals_one_process(preprocessed):
+def test_preprocess_on_two_tasks_equals_one_process(cluster, preprocessed):
     out = preprocessed["job"].out.read_text()
-    assert preprocessed["info"]["JobState"] == "COMPLETED", out[-3000:]
+    assert preprocessed["info"]["JobState"] == "COMPLETED", cluster.report(preprocessed["job"])
     assert "[rank 1/2] INFO wrote shard" in out and "[rank 0/2] INFO wrote shard" in out
     two, one = preprocessed["two"], preprocessed["one"]
     names = sorted(p.name for p in one.iterdir())
@@ -173,7 +184,7 @@ def test_pretrain_two_nodes_one_rank_each(cluster, runs):
     job: Job = runs["reference"]
     info = cluster.wait_done(job)
     out = job.out.read_text()
-    assert (info["JobState"], info["ExitCode"]) == ("COMPLETED", "0:0"), out[-3000:]
+    assert (info["JobState"], info["ExitCode"]) == ("COMPLETED", "0:0"), cluster.report(job)
     run_dir = runs["folder"] / "reference"
     # the run folder is complete
     assert _steps(run_dir) == list(range(1, STEPS + 1))
@@ -203,8 +214,9 @@ def test_preemption_through_the_scheduler_requeues_and_resumes_exactly(cluster, 
     job: Job = runs["preempted"]
     run_dir = runs["folder"] / "preempted"
     out = job.out.read_text()
-    assert result["stopped_at"] < STEPS and result["checkpointed"], out[-3000:]
-    assert (result["info"]["JobState"], result["info"]["Restarts"]) == ("COMPLETED", "1"), out[-3000:]
+    assert result["stopped_at"] < STEPS and result["checkpointed"], cluster.report(job)
+    assert (result["info"]["JobState"], result["info"]["Restarts"]) == ("COMPLETED", "1"), \
+        cluster.report(job)
     assert "requeueing job" in out
     stopped_at = result["stopped_at"]
     assert f"resumed from {run_dir}/checkpoints/step_{stopped_at:07d} at step {stopped_at}" in out
@@ -220,7 +232,7 @@ def test_scancel_then_submit_again_resumes_from_the_newest_complete_checkpoint(c
     newest = result["newest"]
     assert newest is not None and 1 <= int(newest.name.removeprefix("step_")) < STEPS
     out = result["again"].out.read_text()
-    assert result["info"]["JobState"] == "COMPLETED", out[-3000:]
+    assert result["info"]["JobState"] == "COMPLETED", cluster.report(result["again"])
     assert f"resumed from {newest} at step {int(newest.name.removeprefix('step_'))}" in out
     assert _steps(run_dir) == list(range(1, STEPS + 1))
     cluster.wait_done(runs["reference"])
@@ -240,8 +252,7 @@ def test_evaluate_an_export_with_knn(cluster, runs, raw, tmp_path):
     job = cluster.submit("evaluate.sbatch", ["--gpus-per-node=1", "--cpus-per-task=1", "--time=10"],
                          env, ["--workers", "0", "--batch-size", "16", "--figures", "0"])
     info = cluster.wait_done(job)
-    out = job.out.read_text()
-    assert info["JobState"] == "COMPLETED", out[-3000:]
+    assert info["JobState"] == "COMPLETED", cluster.report(job)
     results = json.loads((tmp_path / "eval" / "results.json").read_text())
     knn = results["knn"]
     assert knn and all(0.0 <= v <= 100.0 for m in knn.values() for k, v in m.items()
